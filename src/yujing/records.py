@@ -1,0 +1,106 @@
+"""Typed records passed between the stages of the engine.
+
+Every record is a msgspec Struct: the same classes are the wire format (JSON for people and
+the API, msgpack for devices). Units are in the field names: times are UNIX seconds (UTC)
+unless a name says otherwise, accelerations in gal (cm/s^2), velocities in cm/s,
+displacements in cm, distances and depths in km.
+
+``SCHEMA_VERSION`` is bumped whenever a field changes meaning or disappears; adding an
+optional field with a default does not bump it.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+SCHEMA_VERSION = 1
+
+
+class Device(msgspec.Struct, frozen=True):
+    """A sensor whose position the operator knows (fixed sensors: buildings, schools)."""
+
+    device_id: str
+    latitude: float
+    longitude: float
+
+
+class Packet(msgspec.Struct, frozen=True):
+    """About one second of three-axis acceleration from one device.
+
+    ``device_time_s`` is the sensor's own clock at the *last* sample of the packet (it may
+    be wrong: sensor clocks drift and jump); ``arrival_time_s`` is when the server received
+    the packet. Nothing may act on a packet before its arrival time. ``x_gal`` is the
+    vertical axis in the OpenEEW convention; ``y_gal`` and ``z_gal`` are horizontal.
+    """
+
+    device_id: str
+    device_time_s: float
+    arrival_time_s: float
+    sample_rate_hz: float
+    x_gal: list[float]
+    y_gal: list[float]
+    z_gal: list[float]
+
+
+class Trigger(msgspec.Struct, frozen=True):
+    """A P-wave-like onset seen at one device, with the amplitudes measured so far.
+
+    A device sends one trigger at onset and amplitude updates (same ``onset_time_s``,
+    growing ``window_s``) while the shaking goes on. Phones that run the picker themselves
+    send these instead of raw packets.
+
+    ``onset_time_s``: refined onset on the (clock-corrected) sensor time line.
+    ``issued_at_s``: engine clock when the trigger or update became known.
+    ``window_s``: seconds of data after the onset behind the amplitudes.
+    ``pga_gal``: peak acceleration of any axis since onset.
+    ``pgv_cm_s``: peak ground velocity of any axis since onset (high-passed).
+    ``pd_cm``: peak vertical displacement in the P window (onset .. min(onset+9 s, S)).
+    ``tau_c_s``: Kanamori's period parameter over the first 3 s of P (0 until known).
+    ``snr``: STA/LTA ratio at the trigger.
+    ``wa_horizontal_nm`` / ``wa_vertical_nm``: peak Wood-Anderson amplitude (unit gain,
+    ground-displacement nm, the IASPEI local-magnitude convention) since onset.
+    ``noise_pd_cm`` / ``noise_pga_gal`` / ``noise_wa_nm``: the same amplitudes in the 5 s before the onset,
+    so that later stages can tell signal from the device's own noise.
+    """
+
+    device_id: str
+    latitude: float
+    longitude: float
+    onset_time_s: float
+    issued_at_s: float
+    window_s: float
+    pga_gal: float
+    pgv_cm_s: float
+    pd_cm: float
+    tau_c_s: float = 0.0
+    snr: float = 0.0
+    update: int = 0
+    noise_pd_cm: float = 0.0
+    noise_pga_gal: float = 0.0
+    wa_horizontal_nm: float = 0.0
+    wa_vertical_nm: float = 0.0
+    noise_wa_nm: float = 0.0
+
+
+class EventUpdate(msgspec.Struct, frozen=True):
+    """One announcement of an earthquake: the first (version 1) or a revision.
+
+    ``issued_at_s`` is the engine clock (arrival time of the newest packet) when the update
+    was made. ``magnitude_sigma`` is one standard deviation in magnitude units;
+    ``horizontal_error_km`` the 1-sigma radius of the epicentre. ``retracted`` marks an
+    event the engine no longer believes in (its devices turned out to be noise).
+    """
+
+    event_id: str
+    version: int
+    issued_at_s: float
+    origin_time_s: float
+    latitude: float
+    longitude: float
+    depth_km: float
+    magnitude: float
+    magnitude_sigma: float
+    n_devices: int
+    horizontal_error_km: float = 0.0
+    retracted: bool = False
+    device_ids: tuple[str, ...] = ()
