@@ -50,10 +50,6 @@ class AssociateSettings(msgspec.Struct, frozen=True):
     max_pair_distance_km: float = 300.0
     #: RMS P residual (s) a located candidate must reach to be announced.
     max_rms_s: float = 1.5
-    #: a device within this distance of a candidate epicentre that has been streaming
-    #: normally but not triggered although P should have reached it this many seconds ago
-    #: counts against the candidate (ElarmS "not-yet-arrived" logic).
-    silent_grace_s: float = 2.0
     #: candidate events are dropped when no trigger has joined them for this long (s).
     candidate_ttl_s: float = 60.0
     #: an announced event stops being updated this long after its origin (s).
@@ -70,6 +66,10 @@ class LocateSettings(msgspec.Struct, frozen=True):
     depths_km: tuple[float, ...] = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0)
     #: pick-time uncertainty used to weight residuals (s).
     pick_sigma_s: float = 0.5
+    #: a streaming device closer to a trial epicentre than the farthest triggered one,
+    #: that P should have reached more than this many seconds ago but that has not
+    #: triggered, counts against the trial epicentre (ElarmS "not-yet-arrived" logic).
+    silent_grace_s: float = 2.0
 
 
 class MagnitudeSettings(msgspec.Struct, frozen=True):

@@ -1,0 +1,318 @@
+"""Association: from single-device triggers to earthquakes, and their updates.
+
+A trigger first tries to join an event already known: its onset must match the event's
+predicted P arrival at that device (then it is a new P pick) or fall inside the event's
+shaking at that device (then it is that event's later phase, not a new quake). Otherwise it
+waits in a pool. A new event needs ``min_devices`` pooled triggers whose onsets are
+pairwise consistent with P-wave move-out (``|t_i - t_j| <= tP(d_ij) + slack``) and whose
+joint location fits (RMS, and few devices that should have triggered but stayed silent).
+One noisy device, or a bump that shakes a few devices of one building block, cannot pass:
+the silent devices around it vote against it.
+
+Every accepted event is re-located when a pick joins it and re-sized at every amplitude
+update; a new :class:`~yujing.records.EventUpdate` (version + 1) is issued when the
+magnitude moves by ``>= 0.1``, the epicentre by ``>= 2 km``, or devices join. An event
+whose support collapses (silent devices outvote its picks) is retracted.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import msgspec
+import numpy as np
+
+from .geo import distance_km
+from .locate import Location, locate
+from .magnitude import event_magnitude
+from .records import Device, EventUpdate, Trigger
+from .settings import Settings
+from .traveltime import default_table
+
+MAG_STEP = 0.1
+LOC_STEP_KM = 2.0
+DEPTH_STEP_KM = 10.0
+
+
+@dataclass
+class Event:
+    event_id: str
+    location: Location
+    picks: dict[str, Trigger]  # device_id -> latest trigger/update of its P pick
+    later: dict[str, Trigger] = field(default_factory=dict)  # later phases (S, coda)
+    magnitude: float = float("nan")
+    magnitude_sigma: float = float("nan")
+    version: int = 0
+    last: EventUpdate | None = None
+    retracted: bool = False
+    closed: bool = False
+    dirty_location: bool = False
+    next_check_s: float = 0.0
+
+
+class Associator:
+    """Turns triggers into events; see the module docstring."""
+
+    def __init__(self, devices: dict[str, Device], settings: Settings | None = None, id_prefix: str = "yj"):
+        self.s = settings or Settings()
+        self.devices = devices
+        self.pool: list[Trigger] = []
+        self.events: list[Event] = []
+        self._n_events = 0
+        self.id_prefix = id_prefix
+        # device liveness: last sample time seen and when its stream (re)started
+        self.last_seen: dict[str, float] = {}
+        self.started: dict[str, float] = {}
+
+    # liveness -------------------------------------------------------------------------
+    def note_packet(self, device_id: str, end_time_s: float, reset: bool):
+        if reset or device_id not in self.started:
+            self.started[device_id] = end_time_s
+        self.last_seen[device_id] = end_time_s
+
+    def _silent(self, now_s: float, busy: set[str]):
+        """Devices streaming normally (seen in the last 5 s, warmed up) and not in ``busy``."""
+        warm = self.s.picker.warmup_s
+        lat, lon, ids = [], [], []
+        for did, t in self.last_seen.items():
+            if did in busy or now_s - t > 5.0 or t - self.started.get(did, t) < warm:
+                continue
+            dev = self.devices.get(did)
+            if dev is None:
+                continue
+            ids.append(did)
+            lat.append(dev.latitude)
+            lon.append(dev.longitude)
+        return np.array(lat), np.array(lon), ids
+
+    # triggers -------------------------------------------------------------------------
+    def add(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
+        """Take a trigger (``update == 0``) or an amplitude update; return event updates."""
+        if not math.isfinite(trig.latitude) or not math.isfinite(trig.longitude):
+            return []
+        if trig.update > 0:
+            return self._amplitude(trig, now_s)
+        for ev in self._open_events():
+            role = self._role(ev, trig)
+            if role == "P":
+                ev.picks[trig.device_id] = trig
+                ev.dirty_location = True
+                return self._refresh(ev, now_s)
+            if role == "later":
+                ev.later[trig.device_id] = trig
+                return []
+        self.pool.append(trig)
+        return self._try_new_event(trig, now_s)
+
+    def _amplitude(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
+        for ev in self._open_events():
+            old = ev.picks.get(trig.device_id)
+            if old is not None and old.onset_time_s == trig.onset_time_s:
+                ev.picks[trig.device_id] = trig
+                return self._refresh(ev, now_s)
+            old = ev.later.get(trig.device_id)
+            if old is not None and old.onset_time_s == trig.onset_time_s:
+                ev.later[trig.device_id] = trig
+                return []
+        for i, p in enumerate(self.pool):
+            if p.device_id == trig.device_id and p.onset_time_s == trig.onset_time_s:
+                self.pool[i] = trig
+                break
+        return []
+
+    def _open_events(self):
+        return [e for e in self.events if not e.closed and not e.retracted]
+
+    def _role(self, ev: Event, trig: Trigger) -> str | None:
+        loc = ev.location
+        epi = float(distance_km(loc.latitude, loc.longitude, trig.latitude, trig.longitude))
+        tab = default_table()
+        tp = loc.origin_time_s + float(tab.p_time_s(epi, loc.depth_km))
+        tol = self.s.associate.moveout_slack_s + 0.01 * epi + loc.horizontal_error_km / 6.0
+        if trig.device_id in ev.picks:
+            return "later" if trig.onset_time_s > ev.picks[trig.device_id].onset_time_s else None
+        if abs(trig.onset_time_s - tp) <= tol:
+            return "P"
+        # after the P arrival and within the event's shaking there: S or coda
+        if tp < trig.onset_time_s < tp + 30.0 + 0.25 * epi:
+            return "later"
+        return None
+
+    # new events -----------------------------------------------------------------------
+    def _consistent(self, a: Trigger, b: Trigger) -> bool:
+        if a.device_id == b.device_id:
+            return False
+        d = float(distance_km(a.latitude, a.longitude, b.latitude, b.longitude))
+        if d > self.s.associate.max_pair_distance_km:
+            return False
+        tmax = float(default_table().p_time_s(d, 0.0))
+        return abs(a.onset_time_s - b.onset_time_s) <= tmax + self.s.associate.moveout_slack_s
+
+    def _try_new_event(self, newest: Trigger, now_s: float) -> list[EventUpdate]:
+        a = self.s.associate
+        self.pool = [p for p in self.pool if now_s - p.onset_time_s <= a.candidate_ttl_s]
+        if len(self.pool) < a.min_devices:
+            return []
+        # greedy clique around the newest trigger, earliest onsets first
+        group = [newest]
+        for p in sorted(self.pool, key=lambda x: x.onset_time_s):
+            if p is newest or any(q.device_id == p.device_id for q in group):
+                continue
+            if all(self._consistent(p, q) for q in group):
+                group.append(p)
+        if len(group) < a.min_devices:
+            return []
+        busy = self._busy()
+        slat, slon, _ = self._silent(now_s, busy | {g.device_id for g in group})
+        loc = locate(
+            [g.latitude for g in group],
+            [g.longitude for g in group],
+            [g.onset_time_s for g in group],
+            now_s,
+            slat,
+            slon,
+            self.s.locate,
+        )
+        n_p = int((~loc.is_s).sum())
+        if n_p < a.min_devices or loc.rms_s > a.max_rms_s:
+            return []
+        if loc.n_silent_violations > max(1, n_p // 2):
+            return []
+        # picks the locator read as S (or could not fit) stay in the pool
+        picks = {}
+        for g, is_s, r in zip(group, loc.is_s, loc.residual_s):
+            if not is_s and abs(r) <= 3 * self.s.locate.pick_sigma_s:
+                picks[g.device_id] = g
+        if len(picks) < a.min_devices:
+            return []
+        self._n_events += 1
+        ev = Event(event_id=f"{self.id_prefix}{self._n_events:06d}", location=loc, picks=picks)
+        taken = {(g.device_id, g.onset_time_s) for g in picks.values()}
+        self.pool = [p for p in self.pool if (p.device_id, p.onset_time_s) not in taken]
+        self.events.append(ev)
+        return self._refresh(ev, now_s, force=True)
+
+    def _busy(self) -> set[str]:
+        out = set()
+        for ev in self._open_events():
+            out.update(ev.picks)
+            out.update(ev.later)
+        out.update(p.device_id for p in self.pool)
+        return out
+
+    # updates --------------------------------------------------------------------------
+    def _relocate(self, ev: Event, now_s: float):
+        trs = list(ev.picks.values())
+        busy = self._busy()
+        slat, slon, _ = self._silent(now_s, busy)
+        old = ev.location
+        ev.location = locate(
+            [t.latitude for t in trs],
+            [t.longitude for t in trs],
+            [t.onset_time_s for t in trs],
+            now_s,
+            slat,
+            slon,
+            self.s.locate,
+            center=(old.latitude, old.longitude),
+            half_km=max(60.0, 3 * old.horizontal_error_km),
+        )
+        # picks the new solution reads as S are later phases, not P
+        for t, is_s, r in zip(trs, ev.location.is_s, ev.location.residual_s):
+            if is_s or abs(r) > 3 * self.s.locate.pick_sigma_s:
+                if len(ev.picks) > self.s.associate.min_devices:
+                    ev.later[t.device_id] = ev.picks.pop(t.device_id)
+        ev.dirty_location = False
+
+    def _magnitude(self, ev: Event, now_s: float):
+        loc = ev.location
+        trs = list(ev.picks.values()) + list(ev.later.values())
+        lat = np.array([t.latitude for t in trs])
+        lon = np.array([t.longitude for t in trs])
+        epi = distance_km(loc.latitude, loc.longitude, lat, lon)
+        hypo = np.hypot(epi, loc.depth_km)
+        tab = default_table()
+        ts = loc.origin_time_s + tab.s_time_s(epi, loc.depth_km)
+        seen_until = np.array([t.onset_time_s + t.window_s for t in trs])
+        s_arrived = seen_until >= ts + 2.0
+        wa = np.array([max(t.wa_horizontal_nm, t.wa_vertical_nm) for t in trs])
+        noise = np.array([t.noise_wa_nm for t in trs])
+        pgv = np.array([t.pgv_cm_s for t in trs])
+        usable = wa > 3.0 * np.maximum(noise, 1e-9)
+        # one estimate per device: its later-phase trigger may hold the larger amplitude
+        ids = [t.device_id for t in trs]
+        best: dict[str, int] = {}
+        for i, did in enumerate(ids):
+            if did not in best or wa[i] > wa[best[did]]:
+                best[did] = i
+        idx = np.array(sorted(best.values()))
+        m, sig = event_magnitude(wa[idx], pgv[idx], hypo[idx], loc.depth_km, s_arrived[idx], usable[idx])
+        ev.magnitude, ev.magnitude_sigma = m, sig
+
+    def _refresh(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:
+        if ev.dirty_location:
+            self._relocate(ev, now_s)
+        self._magnitude(ev, now_s)
+        return self._maybe_issue(ev, now_s, force)
+
+    def _maybe_issue(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:
+        loc = ev.location
+        last = ev.last
+        if not force and last is not None:
+            moved = float(distance_km(last.latitude, last.longitude, loc.latitude, loc.longitude))
+            changed = (
+                abs(ev.magnitude - last.magnitude) >= MAG_STEP
+                or moved >= LOC_STEP_KM
+                or abs(loc.depth_km - last.depth_km) >= DEPTH_STEP_KM
+                or len(ev.picks) != last.n_devices
+            )
+            if not changed:
+                return []
+        if not math.isfinite(ev.magnitude):
+            return []
+        ev.version += 1
+        upd = EventUpdate(
+            event_id=ev.event_id,
+            version=ev.version,
+            issued_at_s=now_s,
+            origin_time_s=loc.origin_time_s,
+            latitude=round(loc.latitude, 4),
+            longitude=round(loc.longitude, 4),
+            depth_km=loc.depth_km,
+            magnitude=round(ev.magnitude, 2),
+            magnitude_sigma=round(ev.magnitude_sigma, 2),
+            n_devices=len(ev.picks),
+            horizontal_error_km=round(loc.horizontal_error_km, 1),
+            device_ids=tuple(sorted(ev.picks)),
+        )
+        ev.last = upd
+        return [upd]
+
+    # clock ----------------------------------------------------------------------------
+    def tick(self, now_s: float) -> list[EventUpdate]:
+        """Time-driven work: close old events, retract events whose support collapsed."""
+        out = []
+        a = self.s.associate
+        for ev in self._open_events():
+            age = now_s - ev.location.origin_time_s
+            if age > a.event_ttl_s:
+                ev.closed = True
+                continue
+            # a young event with few picks is re-checked against silent devices
+            if len(ev.picks) <= a.min_devices + 1 and age < 60.0 and ev.last is not None:
+                if now_s >= ev.next_check_s:
+                    ev.next_check_s = now_s + 2.0
+                    self._relocate(ev, now_s)
+                    n_p = len(ev.picks)
+                    if ev.location.n_silent_violations > max(2, n_p):
+                        ev.retracted = True
+                        ev.version += 1
+                        last = ev.last
+                        upd = msgspec.structs.replace(last, version=ev.version, issued_at_s=now_s, retracted=True)
+                        ev.last = upd
+                        out.append(upd)
+                    else:
+                        out.extend(self._refresh(ev, now_s))
+        return out
+

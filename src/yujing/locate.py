@@ -1,0 +1,170 @@
+"""Hypocentre by grid search over latitude, longitude, depth and origin time.
+
+For every node of a grid (a local flat projection around the triggered devices, times the
+trial depths) the iasp91 P and S travel times to every device come from the shipped table
+(:mod:`yujing.traveltime`). The origin time of a node is the median of (onset - travel
+time), which makes one bad pick harmless; residuals are scored with a capped square (a
+pick off by more than ``3 sigma`` costs the same however far off it is). A pick may also be
+read as an S arrival (small fixed penalty): far, small-amplitude devices often trigger only
+on S.
+
+Devices that have *not* triggered are evidence too (as in ElarmS/EPIC and OpenEEW's
+Bayesian locator): at a node where a streaming device lies closer than the farthest
+triggered device and the P wave should have reached it more than ``silent_grace_s`` ago,
+the node pays a penalty. This pulls the epicentre away from silent devices and, with few
+picks, is what keeps one corner of the network from being mistaken for another.
+
+All whole-grid work is one numpy expression over (nodes x devices).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from .geo import KM_PER_DEG, distance_km
+from .settings import LocateSettings
+from .traveltime import default_table
+
+RESIDUAL_CAP = 3.0  # in units of pick sigma
+S_PENALTY = 4.0  # chi-square units for reading a pick as S (as costly as a 2-sigma residual)
+SILENT_PENALTY = 4.0  # chi-square units per device that should have triggered but did not
+
+
+@dataclass(frozen=True)
+class Location:
+    latitude: float
+    longitude: float
+    depth_km: float
+    origin_time_s: float
+    misfit: float
+    rms_s: float  # RMS of the P residuals of the picks read as P
+    horizontal_error_km: float
+    is_s: np.ndarray  # per pick: read as S
+    residual_s: np.ndarray  # per pick residual (s) for its phase
+    n_silent_violations: int
+
+
+def _grid(center_lat: float, center_lon: float, half_km: float, step_km: float):
+    n = int(round(half_km / step_km))
+    off = np.arange(-n, n + 1) * step_km
+    dlat = off / KM_PER_DEG
+    dlon = off / (KM_PER_DEG * max(math.cos(math.radians(center_lat)), 0.05))
+    lat, lon = np.meshgrid(center_lat + dlat, center_lon + dlon, indexing="ij")
+    return lat.ravel(), lon.ravel()
+
+
+def _score(lat, lon, depths, picks, silent, now_s, s: LocateSettings):
+    """Misfit of every (node, depth); returns arrays shaped (nodes, depths) and details."""
+    tab = default_table()
+    plat, plon, pt = picks
+    epi = distance_km(lat[:, None], lon[:, None], plat[None, :], plon[None, :])  # (G, N)
+    d = np.asarray(depths)[None, :, None]
+    tp = tab.p_time_s(epi[:, None, :], d)  # (G, D, N)
+    ts = tab.s_time_s(epi[:, None, :], d)
+    sig = s.pick_sigma_s
+    ot0 = np.median(pt[None, None, :] - tp, axis=2)  # (G, D)
+    rp = pt[None, None, :] - tp - ot0[..., None]
+    rs = pt[None, None, :] - ts - ot0[..., None]
+    as_s = (np.abs(rs) < np.abs(rp)) & (np.abs(rp) > 2 * sig)
+    # re-estimate origin time from the picks read as P (fall back to all when none)
+    use_p = ~as_s
+    cnt = use_p.sum(axis=2)
+    tp_masked = np.where(use_p, pt[None, None, :] - tp, np.nan)
+    with np.errstate(all="ignore"):
+        ot = np.where(cnt > 0, np.nanmedian(tp_masked, axis=2), ot0)
+    rp = pt[None, None, :] - tp - ot[..., None]
+    rs = pt[None, None, :] - ts - ot[..., None]
+    res = np.where(as_s, rs, rp)
+    cost = np.minimum((res / sig) ** 2, RESIDUAL_CAP**2).sum(axis=2) + S_PENALTY * as_s.sum(axis=2)
+    viol = np.zeros_like(cost, dtype=np.int64)
+    if silent is not None and len(silent[0]):
+        slat, slon = silent
+        sepi = distance_km(lat[:, None], lon[:, None], slat[None, :], slon[None, :])  # (G, M)
+        stp = tab.p_time_s(sepi[:, None, :], d)  # (G, D, M)
+        reach = np.max(np.where(as_s, 0.0, epi[:, None, :]), axis=2)  # farthest P-triggered
+        should = (sepi[:, None, :] < reach[..., None]) & (ot[..., None] + stp + s.silent_grace_s < now_s)
+        viol = should.sum(axis=2)
+        cost = cost + SILENT_PENALTY * viol
+    return cost, ot, res, as_s, viol
+
+
+def locate(
+    picks_lat,
+    picks_lon,
+    picks_t,
+    now_s: float,
+    silent_lat=(),
+    silent_lon=(),
+    settings: LocateSettings | None = None,
+    center: tuple[float, float] | None = None,
+    half_km: float | None = None,
+) -> Location:
+    """Locate an event from P onsets (UNIX s) at devices (degrees).
+
+    ``silent_*``: devices streaming normally that have not triggered. ``center`` and
+    ``half_km`` restrict the search (an update of a known event searches near it);
+    by default the search covers ``search_radius_km`` around the earliest pick.
+    """
+    s = settings or LocateSettings()
+    plat = np.asarray(picks_lat, dtype=float)
+    plon = np.asarray(picks_lon, dtype=float)
+    pt = np.asarray(picks_t, dtype=float)
+    picks = (plat, plon, pt)
+    silent = (np.asarray(silent_lat, dtype=float), np.asarray(silent_lon, dtype=float))
+    if center is None:
+        first = np.argsort(pt)[: min(3, len(pt))]
+        w = 1.0 / (1.0 + (pt[first] - pt[first].min()))
+        center = (float(np.average(plat[first], weights=w)), float(np.average(plon[first], weights=w)))
+    half = s.search_radius_km if half_km is None else half_km
+    depths = np.asarray(s.depths_km)
+
+    step = s.coarse_step_km if half > 60 else max(s.fine_step_km * 2, half / 10)
+    lat, lon = _grid(center[0], center[1], half, step)
+    cost, ot, res, as_s, viol = _score(lat, lon, depths, picks, silent, now_s, s)
+    # fine search around the best few distinct coarse minima: a coarse grid can rank a
+    # wrong basin first when the true one falls between its nodes
+    node_cost = cost.min(axis=1)
+    order = np.argsort(node_cost)
+    seeds: list[int] = []
+    for g in order[:200]:
+        if all(float(distance_km(lat[g], lon[g], lat[q], lon[q])) > 2.5 * step for q in seeds):
+            seeds.append(int(g))
+        if len(seeds) == 3:
+            break
+    best_fine = None
+    for g in seeds:
+        lat2, lon2 = _grid(float(lat[g]), float(lon[g]), 1.5 * step, s.fine_step_km)
+        fine = _score(lat2, lon2, depths, picks, silent, now_s, s)
+        if best_fine is None or fine[0].min() < best_fine[2][0].min():
+            best_fine = (lat2, lon2, fine)
+    lat2, lon2, (cost2, ot2, res2, as_s2, viol2) = best_fine
+    g2, d2 = np.unravel_index(np.argmin(cost2), cost2.shape)
+    best = cost2[g2, d2]
+    # 1-sigma epicentre: nodes within chi-square 2.3 of the best (2 degrees of freedom),
+    # over the coarse grid too so that a flat misfit surface shows as a large error
+    near = np.concatenate(
+        [
+            distance_km(lat2[g2], lon2[g2], lat2, lon2)[cost2.min(axis=1) <= best + 2.3],
+            distance_km(lat2[g2], lon2[g2], lat, lon)[cost.min(axis=1) <= best + 2.3],
+        ]
+    )
+    herr = float(max(near.max(initial=0.0), s.fine_step_km / 2))
+    r = res2[g2, d2]
+    isS = as_s2[g2, d2]
+    rp = r[~isS]
+    rms = float(np.sqrt(np.mean(rp**2))) if len(rp) else float("inf")
+    return Location(
+        latitude=float(lat2[g2]),
+        longitude=float(lon2[g2]),
+        depth_km=float(depths[d2]),
+        origin_time_s=float(ot2[g2, d2]),
+        misfit=float(best),
+        rms_s=rms,
+        horizontal_error_km=herr,
+        is_s=isS.copy(),
+        residual_s=r.copy(),
+        n_silent_violations=int(viol2[g2, d2]),
+    )
