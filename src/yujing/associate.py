@@ -129,7 +129,10 @@ class Associator:
         epi = float(distance_km(loc.latitude, loc.longitude, trig.latitude, trig.longitude))
         tab = default_table()
         tp = loc.origin_time_s + float(tab.p_time_s(epi, loc.depth_km))
-        tol = self.s.associate.moveout_slack_s + 0.01 * epi + loc.horizontal_error_km / 6.0
+        # the location's own uncertainty widens the window, but only up to what a well-
+        # constrained network allows: a 3-pick solution's error ellipse can be hundreds of
+        # km long and would otherwise accept anything
+        tol = self.s.associate.moveout_slack_s + 0.01 * epi + min(loc.horizontal_error_km, 30.0) / 6.0
         if trig.device_id in ev.picks:
             return "later" if trig.onset_time_s > ev.picks[trig.device_id].onset_time_s else None
         if abs(trig.onset_time_s - tp) <= tol:

@@ -60,18 +60,24 @@ class _Axis:
         The fraction is in [0, 1] inside the range; above the range it exceeds 1 when
         extrapolating, otherwise values are clamped.  Values below the range are clamped.
         """
-        v = np.asarray(v, dtype=np.float64)
-        hi = np.inf if self.extrapolate_high else self.hi
-        v = np.asarray(np.clip(v, self.lo, hi))  # NaN stays NaN
-        n_cells = len(self.inv_h)
+        v = np.array(v, dtype=np.float64)  # private copy: clipped in place below
+        shape = v.shape
+        v = v.reshape(-1)
+        np.clip(v, self.lo, np.inf if self.extrapolate_high else self.hi, out=v)  # NaN stays NaN
         if self.lut is not None:
+            f = v - self.lo
+            f *= self.inv_step
             with np.errstate(invalid="ignore"):
-                b = ((v - self.lo) * self.inv_step).astype(np.intp)  # NaN/inf -> junk, clipped next
-            i = self.lut[np.clip(b, 0, len(self.lut) - 1)]
+                b = f.astype(np.intp)  # NaN/inf give junk, clipped next
+            np.clip(b, 0, len(self.lut) - 1, out=b)
+            i = self.lut.take(b)
         else:
-            i = np.clip(np.searchsorted(self.x, v, side="right") - 1, 0, n_cells - 1)
-        w = (v - self.x[i]) * self.inv_h[i]
-        return i, w
+            i = np.searchsorted(self.x, v, side="right") - 1
+            np.clip(i, 0, len(self.inv_h) - 1, out=i)
+        w = self.x.take(i)
+        np.subtract(v, w, out=w)
+        w *= self.inv_h.take(i)
+        return i.reshape(shape), w.reshape(shape)
 
 
 class TravelTimeTable:
