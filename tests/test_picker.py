@@ -13,7 +13,7 @@ from yujing.picker import (
     aic_onset,
     recursive_sta_lta,
     recursive_sta_lta_reference,
-    sosfilt_reference,
+    lfilter_reference,
 )
 from yujing.records import Device
 from yujing.settings import PickerSettings
@@ -70,10 +70,24 @@ def test_filter_bank_equals_reference_cascade():
     bank = FilterBank.design(SR, PickerSettings())
     rng = np.random.default_rng(2)
     x = rng.normal(0, 1, 300)
-    for sos in (bank.pick, bank.acc, bank.vel, bank.disp, bank.wa):
-        fast = signal.sosfilt(sos, x)
-        ref, _ = sosfilt_reference(sos, x)
+    for b, a in (bank.pick, bank.acc, bank.vel, bank.disp, bank.wa):
+        zi = rng.normal(0, 1, len(a) - 1)
+        fast, zf = signal.lfilter(b, a, x, zi=zi)
+        ref, zr = lfilter_reference(b, a, x, zi)
         np.testing.assert_allclose(fast, ref, rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(zf, zr, rtol=1e-9, atol=1e-12)
+
+
+def test_filter_bank_matches_its_design():
+    """The integrating chain really integrates (1 Hz sine: velocity amplitude a/(2 pi f))
+    and the Wood-Anderson filter has the static gain 1/w0^2 (cm per gal) of the standard."""
+    bank = FilterBank.design(100.0, PickerSettings())
+    t = np.arange(0, 60, 0.01)
+    acc = np.sin(2 * np.pi * 1.0 * t)
+    vel = signal.lfilter(*bank.vel, signal.lfilter(*bank.acc, acc))
+    assert np.abs(vel[3000:]).max() == pytest.approx(1 / (2 * np.pi), rel=0.02)
+    w, h = signal.freqz(*bank.wa, worN=[0.01], fs=100.0)
+    assert abs(h[0]) == pytest.approx((0.8 / (2 * np.pi)) ** 2, rel=0.01)
 
 
 def test_sta_lta_matches_obspy_recursive_sta_lta():
@@ -99,8 +113,8 @@ def test_streaming_picker_equals_whole_trace_reference():
     bank = FilterBank.design(SR, s)
     cf = np.zeros(len(fast))
     for axis in range(3):
-        zi = signal.sosfilt_zi(bank.pick)[:, :] * x[0, axis]
-        y, _ = sosfilt_reference(bank.pick, x[: len(fast), axis], zi)
+        zi = signal.lfilter_zi(*bank.pick) * x[0, axis]
+        y, _ = lfilter_reference(*bank.pick, x[: len(fast), axis], zi)
         cf += y * y
     ref, _, _ = recursive_sta_lta_reference(cf, 0.0, 0.0, s.sta_s * SR, s.lta_s * SR)
     ref[np.arange(len(ref)) < s.warmup_s * SR] = 0.0

@@ -238,7 +238,7 @@ class Associator:
         tab = default_table()
         ts = loc.origin_time_s + tab.s_time_s(epi, loc.depth_km)
         seen_until = np.array([t.onset_time_s + t.window_s for t in trs])
-        s_arrived = seen_until >= ts + 2.0
+        s_arrived = seen_until >= ts
         wa = np.array([max(t.wa_horizontal_nm, t.wa_vertical_nm) for t in trs])
         noise = np.array([t.noise_wa_nm for t in trs])
         pgv = np.array([t.pgv_cm_s for t in trs])

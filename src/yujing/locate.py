@@ -12,7 +12,9 @@ Devices that have *not* triggered are evidence too (as in ElarmS/EPIC and OpenEE
 Bayesian locator): at a node where a streaming device lies closer than the farthest
 triggered device and the P wave should have reached it more than ``silent_grace_s`` ago,
 the node pays a penalty. This pulls the epicentre away from silent devices and, with few
-picks, is what keeps one corner of the network from being mistaken for another.
+picks, is what keeps one corner of the network from being mistaken for another. A weak
+prior on the distance to the first-triggered device settles the one-dimensional family of
+equally good solutions that three picks leave (see ``first_device_prior_km``).
 
 All whole-grid work is one numpy expression over (nodes x devices).
 """
@@ -79,6 +81,9 @@ def _score(lat, lon, depths, picks, silent, now_s, s: LocateSettings):
     rs = pt[None, None, :] - ts - ot[..., None]
     res = np.where(as_s, rs, rp)
     cost = np.minimum((res / sig) ** 2, RESIDUAL_CAP**2).sum(axis=2) + S_PENALTY * as_s.sum(axis=2)
+    first = int(np.argmin(pt))
+    d_first = epi[:, first]  # (G,)
+    cost = cost + (d_first[:, None] / s.first_device_prior_km) ** 2
     viol = np.zeros_like(cost, dtype=np.int64)
     if silent is not None and len(silent[0]):
         slat, slon = silent

@@ -14,8 +14,9 @@ Two published scalings, each used where it is valid:
   (PGV in cm/s, X fault distance km, D depth km, d = -0.02 for interplate events). Its
   near-fault term keeps growing with Mw, so it does not saturate at M7.
 
-While a device has seen only P waves, its amplitude underestimates the size; estimates from
-such devices are used only until S-phase estimates exist. The event magnitude is the median
+While a device has seen only P waves, its ML is raised by the average S-to-P amplitude
+ratio of body waves (``P_TO_S_LOG10``); it still underestimates while the P window is
+short, and is replaced by the S-phase estimate as soon as S arrives. The event magnitude is the median
 of the device estimates (robust to a bad site) with a 1-sigma from their spread, shrinking as
 devices join. ML switches to the PGV moment magnitude once ML reaches ``ML_SATURATION`` —
 the same handover catalogues make between ML and Mw.
@@ -28,6 +29,12 @@ import math
 import numpy as np
 
 ML_SATURATION = 6.0
+#: log10 of the S-to-P amplitude ratio of far-field body waves at equal distance:
+#: (<R_S>/<R_P>) (alpha/beta)^3 with the focal-sphere averages of the radiation pattern of
+#: Boore & Boatwright (1984), 0.63 and 0.52, and alpha/beta = sqrt(3) (Poisson solid):
+#: log10(1.21 * 5.20) = 0.80. A device that has seen only P waves predicts the S amplitude
+#: that ML is defined on by this factor.
+P_TO_S_LOG10 = 0.80
 #: scatter of one station's magnitude (published station scatter of ML and of the
 #: Si & Midorikawa GMPE, 0.23 log10 units of PGV / 0.58 per Mw unit ~ 0.4)
 STATION_SIGMA = 0.35
@@ -103,9 +110,9 @@ def event_magnitude(wa_nm, pgv_cm_s, hypo_km, depth_km, s_arrived, usable) -> tu
     ok = np.asarray(usable, dtype=bool)
     if not ok.any():
         ok = np.ones_like(ok)
-    sel = ok & s_arr if (ok & s_arr).sum() >= 2 else ok
-    ml = local_magnitude(wa[sel], r[sel])
+    ml = local_magnitude(wa[ok], r[ok]) + np.where(s_arr[ok], 0.0, P_TO_S_LOG10)
     m, sigma = combine(ml)
+    sel = ok
     if m >= ML_SATURATION:
         mw = pgv_moment_magnitude(np.asarray(pgv_cm_s, dtype=float)[sel], r[sel], depth_km)
         m_w, sigma_w = combine(mw)

@@ -70,6 +70,13 @@ class LocateSettings(msgspec.Struct, frozen=True):
     #: that P should have reached more than this many seconds ago but that has not
     #: triggered, counts against the trial epicentre (ElarmS "not-yet-arrived" logic).
     silent_grace_s: float = 2.0
+    #: scale (km) of the prior on the distance between the epicentre and the device that
+    #: triggered first: cost (d / scale)^2. With three or four picks the misfit is flat
+    #: along a curve (three equations, four unknowns) and this prior picks the part of the
+    #: curve near the first device, as ElarmS' first-station (Voronoi) start does; with
+    #: more picks the residuals outweigh it. 100 km is the order of the spacing of a sparse
+    #: regional network, not a fit to these events.
+    first_device_prior_km: float = 100.0
 
 
 class MagnitudeSettings(msgspec.Struct, frozen=True):
