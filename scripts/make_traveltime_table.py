@@ -297,7 +297,7 @@ def main(argv=None) -> int:
         "software": f"obspy {obspy.__version__} (obspy.taup.TauPyModel), numpy {np.__version__}, "
         f"python {platform.python_version()}",
         "created_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": "python scripts/make_traveltime_table.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python scripts/make_traveltime_table.py", *(sys.argv[1:] if argv is None else argv)]),
         "quantity": "first-arrival travel time in seconds, receiver at the surface",
         "p_phases": P_PHASES,
         "s_phases": S_PHASES,

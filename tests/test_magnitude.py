@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from yujing.magnitude import (
-    combine,
+    P_TO_S_LOG10,
+    censored_magnitude,
     event_magnitude,
     local_magnitude,
     pgv_moment_magnitude,
@@ -40,12 +41,11 @@ def test_pgv_magnitude_does_not_saturate_at_m7():
     assert np.all(np.diff(est) > 0.3)
 
 
-def test_combine_is_robust_and_sigma_shrinks():
-    m, s = combine([5.0, 5.1, 4.9, 9.0])
-    assert m == pytest.approx(5.05, abs=0.01)
-    _, s_few = combine([5.0, 5.4, 4.6])
-    _, s_many = combine([5.0, 5.4, 4.6] * 5)
-    assert s_many < s_few
+def _arrivals(hypo, seen_after_s_s):
+    """Predicted P/S arrival times (origin 0) and how far each device has seen."""
+    tp = hypo / 7.0
+    ts = hypo / 4.0
+    return ts + seen_after_s_s, tp, ts
 
 
 def test_event_magnitude_switches_to_pgv_for_large_quakes():
@@ -56,10 +56,44 @@ def test_event_magnitude_switches_to_pgv_for_large_quakes():
     pgv = 10 ** si_midorikawa_log_pgv(mw, np.maximum(hypo - half, depth), depth)
     # a saturated ML of ~6.8
     wa = 10 ** (6.8 - (1.11 * np.log10(hypo) + 0.00189 * hypo - 2.09))
-    m, sigma = event_magnitude(wa, pgv, hypo, depth, [True] * 4, [True] * 4)
+    seen, tp, ts = _arrivals(hypo, 120.0)
+    m, sigma = event_magnitude(wa, pgv, hypo, depth, seen, tp, ts, [True] * 4, 7.0)
     assert m == pytest.approx(7.4, abs=0.05)
     assert 0 < sigma < 0.5
     # and stays with ML for a moderate one
     wa5 = 10 ** (5.0 - (1.11 * np.log10(hypo) + 0.00189 * hypo - 2.09))
-    m5, _ = event_magnitude(wa5, pgv / 100, hypo, depth, [True] * 4, [True] * 4)
-    assert m5 == pytest.approx(5.0, abs=0.01)
+    m5, _ = event_magnitude(wa5, pgv / 100, hypo, depth, seen, tp, ts, [True] * 4, 5.0)
+    assert m5 == pytest.approx(5.0, abs=0.02)
+
+
+def test_growing_amplitudes_are_lower_bounds_not_estimates():
+    """Devices still inside a large rupture's S window only say 'at least': the network
+    magnitude must not be dragged down to their current values."""
+    hypo = np.array([60.0, 120.0, 200.0])
+    ml_now = np.array([6.9, 6.0, 5.8])  # last two still growing
+    wa = 10 ** (ml_now - (1.11 * np.log10(hypo) + 0.00189 * hypo - 2.09))
+    tp, ts = hypo / 7.0, hypo / 4.0
+    seen = np.array([ts[0] + 120.0, ts[1] + 2.0, ts[2] + 1.0])
+    m, _ = event_magnitude(wa, wa * 0, hypo, 20.0, seen, tp, ts, [True] * 3, float("nan"))
+    assert m >= 6.85
+    # counted as estimates they would have pulled it to the median
+    assert float(np.median(ml_now)) < 6.1
+
+
+def test_noise_level_devices_bound_from_above():
+    """Ringdal (1976): a complete record at noise level caps the magnitude."""
+    m_det_only, _ = censored_magnitude([5.6])
+    m_with_bounds, _ = censored_magnitude([5.6], upper=[5.0, 5.1])
+    assert m_with_bounds < m_det_only - 0.2
+    # a bound far below is one bad site, not a reason to give up the detection
+    m_far, _ = censored_magnitude([5.6, 5.5, 5.7], upper=[3.0])
+    assert m_far == pytest.approx(5.6, abs=0.15)
+
+
+def test_p_only_devices_stand_for_the_s_amplitude():
+    hypo = np.array([100.0])
+    tp, ts = hypo / 7.0, hypo / 4.0
+    wa = 10 ** (4.2 - (1.11 * np.log10(hypo) + 0.00189 * hypo - 2.09))
+    seen = tp + 5.0  # 5 s of P, S not yet there
+    m, _ = event_magnitude(wa, wa * 0, hypo, 20.0, seen, tp, ts, [True], 5.0)
+    assert m == pytest.approx(4.2 + P_TO_S_LOG10, abs=0.02)

@@ -31,6 +31,9 @@ from .settings import Settings
 from .traveltime import default_table
 
 MAG_STEP = 0.1
+#: an amplitude counts as signal when it exceeds twice the largest value of the 5 s of
+#: noise before the onset (a peak-to-peak noise measure, so 2 is already a clear signal)
+DETECTION_SNR = 2.0
 LOC_STEP_KM = 2.0
 DEPTH_STEP_KM = 10.0
 
@@ -236,13 +239,14 @@ class Associator:
         epi = distance_km(loc.latitude, loc.longitude, lat, lon)
         hypo = np.hypot(epi, loc.depth_km)
         tab = default_table()
-        ts = loc.origin_time_s + tab.s_time_s(epi, loc.depth_km)
+        tp, ts = tab.times_s(epi, loc.depth_km)
+        tp = loc.origin_time_s + tp
+        ts = loc.origin_time_s + ts
         seen_until = np.array([t.onset_time_s + t.window_s for t in trs])
-        s_arrived = seen_until >= ts
         wa = np.array([max(t.wa_horizontal_nm, t.wa_vertical_nm) for t in trs])
         noise = np.array([t.noise_wa_nm for t in trs])
         pgv = np.array([t.pgv_cm_s for t in trs])
-        usable = wa > 3.0 * np.maximum(noise, 1e-9)
+        usable = wa > DETECTION_SNR * np.maximum(noise, 1e-9)
         # one estimate per device: its later-phase trigger may hold the larger amplitude
         ids = [t.device_id for t in trs]
         best: dict[str, int] = {}
@@ -250,7 +254,9 @@ class Associator:
             if did not in best or wa[i] > wa[best[did]]:
                 best[did] = i
         idx = np.array(sorted(best.values()))
-        m, sig = event_magnitude(wa[idx], pgv[idx], hypo[idx], loc.depth_km, s_arrived[idx], usable[idx])
+        m, sig = event_magnitude(
+            wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx], ev.magnitude
+        )
         ev.magnitude, ev.magnitude_sigma = m, sig
 
     def _refresh(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:

@@ -15,11 +15,13 @@ Two published scalings, each used where it is valid:
   near-fault term keeps growing with Mw, so it does not saturate at M7.
 
 While a device has seen only P waves, its ML is raised by the average S-to-P amplitude
-ratio of body waves (``P_TO_S_LOG10``); it still underestimates while the P window is
-short, and is replaced by the S-phase estimate as soon as S arrives. The event magnitude is the median
-of the device estimates (robust to a bad site) with a 1-sigma from their spread, shrinking as
-devices join. ML switches to the PGV moment magnitude once ML reaches ``ML_SATURATION`` —
-the same handover catalogues make between ML and Mw.
+ratio of body waves (``P_TO_S_LOG10``). A device's amplitude is an *estimate* only once the
+phase it stands for has passed whole; before that it is a lower bound (it can only grow),
+and a complete record at noise level is an upper bound. The network magnitude is the
+maximum-likelihood value given all three kinds of evidence (:func:`censored_magnitude`),
+which is what keeps the early estimate of a large, still-growing rupture from saturating at
+whatever the first seconds showed. ML hands over to the PGV moment magnitude once it
+reaches ``ML_SATURATION`` — the same handover catalogues make between ML and Mw.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ ML_SATURATION = 6.0
 #: log10(1.21 * 5.20) = 0.80. A device that has seen only P waves predicts the S amplitude
 #: that ML is defined on by this factor.
 P_TO_S_LOG10 = 0.80
+#: seconds of P after which a device has seen the P pulse of a moderate quake whole (the
+#: 3 s P window of Kanamori 2005 and Wu & Zhao 2006): from then on a noise-level P
+#: amplitude bounds the magnitude from above.
+P_BOUND_WINDOW_S = 3.0
+#: seconds after the S onset by which the S peak of a point-like (small) rupture has
+#: passed; the rupture duration is added for large ones.
+S_WINDOW_S = 5.0
 #: scatter of one station's magnitude (published station scatter of ML and of the
 #: Si & Midorikawa GMPE, 0.23 log10 units of PGV / 0.58 per Mw unit ~ 0.4)
 STATION_SIGMA = 0.35
@@ -84,38 +93,116 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     return _MW_GRID[idx]
 
 
-def combine(estimates) -> tuple[float, float]:
-    """Median of station magnitudes and its 1-sigma (spread, shrinking with sqrt(n))."""
-    m = np.asarray(estimates, dtype=float)
-    m = m[np.isfinite(m)]
-    if len(m) == 0:
+_M_GRID = np.arange(1.0, 9.501, 0.01)
+#: residual (in station sigmas) beyond which a station counts as an outlier: the capped
+#: square keeps one bad site from dragging the network estimate
+OUTLIER_SIGMAS = 2.5
+
+
+def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGMA) -> tuple[float, float]:
+    """Maximum-likelihood network magnitude from detections and bounds.
+
+    ``detected``: station magnitudes from complete, clearly-above-noise amplitudes.
+    ``upper``: station magnitudes from complete amplitudes at the noise level — the signal
+    was at most that big (Ringdal 1976: leaving such stations out biases a network
+    magnitude upwards). ``lower``: station magnitudes from amplitudes that are still growing
+    (the phase has not been seen whole) — the final value can only be larger; counting
+    them as estimates is what makes early magnitudes of large quakes saturate.
+
+    The log-likelihood is a Gaussian (scatter ``sigma``) for detections and log Phi for
+    each bound; every term is capped at ``OUTLIER_SIGMAS`` so that one bad site cannot
+    carry the estimate, and M is searched only within reach of the evidence. Returns the
+    best M and its 1-sigma (where -2 log L rises by 1). With bounds only: the largest
+    lower bound (the magnitude is at least that), else the median of the upper bounds.
+    """
+    det = _finite(detected)
+    up = _finite(upper)
+    lo = _finite(lower)
+    if len(det) == 0:
+        if len(lo):
+            return float(lo.max()), max(STATION_SIGMA, 0.5)
+        if len(up):
+            return float(np.median(up)), max(STATION_SIGMA, 0.5)
         return float("nan"), float("nan")
-    med = float(np.median(m))
-    spread = 1.4826 * float(np.median(np.abs(m - med))) if len(m) >= 3 else STATION_SIGMA
-    spread = max(spread, 0.2)
-    return med, math.sqrt(spread**2 / len(m) + 0.1**2)
+    from scipy.special import log_ndtr
+
+    reach = OUTLIER_SIGMAS * sigma
+    top = max(det.max(), lo.max() if len(lo) else -np.inf) + reach
+    grid = _M_GRID[(_M_GRID >= det.min() - reach) & (_M_GRID <= top)]
+    cap = OUTLIER_SIGMAS**2
+    z = (det[None, :] - grid[:, None]) / sigma
+    nll = np.minimum(z * z, cap).sum(axis=1)
+    if len(up):
+        nll += np.minimum(-2.0 * log_ndtr((up[None, :] - grid[:, None]) / sigma), cap).sum(axis=1)
+    if len(lo):
+        nll += np.minimum(-2.0 * log_ndtr((grid[:, None] - lo[None, :]) / sigma), cap).sum(axis=1)
+    i = int(np.argmin(nll))
+    inside = grid[nll <= nll[i] + 1.0]
+    half = 0.5 * float(inside[-1] - inside[0]) if len(inside) > 1 else 0.01
+    return float(grid[i]), max(half, 0.1)
 
 
-def event_magnitude(wa_nm, pgv_cm_s, hypo_km, depth_km, s_arrived, usable) -> tuple[float, float]:
+def _finite(x) -> np.ndarray:
+    a = np.asarray(x, dtype=float).ravel()
+    return a[np.isfinite(a)]
+
+
+def rupture_duration_s(magnitude: float) -> float:
+    """Rough rupture duration (s): Wells & Coppersmith (1994) subsurface rupture length
+    ``L = 10^(0.69 M - 3.22)`` km, unilateral at 2.5 km/s."""
+    if not math.isfinite(magnitude):
+        return 0.0
+    return 10.0 ** (0.69 * magnitude - 3.22) / 2.5
+
+
+def event_magnitude(
+    wa_nm,
+    pgv_cm_s,
+    hypo_km,
+    depth_km: float,
+    seen_until_s,
+    p_arrival_s,
+    s_arrival_s,
+    usable,
+    previous_magnitude: float = float("nan"),
+) -> tuple[float, float]:
     """Event magnitude and 1-sigma from per-device amplitudes.
 
-    ``wa_nm``: peak Wood-Anderson amplitude since onset (max of vertical and horizontals);
-    ``pgv_cm_s``: peak ground velocity since onset; ``hypo_km``: hypocentral distances;
-    ``s_arrived``: True where the S wave has reached the device (its amplitudes include S);
-    ``usable``: amplitudes clearly above the device's noise.
+    Per device: ``wa_nm`` peak Wood-Anderson amplitude since onset (max of vertical and
+    horizontals); ``pgv_cm_s`` peak ground velocity since onset; ``hypo_km`` hypocentral
+    distance; ``seen_until_s`` the time (UNIX s) up to which its amplitudes reach;
+    ``p_arrival_s`` / ``s_arrival_s`` the predicted P and S arrival times there;
+    ``usable`` amplitude clearly above the device's noise.
+
+    A device that has seen S stands for the S amplitude; one that has seen only P stands
+    for it through ``P_TO_S_LOG10``. Its amplitude is *complete* once the phase has been
+    seen for ``S_WINDOW_S`` (S) or ``P_BOUND_WINDOW_S`` (P) plus the rupture duration of
+    ``previous_magnitude`` (a big rupture keeps radiating). Complete and usable: a
+    detection; complete at noise level: an upper bound; incomplete and usable: a lower
+    bound; incomplete at noise level: no information.
     """
     wa = np.asarray(wa_nm, dtype=float)
     r = np.asarray(hypo_km, dtype=float)
-    s_arr = np.asarray(s_arrived, dtype=bool)
+    seen = np.asarray(seen_until_s, dtype=float)
+    ts = np.asarray(s_arrival_s, dtype=float)
+    tp = np.asarray(p_arrival_s, dtype=float)
     ok = np.asarray(usable, dtype=bool)
-    if not ok.any():
-        ok = np.ones_like(ok)
-    ml = local_magnitude(wa[ok], r[ok]) + np.where(s_arr[ok], 0.0, P_TO_S_LOG10)
-    m, sigma = combine(ml)
-    sel = ok
+    s_arr = seen >= ts
+    dur = rupture_duration_s(previous_magnitude)
+    complete = np.where(s_arr, seen >= ts + S_WINDOW_S + dur, seen >= tp + max(P_BOUND_WINDOW_S, dur))
+    det = ok & complete
+    upper = ~ok & complete
+    lower = ok & ~complete
+
+    def network(station_m):
+        return censored_magnitude(station_m[det], station_m[upper], station_m[lower])
+
+    ml = local_magnitude(wa, r) + np.where(s_arr, 0.0, P_TO_S_LOG10)
+    m, sigma = network(ml)
     if m >= ML_SATURATION:
-        mw = pgv_moment_magnitude(np.asarray(pgv_cm_s, dtype=float)[sel], r[sel], depth_km)
-        m_w, sigma_w = combine(mw)
+        mw = pgv_moment_magnitude(np.asarray(pgv_cm_s, dtype=float), r, depth_km)
+        mw = mw + np.where(s_arr, 0.0, P_TO_S_LOG10)
+        m_w, sigma_w = network(mw)
         if m_w > m:
             return m_w, sigma_w
     return m, sigma

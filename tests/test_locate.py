@@ -1,0 +1,223 @@
+"""Grid-search locator (yujing.locate) on synthetic, seeded networks.
+
+Onsets are made with the same iasp91 table the locator uses, plus Gaussian pick noise, so
+any error here comes from the search (grid, robust origin time, S reading, silent-device
+and first-device terms), not from a velocity-model mismatch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from yujing.geo import KM_PER_DEG, distance_km
+from yujing.locate import Location, locate
+from yujing.traveltime import default_table
+
+LAT0, LON0 = 16.5, -98.5  # Guerrero / Oaxaca coast, where the OpenEEW devices are
+HALF_KM = 200.0  # the network covers about 400 km x 400 km
+OT = 1_600_000_000.0  # origin time (UNIX s)
+PICK_SIGMA_S = 0.15
+
+
+def network(seed: int, n: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` devices scattered uniformly over a 400 x 400 km square around (LAT0, LON0)."""
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-HALF_KM, HALF_KM, n)
+    y = rng.uniform(-HALF_KM, HALF_KM, n)
+    lat = LAT0 + y / KM_PER_DEG
+    lon = LON0 + x / (KM_PER_DEG * np.cos(np.radians(LAT0)))
+    return lat, lon
+
+
+def p_onsets(lat, lon, elat, elon, depth_km, rng, sigma=PICK_SIGMA_S) -> np.ndarray:
+    d = distance_km(elat, elon, lat, lon)
+    return OT + default_table().p_time_s(d, depth_km) + rng.normal(0.0, sigma, len(lat))
+
+
+def epi_error_km(loc: Location, elat: float, elon: float) -> float:
+    return float(distance_km(loc.latitude, loc.longitude, elat, elon))
+
+
+# (name, seed, latitude, longitude, depth_km); "edge" lies offshore, 25 km south of the
+# southernmost device of its network (its latitude is set from the network below)
+CASES = [
+    ("inside_10km", 1, 16.60, -98.30, 10.0),
+    ("inside_30km", 2, 16.30, -98.80, 30.0),
+    ("inside_60km", 3, 16.45, -98.55, 60.0),
+    ("edge_offshore_20km", 4, None, -98.40, 20.0),
+    ("edge_offshore_30km", 5, None, -98.70, 30.0),
+]
+
+
+def make_case(seed, elat, elon, depth, n=20):
+    lat, lon = network(seed, n)
+    if elat is None:  # offshore at the network's edge
+        elat = float(lat.min()) - 25.0 / KM_PER_DEG
+    rng = np.random.default_rng(1000 + seed)
+    t = p_onsets(lat, lon, elat, elon, depth, rng)
+    return lat, lon, t, elat
+
+
+@pytest.mark.parametrize("n_picks", [8, 12, 20])
+@pytest.mark.parametrize("name,seed,elat,elon,depth", CASES, ids=[c[0] for c in CASES])
+def test_epicentre_and_origin_time(name, seed, elat, elon, depth, n_picks):
+    lat, lon, t, elat = make_case(seed, elat, elon, depth)
+    k = np.argsort(t)[:n_picks]  # the earliest triggers, as the engine would have them
+    loc = locate(lat[k], lon[k], t[k], now_s=float(t[k].max()) + 1.0)
+    err = epi_error_km(loc, elat, elon)
+    assert err < 10.0, f"{name}, {n_picks} picks: epicentre {err:.1f} km off"
+    assert abs(loc.origin_time_s - OT) < 1.0, f"origin time off by {loc.origin_time_s - OT:+.2f} s"
+    assert not loc.is_s.any(), "no pick is an S arrival here"
+    # clean P picks: the P residual RMS is of the order of the pick noise
+    assert loc.rms_s < 4 * PICK_SIGMA_S
+    assert loc.residual_s.shape == (n_picks,)
+
+
+@pytest.mark.parametrize("depth", [10.0, 30.0, 60.0])
+def test_depth_is_resolved_inside_a_dense_network(depth):
+    """With 20 picks around the epicentre, the trial depth nearest the truth wins (or a
+    neighbouring trial depth: the grid has 5-20 km spacing at these depths)."""
+    lat, lon, t, elat = make_case(7, 16.5, -98.5, depth)
+    loc = locate(lat, lon, t, now_s=float(t.max()) + 1.0)
+    assert abs(loc.depth_km - depth) <= 15.0, f"depth {loc.depth_km} km for a {depth} km source"
+
+
+@pytest.mark.parametrize("name,seed,elat,elon,depth", CASES, ids=[c[0] for c in CASES])
+def test_one_gross_outlier_does_not_move_the_epicentre(name, seed, elat, elon, depth):
+    lat, lon, t, elat = make_case(seed, elat, elon, depth)
+    k = np.argsort(t)[:12]
+    la, lo, tt = lat[k], lon[k], t[k]
+    now = float(tt.max()) + 10.0
+    clean = locate(la, lo, tt, now_s=now)
+    bad_t = tt.copy()
+    bad = 4  # the fifth trigger: not the first device, which anchors the search
+    bad_t[bad] += 8.0
+    dirty = locate(la, lo, bad_t, now_s=now)
+    shift = float(distance_km(clean.latitude, clean.longitude, dirty.latitude, dirty.longitude))
+    assert shift <= 10.0, f"{name}: one +8 s pick moved the epicentre {shift:.1f} km"
+    assert epi_error_km(dirty, elat, elon) < 12.0
+    assert abs(dirty.origin_time_s - OT) < 1.0
+    # the bad pick is recognised as not fitting P: read as S, or a large P residual
+    assert dirty.is_s[bad] or abs(dirty.residual_s[bad]) > 5.0, (dirty.is_s[bad], dirty.residual_s[bad])
+    good = np.arange(len(tt)) != bad
+    assert not dirty.is_s[good].any()
+
+
+@pytest.mark.parametrize("name,seed,elat,elon,depth", CASES, ids=[c[0] for c in CASES])
+def test_s_arrival_is_flagged(name, seed, elat, elon, depth):
+    lat, lon, t, elat = make_case(seed, elat, elon, depth)
+    tab = default_table()
+    d = distance_km(elat, elon, lat, lon)
+    # one device at 100-250 km (S-P of 12 s or more) reports the S arrival instead of P
+    cand = np.flatnonzero((d > 100.0) & (d < 250.0))
+    assert len(cand), "test network has no device at 100-250 km"
+    s_dev = int(cand[np.argmin(np.abs(d[cand] - 150.0))])
+    rng = np.random.default_rng(seed)
+    t = t.copy()
+    t[s_dev] = OT + float(tab.s_time_s(d[s_dev], depth)) + rng.normal(0.0, PICK_SIGMA_S)
+    loc = locate(lat, lon, t, now_s=float(t.max()) + 1.0)
+    assert loc.is_s[s_dev], f"{name}: the S pick (device {s_dev}, {d[s_dev]:.0f} km) was read as P"
+    assert loc.is_s.sum() == 1, f"other picks read as S: {np.flatnonzero(loc.is_s)}"
+    assert abs(loc.residual_s[s_dev]) < 1.0  # residual is for the phase it was read as
+    assert epi_error_km(loc, elat, elon) < 10.0
+    assert abs(loc.origin_time_s - OT) < 1.0
+
+
+# --------------------------------------------------------------- silent devices, 3 picks
+
+TRIG_LAT = np.array([16.0, 16.5, 17.0])
+TRIG_LON = np.array([-98.5, -98.5, -98.5])
+# streaming devices that did not trigger: three just west of the triggered line (closer to
+# any western trial epicentre than the triggered devices are), the rest farther away
+SIL_LAT = np.array([16.2, 16.5, 16.8, 16.0, 17.0, 16.5, 15.3, 17.7])
+SIL_LON = np.array([-98.8, -98.85, -98.8, -99.2, -99.2, -96.9, -97.9, -97.9])
+
+
+@pytest.mark.parametrize("elon", [-97.9, -98.1])
+@pytest.mark.parametrize("depth", [10.0, 20.0, 30.0])
+def test_three_picks_silent_devices_keep_the_solution_on_the_triggered_side(elon, depth):
+    """Three triggered devices on a N-S line leave an east/west mirror ambiguity. The event
+    is east of the line; silent devices west of the line (closer to a western solution
+    than the triggered ones) must keep the solution east of it."""
+    elat = 16.5
+    rng = np.random.default_rng(int(depth) + int(-elon * 10))
+    t = p_onsets(TRIG_LAT, TRIG_LON, elat, elon, depth, rng, sigma=0.1)
+    # the truth is consistent with the silence: every silent device is farther from the
+    # epicentre than every triggered one
+    assert distance_km(elat, elon, SIL_LAT, SIL_LON).min() > distance_km(elat, elon, TRIG_LAT, TRIG_LON).max()
+    now = float(t.max()) + 2.0
+    without = locate(TRIG_LAT, TRIG_LON, t, now_s=now)
+    with_silent = locate(TRIG_LAT, TRIG_LON, t, now_s=now, silent_lat=SIL_LAT, silent_lon=SIL_LON)
+    e0, e1 = epi_error_km(without, elat, elon), epi_error_km(with_silent, elat, elon)
+    assert with_silent.longitude > TRIG_LON[0], (
+        f"solution {with_silent.latitude:.2f}, {with_silent.longitude:.2f} is on the silent side"
+    )
+    assert with_silent.n_silent_violations == 0
+    assert e1 <= e0 + 0.5, f"silent devices made it worse: {e0:.1f} -> {e1:.1f} km"
+    assert e1 < 45.0
+    assert with_silent.horizontal_error_km <= without.horizontal_error_km + 0.5
+
+
+def test_three_picks_silent_devices_help_in_some_cases():
+    """Across the mirrored cases above, the silent devices must actually change (improve)
+    the answer in several: a locator ignoring them would give identical answers."""
+    gains = []
+    for elon in (-97.9, -98.1):
+        for depth in (10.0, 20.0, 30.0):
+            rng = np.random.default_rng(int(depth) + int(-elon * 10))
+            t = p_onsets(TRIG_LAT, TRIG_LON, 16.5, elon, depth, rng, sigma=0.1)
+            now = float(t.max()) + 2.0
+            a = locate(TRIG_LAT, TRIG_LON, t, now_s=now)
+            b = locate(TRIG_LAT, TRIG_LON, t, now_s=now, silent_lat=SIL_LAT, silent_lon=SIL_LON)
+            gains.append(epi_error_km(a, 16.5, elon) - epi_error_km(b, 16.5, elon))
+    assert sum(g > 10.0 for g in gains) >= 3, [round(g, 1) for g in gains]
+
+
+def test_three_picks_random_networks_silent_devices_never_hurt():
+    """Offshore events 45 km beyond the network's southern edge, 3 earliest picks; the
+    devices that have not triggered yet are passed as silent. Over 10 seeded networks the
+    silent devices never make the epicentre worse and improve it in total."""
+    tab = default_table()
+    e_without, e_with = [], []
+    for seed in range(10):
+        lat, lon = network(seed)
+        rng = np.random.default_rng(100 + seed)
+        elat, elon, depth = float(lat.min()) - 0.4, LON0 + rng.uniform(-0.5, 0.5), 20.0
+        t = OT + tab.p_time_s(distance_km(elat, elon, lat, lon), depth) + rng.normal(0, PICK_SIGMA_S, len(lat))
+        order = np.argsort(t)
+        k, rest = order[:3], order[3:]
+        now = float(t[k].max()) + 2.0
+        a = locate(lat[k], lon[k], t[k], now_s=now)
+        b = locate(lat[k], lon[k], t[k], now_s=now, silent_lat=lat[rest], silent_lon=lon[rest])
+        e_without.append(epi_error_km(a, elat, elon))
+        e_with.append(epi_error_km(b, elat, elon))
+        assert e_with[-1] <= e_without[-1] + 1.0, f"seed {seed}: {e_without[-1]:.1f} -> {e_with[-1]:.1f} km"
+        assert b.n_silent_violations == 0
+    assert sum(e_with) < sum(e_without) - 20.0, (np.round(e_without, 1), np.round(e_with, 1))
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_horizontal_error_larger_with_3_picks_than_with_15(seed):
+    lat, lon = network(seed)
+    rng = np.random.default_rng(seed)
+    elat, elon = LAT0 + rng.uniform(-0.8, 0.8), LON0 + rng.uniform(-0.8, 0.8)
+    t = p_onsets(lat, lon, elat, elon, 20.0, rng)
+    order = np.argsort(t)
+    k3, k15 = order[:3], order[:15]
+    few = locate(lat[k3], lon[k3], t[k3], now_s=float(t[k3].max()) + 1.0)
+    many = locate(lat[k15], lon[k15], t[k15], now_s=float(t[k15].max()) + 1.0)
+    assert many.horizontal_error_km < 10.0
+    assert few.horizontal_error_km > 1.5 * many.horizontal_error_km, (
+        few.horizontal_error_km,
+        many.horizontal_error_km,
+    )
+    # and the 15-pick error is an honest 1-sigma radius: the true epicentre is inside ~3x it
+    assert epi_error_km(many, elat, elon) < 3 * many.horizontal_error_km + 2.0
+
+
+def test_deterministic():
+    lat, lon, t, elat = make_case(4, None, -98.4, 20.0)
+    a = locate(lat, lon, t, now_s=float(t.max()) + 1.0)
+    b = locate(lat, lon, t, now_s=float(t.max()) + 1.0)
+    assert (a.latitude, a.longitude, a.depth_km, a.origin_time_s) == (b.latitude, b.longitude, b.depth_km, b.origin_time_s)
