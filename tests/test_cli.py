@@ -275,12 +275,6 @@ def test_synthetic_corrupt_lines_are_skipped_and_counted(tmp_path):
     assert re.search(r"\b117 packets\b", out), out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in src/yujing/cli.py: the summary prints only f.rejects.summary_lines()[:6] per "
-    "folder, so with four kinds of bad line only the first reasons get a file:line; the "
-    "rest are counted but never located",
-)
 def test_synthetic_summary_names_file_and_line_of_every_skip(tmp_path):
     data = tmp_path / "data"
     bad = write_layout(data, corrupt=True)
@@ -299,12 +293,6 @@ def test_synthetic_clean_layout(tmp_path):
     assert re.search(r"\b120 packets\b", out), out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in src/yujing/cli.py: at the width rich uses when stdout is not a terminal "
-    "(80 columns: pipes, CI logs) the 12-column table truncates the folder column to "
-    "'202…', and with --no-score and no skipped input no other line names the folder",
-)
 def test_summary_names_folder_at_default_width(tmp_path):
     data = tmp_path / "data"
     write_layout(data, corrupt=False)
@@ -313,12 +301,6 @@ def test_summary_names_folder_at_default_width(tmp_path):
     assert FOLDER in out, out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG in src/yujing/cli.py: reject messages (which quote device ids and paths from "
-    "the data) are printed as rich markup, so a device_id like '[/bold]' raises "
-    "rich.errors.MarkupError after the replay and the command exits 1 with a traceback",
-)
 def test_markup_in_data_does_not_crash_the_summary(tmp_path):
     data = tmp_path / "data"
     write_layout(data, corrupt=False)

@@ -31,9 +31,6 @@ from .settings import Settings
 from .traveltime import default_table
 
 MAG_STEP = 0.1
-#: an amplitude counts as signal when it exceeds twice the largest value of the 5 s of
-#: noise before the onset (a peak-to-peak noise measure, so 2 is already a clear signal)
-DETECTION_SNR = 2.0
 LOC_STEP_KM = 2.0
 DEPTH_STEP_KM = 10.0
 
@@ -246,7 +243,7 @@ class Associator:
         wa = np.array([max(t.wa_horizontal_nm, t.wa_vertical_nm) for t in trs])
         noise = np.array([t.noise_wa_nm for t in trs])
         pgv = np.array([t.pgv_cm_s for t in trs])
-        usable = wa > DETECTION_SNR * np.maximum(noise, 1e-9)
+        usable = wa > self.s.magnitude.detection_snr * np.maximum(noise, 1e-9)
         # one estimate per device: its later-phase trigger may hold the larger amplitude
         ids = [t.device_id for t in trs]
         best: dict[str, int] = {}

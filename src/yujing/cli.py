@@ -50,10 +50,13 @@ def _replay(args) -> int:
     if args.output:
         write_updates(Path(args.output), result)
 
-    out = Console()
+    # Text from the data (device ids, paths) is printed without markup; when stdout is not a
+    # terminal (pipes, CI logs) the table gets room instead of rich's 80 columns.
+    out = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 160)
     table = Table(title="yujing replay", show_lines=False)
-    for col in ("folder", "packets", "data", "compute", "triggers", "events", "first update", "final M", "epicentre", "devices", "versions", "skipped"):
-        table.add_column(col, justify="right" if col not in ("folder", "first update", "epicentre") else "left")
+    for col in ("folder", "packets", "data", "compute", "triggers", "events", "first update (after its origin)", "final M", "epicentre", "devices", "versions", "skipped"):
+        left = col in ("folder", "events", "first update (after its origin)", "epicentre")
+        table.add_column(col, justify="left" if left else "right", no_wrap=col in ("folder", "events"))
     for f in result.folders:
         by_event: dict[str, list] = {}
         for u in f.updates:
@@ -71,7 +74,7 @@ def _replay(args) -> int:
                 f"{f.compute_s:.2f} s" if i == 0 else "",
                 str(len(f.triggers)) if i == 0 else "",
                 eid + state,
-                iso(first.issued_at_s)[11:23],
+                f"{iso(first.issued_at_s)[11:21]} (+{first.issued_at_s - first.origin_time_s:.1f} s)",
                 f"{final.magnitude:.1f} ± {final.magnitude_sigma:.1f}",
                 f"{final.latitude:.2f}, {final.longitude:.2f}, {final.depth_km:.0f} km",
                 str(final.n_devices),
@@ -94,8 +97,12 @@ def _replay(args) -> int:
     if reasons:
         out.print("skipped input: " + ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())))
         for f in result.folders:
-            for line in f.rejects.summary_lines()[:6]:
-                out.print(f"  {f.folder}: {line}")
+            for reason, n in f.rejects.by_reason().items():
+                out.print(f"  {f.folder}: {reason} {n}")
+                for msg in f.rejects.messages(reason)[:2]:
+                    out.print(f"    {msg}")
+                if n > 2:
+                    out.print(f"    ... and {n - 2} more")
     else:
         out.print("skipped input: none")
     if notes:
@@ -138,7 +145,7 @@ def _print_score(out, data: Path, result, devices) -> None:
         t.add_row(
             f.folder,
             f"{c.magnitude:.1f}",
-            "yes" if s.detected else "[red]MISSED[/red]",
+            "yes" if s.detected else "MISSED",
             fmt(s.first_delay_origin_s, " s"),
             fmt(s.first_delay_p3_s, " s"),
             f"{fmt(s.first_location_error_km)} / {fmt(s.final_location_error_km)} km",
@@ -157,9 +164,12 @@ def _print_score(out, data: Path, result, devices) -> None:
 def _settings(args) -> int:
     import msgspec
 
-    from .settings import Settings
+    from .settings import Settings, settings_markdown
 
-    print(msgspec.json.format(msgspec.json.encode(Settings()).decode(), indent=2))
+    if args.markdown:
+        print(settings_markdown())
+    else:
+        print(msgspec.json.format(msgspec.json.encode(Settings()).decode(), indent=2))
     return 0
 
 
@@ -188,7 +198,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     r.set_defaults(func=_replay)
 
-    s = sub.add_parser("settings", help="print the engine's settings (units in the names)")
+    s = sub.add_parser(
+        "settings",
+        help="print the engine's settings (units in the names)",
+        description="Print every constant of the engine with its value; units are in the names.",
+    )
+    s.add_argument("--markdown", action="store_true", help="as the documented table (docs/settings.md)")
     s.set_defaults(func=_settings)
     return p
 

@@ -111,9 +111,11 @@ def score_folder(
         by_event.setdefault(u.event_id, []).append(u)
     cands = []
     for eid, us in by_event.items():
-        live = [u for u in us if not u.retracted]
-        if live and matches(live[-1], truth):
-            cands.append((live[0].issued_at_s, eid, live))
+        # a withdrawn announcement is not a detection, whatever it said before
+        if us[-1].retracted:
+            continue
+        if matches(us[-1], truth):
+            cands.append((us[0].issued_at_s, eid, us))
     if not cands:
         return EventScore(key, truth.magnitude, False)
     _, eid, us = min(cands)

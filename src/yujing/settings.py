@@ -1,91 +1,122 @@
 """One table of the engine's constants, with units and where each value comes from.
 
-The same table feeds the CLI (``yujing settings``), the docs (docs/settings.md is generated
-from it) and the code. Values are physics or published practice, not fitted to single
-events of the development set; docs/constants.md explains each choice.
+The same table feeds the code, the CLI (``yujing settings`` prints it as JSON,
+``yujing settings --markdown`` as the table in docs/settings.md, which a test keeps equal)
+and the docs. Values are physics or published practice, not fitted to single events of the
+development set; docs/constants.md says more about the choices.
 """
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 
-class PickerSettings(msgspec.Struct, frozen=True):
-    #: high-pass corner of the trigger channel; removes microseism and building sway,
-    #: keeps the 1.5-15 Hz band where local and regional P energy stands above MEMS noise.
-    pick_highpass_hz: float = 1.5
-    #: short- and long-term average windows of the recursive STA/LTA (Allen 1978; the
-    #: usual EEW choice of a sub-second STA against tens of seconds of noise).
-    sta_s: float = 0.5
-    lta_s: float = 30.0
-    #: STA/LTA ratio that declares a trigger; ratio below which a device re-arms.
-    trigger_ratio: float = 4.0
-    rearm_ratio: float = 1.5
-    #: seconds after a (re)start before a device may trigger: the LTA must know the noise.
-    warmup_s: float = 15.0
-    #: onset refinement window before the trigger sample (AIC picker, Maeda 1985).
-    onset_lookback_s: float = 3.0
-    #: high-pass corner for PGV and Pd: 0.075 Hz as in Wu & Kanamori (2005) and Kuyuk &
-    #: Allen (2013), whose Pd scalings the magnitude stage uses.
-    amplitude_highpass_hz: float = 0.075
-    #: how long a trigger keeps sending amplitude updates (covers S and surface waves of an
-    #: M7+ at 400 km).
-    track_s: float = 90.0
-    #: longest P window for Pd (the published scalings use 3-4 s; growing up to 9 s follows
-    #: Colombelli et al. 2012 so that large ruptures do not saturate it).
-    pd_max_window_s: float = 9.0
-    #: samples kept per device for onset refinement and amplitude look-back.
-    buffer_samples: int = 1024
-    #: concurrent amplitude tracks per device (a false trigger must not hide the real P).
-    max_tracks_per_device: int = 3
+def _d(text: str):
+    return msgspec.Meta(description=text)
 
 
-class AssociateSettings(msgspec.Struct, frozen=True):
-    #: triggered devices needed before an event is announced (ElarmS/EPIC use 3-4).
-    min_devices: int = 3
-    #: two triggers can belong to one event only if their onset difference is at most the
-    #: P travel time between the two devices plus this slack (clock error, picking error).
-    moveout_slack_s: float = 2.0
-    #: longest interstation distance used to pair triggers in a new event.
-    max_pair_distance_km: float = 300.0
-    #: RMS P residual (s) a located candidate must reach to be announced.
-    max_rms_s: float = 1.5
-    #: candidate events are dropped when no trigger has joined them for this long (s).
-    candidate_ttl_s: float = 60.0
-    #: an announced event stops being updated this long after its origin (s).
-    event_ttl_s: float = 240.0
+class PickerSettings(msgspec.Struct, frozen=True, kw_only=True):
+    pick_highpass_hz: Annotated[float, _d(
+        "High-pass corner of the trigger channel: removes microseism and building sway and "
+        "keeps the band where local and regional P energy stands above MEMS noise.")] = 1.5
+    sta_s: Annotated[float, _d(
+        "Short-term window of the recursive STA/LTA (Allen 1978; EEW pickers use 0.2-1 s).")] = 0.5
+    lta_s: Annotated[float, _d("Long-term window of the recursive STA/LTA (tens of seconds of noise).")] = 30.0
+    trigger_ratio: Annotated[float, _d("STA/LTA ratio that declares a trigger (usual range 3-5).")] = 4.0
+    rearm_ratio: Annotated[float, _d("STA/LTA ratio below which a triggered device re-arms.")] = 1.5
+    warmup_s: Annotated[float, _d(
+        "Seconds after a stream (re)starts before the device may trigger: the LTA must "
+        "first know the noise.")] = 15.0
+    onset_lookback_s: Annotated[float, _d(
+        "Window before the trigger sample searched for the onset (AIC picker, Maeda 1985).")] = 3.0
+    amplitude_highpass_hz: Annotated[float, _d(
+        "High-pass corner for PGA, PGV, Pd and the Wood-Anderson channel: 0.075 Hz as in "
+        "Wu & Kanamori (2005) and Kuyuk & Allen (2013).")] = 0.075
+    track_s: Annotated[float, _d(
+        "How long a trigger keeps sending amplitude updates (covers S and surface waves of "
+        "an M7+ at 400 km).")] = 90.0
+    pd_max_window_s: Annotated[float, _d(
+        "Longest P window for Pd after the onset (published Pd scalings use 3-4 s; growing "
+        "windows up to ~9 s follow Colombelli et al. 2012).")] = 9.0
+    buffer_samples: Annotated[int, _d("Samples kept per device for onset refinement and amplitude look-back.")] = 1024
+    max_tracks_per_device: Annotated[int, _d(
+        "Concurrent amplitude tracks per device, so that a false trigger cannot hide the real P.")] = 3
 
 
-class LocateSettings(msgspec.Struct, frozen=True):
-    #: half-width of the epicentral search around the first triggers (km).
-    search_radius_km: float = 400.0
-    #: coarse and fine grid steps (km).
-    coarse_step_km: float = 10.0
-    fine_step_km: float = 2.0
-    #: trial depths (km): crust, interface and intraslab depths of subduction zones.
-    depths_km: tuple[float, ...] = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0)
-    #: pick-time uncertainty used to weight residuals (s).
-    pick_sigma_s: float = 0.5
-    #: a streaming device closer to a trial epicentre than the farthest triggered one,
-    #: that P should have reached more than this many seconds ago but that has not
-    #: triggered, counts against the trial epicentre (ElarmS "not-yet-arrived" logic).
-    silent_grace_s: float = 2.0
-    #: scale (km) of the prior on the distance between the epicentre and the device that
-    #: triggered first: cost (d / scale)^2. With three or four picks the misfit is flat
-    #: along a curve (three equations, four unknowns) and this prior picks the part of the
-    #: curve near the first device, as ElarmS' first-station (Voronoi) start does; with
-    #: more picks the residuals outweigh it. 100 km is the order of the spacing of a sparse
-    #: regional network, not a fit to these events.
-    first_device_prior_km: float = 100.0
+class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True):
+    min_devices: Annotated[int, _d("Triggered devices needed to announce an event (ElarmS/EPIC use 3-4).")] = 3
+    moveout_slack_s: Annotated[float, _d(
+        "Two triggers can belong to one event only if their onsets differ by at most the P "
+        "travel time between the two devices plus this slack (clock and picking error).")] = 2.0
+    max_pair_distance_km: Annotated[float, _d("Longest distance between two devices paired in a new event.")] = 300.0
+    max_rms_s: Annotated[float, _d("RMS P residual a located candidate must reach to be announced.")] = 1.5
+    candidate_ttl_s: Annotated[float, _d("Unassociated triggers are forgotten after this long.")] = 60.0
+    event_ttl_s: Annotated[float, _d("An event stops being updated this long after its origin time.")] = 240.0
 
 
-class MagnitudeSettings(msgspec.Struct, frozen=True):
-    #: minimum signal (in units of the device's noise) for an amplitude to be used.
-    min_snr: float = 3.0
+class LocateSettings(msgspec.Struct, frozen=True, kw_only=True):
+    search_radius_km: Annotated[float, _d("Half-width of the epicentral search around the first triggers.")] = 400.0
+    coarse_step_km: Annotated[float, _d("Step of the coarse epicentral grid.")] = 10.0
+    fine_step_km: Annotated[float, _d("Step of the fine grid around the best coarse minima.")] = 2.0
+    depths_km: Annotated[tuple[float, ...], _d(
+        "Trial depths: crust, plate interface and intraslab depths of subduction zones.")] = (
+        5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0)
+    pick_sigma_s: Annotated[float, _d("Pick-time uncertainty that weights residuals.")] = 0.5
+    silent_grace_s: Annotated[float, _d(
+        "A streaming device closer to a trial epicentre than the farthest triggered one, that "
+        "P should have reached more than this long ago but that has not triggered, counts "
+        "against the trial epicentre (ElarmS 'not-yet-arrived').")] = 2.0
+    first_device_prior_km: Annotated[float, _d(
+        "Scale of the prior on the distance from the epicentre to the first-triggered device, "
+        "cost (d/scale)^2. Three picks leave a curve of equally good solutions; this picks "
+        "the part near the first device, as ElarmS' first-station start does. About the "
+        "spacing of a sparse regional network.")] = 100.0
 
 
-class Settings(msgspec.Struct, frozen=True):
+class MagnitudeSettings(msgspec.Struct, frozen=True, kw_only=True):
+    detection_snr: Annotated[float, _d(
+        "An amplitude is signal when it exceeds this multiple of the largest value in the "
+        "5 s of noise before the onset (a peak measure of noise, so 2 is already clear).")] = 2.0
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
     picker: PickerSettings = PickerSettings()
     associate: AssociateSettings = AssociateSettings()
     locate: LocateSettings = LocateSettings()
     magnitude: MagnitudeSettings = MagnitudeSettings()
+
+
+def _unit(name: str) -> str:
+    for suffix, unit in (("_hz", "Hz"), ("_km", "km"), ("_s", "s"), ("_snr", "ratio"), ("_ratio", "ratio")):
+        if name.endswith(suffix):
+            return unit
+    return ""
+
+
+def settings_markdown(settings: Settings | None = None) -> str:
+    """The settings as the markdown table of docs/settings.md."""
+    s = settings or Settings()
+    lines = [
+        "# Settings",
+        "",
+        "Generated by `yujing settings --markdown` from `src/yujing/settings.py`; a test keeps",
+        "this file equal to it. Units are in the names.",
+        "",
+    ]
+    for section in msgspec.structs.fields(Settings):
+        sub = getattr(s, section.name)
+        lines += [f"## {section.name}", "", "| setting | value | unit | meaning |", "|---|---|---|---|"]
+        info = msgspec.inspect.type_info(type(sub))
+        for f in info.fields:
+            desc = ""
+            typ = f.type
+            if isinstance(typ, msgspec.inspect.Metadata):
+                desc = typ.extra_json_schema.get("description", "") if typ.extra_json_schema else ""
+            value = getattr(sub, f.name)
+            if isinstance(value, tuple):
+                value = ", ".join(f"{v:g}" for v in value)
+            lines.append(f"| `{f.name}` | {value} | {_unit(f.name)} | {desc} |")
+        lines.append("")
+    return "\n".join(lines)
