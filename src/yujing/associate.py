@@ -240,7 +240,7 @@ class Associator:
         tp = loc.origin_time_s + tp
         ts = loc.origin_time_s + ts
         seen_until = np.array([t.onset_time_s + t.window_s for t in trs])
-        wa = np.array([max(t.wa_horizontal_nm, t.wa_vertical_nm) for t in trs])
+        wa = np.array([t.wa_horizontal_nm for t in trs])
         noise = np.array([t.noise_wa_nm for t in trs])
         pgv = np.array([t.pgv_cm_s for t in trs])
         usable = wa > self.s.magnitude.detection_snr * np.maximum(noise, 1e-9)

@@ -168,8 +168,8 @@ def event_magnitude(
 ) -> tuple[float, float]:
     """Event magnitude and 1-sigma from per-device amplitudes.
 
-    Per device: ``wa_nm`` peak Wood-Anderson amplitude since onset (max of vertical and
-    horizontals); ``pgv_cm_s`` peak ground velocity since onset; ``hypo_km`` hypocentral
+    Per device: ``wa_nm`` peak Wood-Anderson amplitude since onset (geometric mean of the
+    two horizontal components, the IASPEI reading); ``pgv_cm_s`` peak ground velocity since onset; ``hypo_km`` hypocentral
     distance; ``seen_until_s`` the time (UNIX s) up to which its amplitudes reach;
     ``p_arrival_s`` / ``s_arrival_s`` the predicted P and S arrival times there;
     ``usable`` amplitude clearly above the device's noise.

@@ -149,7 +149,8 @@ class Track:
     pga_gal: float = 0.0
     pgv_cm_s: float = 0.0
     pd_cm: float = 0.0
-    wa_h_cm: float = 0.0
+    wa_x_cm: float = 0.0
+    wa_y_cm: float = 0.0
     wa_z_cm: float = 0.0
     u2: float = 0.0  # integral of u^2 over the tau_c window (cm^2 s)
     v2: float = 0.0  # integral of v^2 over the tau_c window (cm^2/s^2 s)
@@ -175,10 +176,12 @@ class _Buffers:
     vel_abs: np.ndarray = field(init=False)  # max over axes of |vel|
     disp_z: np.ndarray = field(init=False)
     vel_z: np.ndarray = field(init=False)
-    wa_h: np.ndarray = field(init=False)  # max over horizontal axes of |Wood-Anderson|
+    # |Wood-Anderson| per axis: ML is read on each horizontal component separately
+    wa_x: np.ndarray = field(init=False)  # vertical
+    wa_y: np.ndarray = field(init=False)
     wa_z: np.ndarray = field(init=False)
 
-    NAMES = ("zf", "acc_abs", "vel_abs", "disp_z", "vel_z", "wa_h", "wa_z")
+    NAMES = ("zf", "acc_abs", "vel_abs", "disp_z", "vel_z", "wa_x", "wa_y", "wa_z")
 
     def __post_init__(self):
         self.t = np.zeros((self.capacity, self.length))
@@ -322,8 +325,10 @@ class Picker:
         self._buf.vel_abs[sl, idx] = np.abs(vel).max(axis=1)
         self._buf.disp_z[sl, idx] = disp[:, 0, :]
         self._buf.vel_z[sl, idx] = vel[:, 0, :]
-        self._buf.wa_h[sl, idx] = np.abs(wa[:, 1:, :]).max(axis=1)
-        self._buf.wa_z[sl, idx] = np.abs(wa[:, 0, :])
+        awa = np.abs(wa)
+        self._buf.wa_x[sl, idx] = awa[:, 0, :]
+        self._buf.wa_y[sl, idx] = awa[:, 1, :]
+        self._buf.wa_z[sl, idx] = awa[:, 2, :]
         self.count[slots] = cnt0 + n
         self.since_reset[slots] += n
 
@@ -385,7 +390,8 @@ class Picker:
         onset = min(onset, trig_count)
         pre = self._window(self._buf.disp_z, slot, onset - int(5 * sr), onset)
         pre_a = self._window(self._buf.acc_abs, slot, onset - int(5 * sr), onset)
-        pre_w = self._window(self._buf.wa_h, slot, onset - int(5 * sr), onset)
+        pre_wy = self._window(self._buf.wa_y, slot, onset - int(5 * sr), onset)
+        pre_wz = self._window(self._buf.wa_z, slot, onset - int(5 * sr), onset)
         dev = devices.get(pkt.device_id)
         tr = Track(
             slot=slot,
@@ -398,7 +404,7 @@ class Picker:
             snr=snr,
             noise_pd_cm=float(np.abs(pre).max()) if len(pre) else 0.0,
             noise_pga_gal=float(pre_a.max()) if len(pre_a) else 0.0,
-            noise_wa_cm=float(pre_w.max()) if len(pre_w) else 0.0,
+            noise_wa_cm=math.sqrt(float(pre_wy.max()) * float(pre_wz.max())) if len(pre_wy) else 0.0,
         )
         self._measure(tr, onset)
         tr.measured_to = int(self.count[slot])
@@ -418,7 +424,8 @@ class Picker:
         b = self._buf
         tr.pga_gal = max(tr.pga_gal, float(self._window(b.acc_abs, slot, start, stop).max(initial=0.0)))
         tr.pgv_cm_s = max(tr.pgv_cm_s, float(self._window(b.vel_abs, slot, start, stop).max(initial=0.0)))
-        tr.wa_h_cm = max(tr.wa_h_cm, float(self._window(b.wa_h, slot, start, stop).max(initial=0.0)))
+        tr.wa_x_cm = max(tr.wa_x_cm, float(self._window(b.wa_x, slot, start, stop).max(initial=0.0)))
+        tr.wa_y_cm = max(tr.wa_y_cm, float(self._window(b.wa_y, slot, start, stop).max(initial=0.0)))
         tr.wa_z_cm = max(tr.wa_z_cm, float(self._window(b.wa_z, slot, start, stop).max(initial=0.0)))
         pd_stop = min(stop, tr.onset_count + int(self.s.pd_max_window_s * sr))
         if pd_stop > start:
@@ -447,8 +454,9 @@ class Picker:
             update=tr.updates,
             noise_pd_cm=tr.noise_pd_cm,
             noise_pga_gal=tr.noise_pga_gal,
-            wa_horizontal_nm=tr.wa_h_cm * 1e7,
-            wa_vertical_nm=tr.wa_z_cm * 1e7,
+            # the IASPEI ML averages the log amplitudes of the two horizontals
+            wa_horizontal_nm=math.sqrt(tr.wa_y_cm * tr.wa_z_cm) * 1e7,
+            wa_vertical_nm=tr.wa_x_cm * 1e7,
             noise_wa_nm=tr.noise_wa_cm * 1e7,
         )
         tr.updates += 1

@@ -57,9 +57,10 @@ class Trigger(msgspec.Struct, frozen=True):
     ``pd_cm``: peak vertical displacement in the P window (onset .. min(onset+9 s, S)).
     ``tau_c_s``: Kanamori's period parameter over the first 3 s of P (0 until known).
     ``snr``: STA/LTA ratio at the trigger.
-    ``wa_horizontal_nm`` / ``wa_vertical_nm``: peak Wood-Anderson amplitude (unit gain,
-    ground-displacement nm, the IASPEI local-magnitude convention) since onset.
-    ``noise_pd_cm`` / ``noise_pga_gal`` / ``noise_wa_nm``: the same amplitudes in the 5 s before the onset,
+    ``wa_horizontal_nm``: geometric mean of the peak Wood-Anderson amplitudes of the two
+    horizontal components since onset (unit gain, nm: the IASPEI local-magnitude reading);
+    ``wa_vertical_nm``: the same on the vertical.
+    ``noise_pd_cm`` / ``noise_pga_gal`` / ``noise_wa_nm``: the same (peak values) amplitudes in the 5 s before the onset,
     so that later stages can tell signal from the device's own noise.
     """
 
