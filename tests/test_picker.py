@@ -91,7 +91,8 @@ def test_filter_bank_matches_its_design():
 
 
 def test_sta_lta_matches_obspy_recursive_sta_lta():
-    trigger = pytest.importorskip("obspy.signal.trigger", reason="obspy is a test dependency: pip install -e '.[test]'")
+    from obspy.signal import trigger  # a test dependency: pip install -e '.[test]'
+
     x = synthetic(3)[:, 0]
     nsta, nlta = 16, 937
     # ObsPy's recursion starts at the second sample and zeroes the first nlta outputs
