@@ -52,10 +52,10 @@ def _replay(args) -> int:
 
     # Text from the data (device ids, paths) is printed without markup; when stdout is not a
     # terminal (pipes, CI logs) the table gets room instead of rich's 80 columns.
-    out = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 160)
+    out = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 200)
     table = Table(title="yujing replay", show_lines=False)
-    for col in ("folder", "packets", "data", "compute", "triggers", "events", "first update (after its origin)", "final M", "epicentre", "devices", "versions", "skipped"):
-        left = col in ("folder", "events", "first update (after its origin)", "epicentre")
+    for col in ("folder", "packets", "data", "compute", "triggers", "events", "first (after origin)", "final M", "epicentre", "devices", "versions", "skipped"):
+        left = col in ("folder", "events", "first (after origin)", "epicentre")
         table.add_column(col, justify="left" if left else "right", no_wrap=col in ("folder", "events"))
     for f in result.folders:
         by_event: dict[str, list] = {}
@@ -74,9 +74,9 @@ def _replay(args) -> int:
                 f"{f.compute_s:.2f} s" if i == 0 else "",
                 str(len(f.triggers)) if i == 0 else "",
                 eid + state,
-                f"{iso(first.issued_at_s)[11:21]} (+{first.issued_at_s - first.origin_time_s:.1f} s)",
+                f"{iso(first.issued_at_s)[11:21]} +{first.issued_at_s - first.origin_time_s:.1f}s",
                 f"{final.magnitude:.1f} ± {final.magnitude_sigma:.1f}",
-                f"{final.latitude:.2f}, {final.longitude:.2f}, {final.depth_km:.0f} km",
+                f"{final.latitude:.2f} {final.longitude:.2f} {final.depth_km:.0f}km",
                 str(final.n_devices),
                 str(final.version),
                 str(skipped) if i == 0 else "",
