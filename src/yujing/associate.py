@@ -3,11 +3,13 @@
 A trigger first tries to join an event already known: its onset must match the event's
 predicted P arrival at that device (then it is a new P pick) or fall inside the event's
 shaking at that device (then it is that event's later phase, not a new quake). Otherwise it
-waits in a pool. A new event needs ``min_devices`` pooled triggers whose onsets are
-pairwise consistent with P-wave move-out (``|t_i - t_j| <= tP(d_ij) + slack``) and whose
-joint location fits (RMS, and few devices that should have triggered but stayed silent).
-One noisy device, or a bump that shakes a few devices of one building block, cannot pass:
-the silent devices around it vote against it.
+waits in a pool. A new event needs ``min_devices`` pooled triggers at distinct sites
+(``min_site_separation_km`` apart) whose onsets are pairwise consistent with P-wave
+move-out (``|t_i - t_j| <= tP(d_ij) + slack``) and whose joint location fits (RMS, and few
+devices that should have triggered but stayed silent). One noisy device cannot pass (one
+device is one site), nor can a bump that shakes the devices of one building block (one
+site), nor triggers scattered at random in time (move-out); the silent devices around a
+candidate vote against it.
 
 Every accepted event is re-located when a pick joins it and re-sized at every amplitude
 update; a new :class:`~yujing.records.EventUpdate` (version + 1) is issued when the
@@ -164,7 +166,7 @@ class Associator:
                 continue
             if all(self._consistent(p, q) for q in group):
                 group.append(p)
-        if len(group) < a.min_devices:
+        if len(group) < a.min_devices or self._n_sites(group) < a.min_devices:
             return []
         busy = self._busy()
         slat, slon, _ = self._silent(now_s, busy | {g.device_id for g in group})
@@ -195,6 +197,19 @@ class Associator:
         self.pool = [p for p in self.pool if (p.device_id, p.onset_time_s) not in taken]
         self.events.append(ev)
         return self._refresh(ev, now_s, force=True)
+
+    def _n_sites(self, trigs) -> int:
+        """Number of distinct sites among triggers (greedy: a trigger within
+        ``min_site_separation_km`` of an earlier site joins it)."""
+        sites: list[Trigger] = []
+        for t in trigs:
+            if all(
+                float(distance_km(t.latitude, t.longitude, q.latitude, q.longitude))
+                >= self.s.associate.min_site_separation_km
+                for q in sites
+            ):
+                sites.append(t)
+        return len(sites)
 
     def _busy(self) -> set[str]:
         out = set()

@@ -82,6 +82,14 @@ class Engine:
         out += self.assoc.add(trig, self.clock_s)
         return out
 
+    def feed_heartbeat(self, device_id: str, time_s: float) -> list[EventUpdate]:
+        """A device that sends triggers rather than packets says it is alive and quiet at
+        ``time_s``: its silence is then evidence against events near it."""
+        out = self.flush()
+        self.clock_s = max(self.clock_s, time_s)
+        self.assoc.note_packet(device_id, time_s, reset=False)
+        return out + self.assoc.tick(self.clock_s)
+
     def flush(self) -> list[EventUpdate]:
         """Process whatever is pending (end of a replay, or a live timer firing)."""
         return self._run_step() if self._pending else []

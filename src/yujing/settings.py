@@ -47,6 +47,10 @@ class PickerSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True):
     min_devices: Annotated[int, _d("Triggered devices needed to announce an event (ElarmS/EPIC use 3-4).")] = 3
+    min_site_separation_km: Annotated[float, _d(
+        "Triggers closer together than this count as one site when counting devices for a "
+        "new event: a slammed door, a truck or a crowd shaking one building (or many fake "
+        "devices in one place) must not make an earthquake.")] = 3.0
     moveout_slack_s: Annotated[float, _d(
         "Two triggers can belong to one event only if their onsets differ by at most the P "
         "travel time between the two devices plus this slack (clock and picking error).")] = 2.0
