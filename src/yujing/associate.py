@@ -168,17 +168,7 @@ class Associator:
                 group.append(p)
         if len(group) < a.min_devices or self._n_sites(group) < a.min_devices:
             return []
-        busy = self._busy()
-        slat, slon, _ = self._silent(now_s, busy | {g.device_id for g in group})
-        loc = locate(
-            [g.latitude for g in group],
-            [g.longitude for g in group],
-            [g.onset_time_s for g in group],
-            now_s,
-            slat,
-            slon,
-            self.s.locate,
-        )
+        loc = self._locate(group, now_s, exclude={g.device_id for g in group})
         n_p = int((~loc.is_s).sum())
         if n_p < a.min_devices or loc.rms_s > a.max_rms_s:
             return []
@@ -219,22 +209,26 @@ class Associator:
         out.update(p.device_id for p in self.pool)
         return out
 
-    # updates --------------------------------------------------------------------------
-    def _relocate(self, ev: Event, now_s: float):
-        trs = list(ev.picks.values())
-        busy = self._busy()
-        slat, slon, _ = self._silent(now_s, busy)
-        old = ev.location
-        ev.location = locate(
-            [t.latitude for t in trs],
-            [t.longitude for t in trs],
-            [t.onset_time_s for t in trs],
+    def _locate(self, trigs, now_s: float, exclude: set[str] = frozenset(), **search) -> Location:
+        """Locate from the triggers' onsets, with the silent live devices as evidence."""
+        slat, slon, _ = self._silent(now_s, self._busy() | exclude)
+        return locate(
+            [t.latitude for t in trigs],
+            [t.longitude for t in trigs],
+            [t.onset_time_s for t in trigs],
             now_s,
             slat,
             slon,
             self.s.locate,
-            center=(old.latitude, old.longitude),
-            half_km=max(60.0, 3 * old.horizontal_error_km),
+            **search,
+        )
+
+    # updates --------------------------------------------------------------------------
+    def _relocate(self, ev: Event, now_s: float):
+        trs = list(ev.picks.values())
+        old = ev.location
+        ev.location = self._locate(
+            trs, now_s, center=(old.latitude, old.longitude), half_km=max(60.0, 3 * old.horizontal_error_km)
         )
         # picks the new solution reads as S are later phases, not P
         for t, is_s, r in zip(trs, ev.location.is_s, ev.location.residual_s):
