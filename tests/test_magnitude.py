@@ -97,3 +97,24 @@ def test_p_only_devices_stand_for_the_s_amplitude():
     seen = tp + 5.0  # 5 s of P, S not yet there
     m, _ = event_magnitude(wa, wa * 0, hypo, 20.0, seen, tp, ts, [True], 5.0)
     assert m == pytest.approx(4.2 + P_TO_S_LOG10, abs=0.02)
+
+
+@pytest.mark.parametrize("value", [-3.0, 0.0, 11.0, 40.0])
+def test_absurd_station_magnitudes_do_not_crash(value):
+    m, sigma = censored_magnitude([value], upper=[value - 1], lower=[value + 1])
+    assert 1.0 <= m <= 9.5 and sigma > 0
+
+
+def test_p_only_devices_scale_pgv_before_the_moment_magnitude():
+    """P_TO_S_LOG10 is an amplitude ratio: it multiplies PGV, it is not added to Mw."""
+    hypo = np.array([60.0, 90.0, 120.0])
+    depth, mw = 20.0, 7.3
+    half = 0.5 * 10 ** (0.69 * mw - 3.22)
+    pgv_s = 10 ** si_midorikawa_log_pgv(mw, np.maximum(hypo - half, depth), depth)
+    pgv_p = pgv_s / 10**P_TO_S_LOG10  # what the P wave shows
+    wa = 10 ** (6.9 - (1.11 * np.log10(hypo) + 0.00189 * hypo - 2.09)) / 10**P_TO_S_LOG10
+    tp, ts = hypo / 7.0, hypo / 4.0
+    seen = tp + 60.0  # plenty of P (not S): complete as P for an M7 rupture? not yet -
+    seen = np.minimum(seen, ts - 0.1)  # P only
+    m, _ = event_magnitude(wa, pgv_p, hypo, depth, seen, tp, ts, [True] * 3, float("nan"))
+    assert m == pytest.approx(mw, abs=0.1)

@@ -196,3 +196,43 @@ def test_other_sample_rates_and_packet_lengths():
         first = [t for t in trig if t.update == 0]
         assert len(first) == 1
         assert first[0].onset_time_s == pytest.approx(60.0, abs=0.15)
+
+
+def test_several_packets_of_one_device_in_one_step_stay_in_time_order():
+    """A backlog burst brings packets of different lengths of one device in one step: the
+    samples must be filtered in time order, as if they had come one by one."""
+    x = synthetic(11)
+    devices = {"a": Device("a", 16.0, -98.0)}
+    one_by_one = Picker(record_ratio=True)
+    for p in packets_of(x, 0, "a", 0.0):
+        one_by_one.process([p], p.arrival_time_s, devices)
+    # same samples as packets of 32, 16, 32, 32, 16, 32, ... sent three at a time
+    sizes = [32, 16, 32]
+    burst = Picker(record_ratio=True)
+    pk, i, k = [], 0, 0
+    while i + sizes[k % 3] <= len(x):
+        n = sizes[k % 3]
+        end = (i + n - 1) / SR
+        pk.append(IngestedPacket(0, "a", end, end + 0.2, SR, x[i : i + n], i == 0, 0.0))
+        i += n
+        k += 1
+    for j in range(0, len(pk), 3):
+        step = pk[j : j + 3]
+        burst.process(step, step[-1].arrival_time_s, devices)
+    a = np.concatenate(one_by_one.ratio_log[0])
+    b = np.concatenate(burst.ratio_log[0])
+    m = min(len(a), len(b))
+    np.testing.assert_allclose(b[:m], a[:m], rtol=1e-9, atol=1e-12)
+
+
+def test_long_packets_are_cut_and_still_picked():
+    """A sensor that sends 30 s packets at 100 Hz (3000 samples, longer than the ring)."""
+    x = synthetic(12, sr=100.0, onset_s=75.0)
+    pk = Picker()
+    devices = {"a": Device("a", 16.0, -98.0)}
+    trig = []
+    for p in packets_of(x, 0, "a", 0.0, sr=100.0, n=3000):
+        trig += pk.process([p], p.arrival_time_s, devices)
+    first = [t for t in trig if t.update == 0]
+    assert len(first) == 1
+    assert first[0].onset_time_s == pytest.approx(75.0, abs=0.15)

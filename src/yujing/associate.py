@@ -74,19 +74,20 @@ class Associator:
         self.last_seen[device_id] = end_time_s
 
     def _silent(self, now_s: float, busy: set[str]):
-        """Devices streaming normally (seen in the last 5 s, warmed up) and not in ``busy``."""
+        """Devices streaming normally (seen in the last 5 s, warmed up) and not in ``busy``:
+        their positions and the time up to which each one's data has arrived."""
         warm = self.s.picker.warmup_s
-        lat, lon, ids = [], [], []
+        lat, lon, seen = [], [], []
         for did, t in self.last_seen.items():
             if did in busy or now_s - t > 5.0 or t - self.started.get(did, t) < warm:
                 continue
             dev = self.devices.get(did)
             if dev is None:
                 continue
-            ids.append(did)
+            seen.append(t)
             lat.append(dev.latitude)
             lon.append(dev.longitude)
-        return np.array(lat), np.array(lon), ids
+        return np.array(lat), np.array(lon), np.array(seen)
 
     # triggers -------------------------------------------------------------------------
     def add(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
@@ -211,7 +212,7 @@ class Associator:
 
     def _locate(self, trigs, now_s: float, exclude: set[str] = frozenset(), **search) -> Location:
         """Locate from the triggers' onsets, with the silent live devices as evidence."""
-        slat, slon, _ = self._silent(now_s, self._busy() | exclude)
+        slat, slon, seen = self._silent(now_s, self._busy() | exclude)
         return locate(
             [t.latitude for t in trigs],
             [t.longitude for t in trigs],
@@ -220,6 +221,7 @@ class Associator:
             slat,
             slon,
             self.s.locate,
+            silent_seen_s=seen,
             **search,
         )
 

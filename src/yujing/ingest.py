@@ -113,6 +113,10 @@ class IngestedPacket(msgspec.Struct, frozen=True):
     clock_correction_s: float = 0.0
 
 
+#: the clock offset is the ROBUST_LOWS-th smallest (cloud_t - device_t) seen
+ROBUST_LOWS = 3
+
+
 class _DeviceState:
     """Per-device memory: last accepted packet, recent device times, clock estimate."""
 
@@ -123,6 +127,7 @@ class _DeviceState:
         "state",
         "correction",
         "min_off",
+        "lows",
         "level_off",
         "level_d",
         "cand_first_d",
@@ -138,6 +143,7 @@ class _DeviceState:
         self.state = _PROVISIONAL
         self.correction = 0.0
         self.min_off = math.inf
+        self.lows: list[float] = []
         self.level_off = math.inf
         self.level_d = -math.inf
         self.cand_first_d = math.nan  # backward-jump candidate run; NaN when none
@@ -148,6 +154,7 @@ class _DeviceState:
     def restart_clock(self, d: float, off: float) -> None:
         """Estimate the clock afresh from one packet (first packet, or after a jump ahead)."""
         self.min_off = self.level_off = off
+        self.lows = [off]
         self.level_d = d
         lo, hi = TRUSTED_OFFSET_S
         if lo <= off <= hi:
@@ -159,9 +166,11 @@ class _DeviceState:
 
     def update_clock(self, d: float, off: float) -> None:
         """Fold one more accepted packet into the clock estimate."""
-        if off < self.min_off:
-            self.min_off = off
-        m = self.min_off
+        # the clock estimate is the third-smallest offset seen, not the smallest: one packet
+        # with a wrong arrival stamp must not shift the device's clock for good
+        if len(self.lows) < ROBUST_LOWS or off < self.lows[-1]:
+            self.lows = sorted(self.lows + [off])[:ROBUST_LOWS]
+        self.min_off = m = self.lows[-1]
         lo, hi = TRUSTED_OFFSET_S
         if lo <= m <= hi:
             self.state, self.correction = _TRUSTED, 0.0

@@ -33,6 +33,7 @@ from .traveltime import default_table
 RESIDUAL_CAP = 3.0  # in units of pick sigma
 S_PENALTY = 4.0  # chi-square units for reading a pick as S (as costly as a 2-sigma residual)
 SILENT_PENALTY = 4.0  # chi-square units per device that should have triggered but did not
+MAX_SILENT = 64  # silent devices considered, nearest the search centre first
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,7 @@ def _grid(center_lat: float, center_lon: float, half_km: float, step_km: float):
     return lat.ravel(), lon.ravel()
 
 
-def _score(lat, lon, depths, picks, silent, now_s, s: LocateSettings):
+def _score(lat, lon, depths, picks, silent, silent_seen_s, s: LocateSettings):
     """Misfit of every (node, depth); returns arrays shaped (nodes, depths) and details."""
     tab = default_table()
     plat, plon, pt = picks
@@ -90,7 +91,10 @@ def _score(lat, lon, depths, picks, silent, now_s, s: LocateSettings):
         sepi = distance_km(lat[:, None], lon[:, None], slat[None, :], slon[None, :])  # (G, M)
         stp = tab.p_time_s(sepi[:, None, :], d)  # (G, D, M)
         reach = np.max(np.where(as_s, 0.0, epi[:, None, :]), axis=2)  # farthest P-triggered
-        should = (sepi[:, None, :] < reach[..., None]) & (ot[..., None] + stp + s.silent_grace_s < now_s)
+        # P must have reached the device before the end of the data it has delivered
+        should = (sepi[:, None, :] < reach[..., None]) & (
+            ot[..., None] + stp + s.silent_grace_s < silent_seen_s[None, None, :]
+        )
         viol = should.sum(axis=2)
         cost = cost + SILENT_PENALTY * viol
     return cost, ot, res, as_s, viol
@@ -106,29 +110,40 @@ def locate(
     settings: LocateSettings | None = None,
     center: tuple[float, float] | None = None,
     half_km: float | None = None,
+    silent_seen_s=None,
 ) -> Location:
     """Locate an event from P onsets (UNIX s) at devices (degrees).
 
-    ``silent_*``: devices streaming normally that have not triggered. ``center`` and
-    ``half_km`` restrict the search (an update of a known event searches near it);
-    by default the search covers ``search_radius_km`` around the earliest pick.
+    ``silent_*``: devices streaming normally that have not triggered;
+    ``silent_seen_s``: for each, the time up to which its data has arrived (default
+    ``now_s``): P is expected there only before that. Only the ``MAX_SILENT`` silent
+    devices nearest the search centre are used, which bounds the cost on a large network
+    (the far ones cannot tell nearby nodes apart anyway). ``center`` and ``half_km``
+    restrict the search (an update of a known event searches near it); by default the
+    search covers ``search_radius_km`` around the earliest pick.
     """
     s = settings or LocateSettings()
     plat = np.asarray(picks_lat, dtype=float)
     plon = np.asarray(picks_lon, dtype=float)
     pt = np.asarray(picks_t, dtype=float)
     picks = (plat, plon, pt)
-    silent = (np.asarray(silent_lat, dtype=float), np.asarray(silent_lon, dtype=float))
+    slat = np.asarray(silent_lat, dtype=float)
+    slon = np.asarray(silent_lon, dtype=float)
+    seen = np.full(len(slat), now_s) if silent_seen_s is None else np.asarray(silent_seen_s, dtype=float)
     if center is None:
         first = np.argsort(pt)[: min(3, len(pt))]
         w = 1.0 / (1.0 + (pt[first] - pt[first].min()))
         center = (float(np.average(plat[first], weights=w)), float(np.average(plon[first], weights=w)))
+    if len(slat) > MAX_SILENT:
+        near = np.argsort(distance_km(center[0], center[1], slat, slon))[:MAX_SILENT]
+        slat, slon, seen = slat[near], slon[near], seen[near]
+    silent = (slat, slon)
     half = s.search_radius_km if half_km is None else half_km
     depths = np.asarray(s.depths_km)
 
     step = s.coarse_step_km if half > 60 else max(s.fine_step_km * 2, half / 10)
     lat, lon = _grid(center[0], center[1], half, step)
-    cost, ot, res, as_s, viol = _score(lat, lon, depths, picks, silent, now_s, s)
+    cost, ot, res, as_s, viol = _score(lat, lon, depths, picks, silent, seen, s)
     # fine search around the best few distinct coarse minima: a coarse grid can rank a
     # wrong basin first when the true one falls between its nodes
     node_cost = cost.min(axis=1)
@@ -142,7 +157,7 @@ def locate(
     best_fine = None
     for g in seeds:
         lat2, lon2 = _grid(float(lat[g]), float(lon[g]), 1.5 * step, s.fine_step_km)
-        fine = _score(lat2, lon2, depths, picks, silent, now_s, s)
+        fine = _score(lat2, lon2, depths, picks, silent, seen, s)
         if best_fine is None or fine[0].min() < best_fine[2][0].min():
             best_fine = (lat2, lon2, fine)
     lat2, lon2, (cost2, ot2, res2, as_s2, viol2) = best_fine

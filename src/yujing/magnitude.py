@@ -71,7 +71,7 @@ def si_midorikawa_log_pgv(mw, fault_km, depth_km, source_term=-0.02):
     )
 
 
-_MW_GRID = np.arange(2.0, 9.51, 0.01)
+_MW_GRID = np.round(np.arange(2.0, 9.501, 0.01), 2)
 
 
 def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
@@ -93,7 +93,7 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     return _MW_GRID[idx]
 
 
-_M_GRID = np.arange(1.0, 9.501, 0.01)
+_M_GRID = np.round(np.arange(1.0, 9.501, 0.01), 2)
 #: residual (in station sigmas) beyond which a station counts as an outlier: the capped
 #: square keeps one bad site from dragging the network estimate
 OUTLIER_SIGMAS = 2.5
@@ -128,7 +128,11 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
 
     reach = OUTLIER_SIGMAS * sigma
     top = max(det.max(), lo.max() if len(lo) else -np.inf) + reach
-    grid = _M_GRID[(_M_GRID >= det.min() - reach) & (_M_GRID <= top)]
+    # clamp the window into the grid so that absurd amplitudes (a unit error upstream)
+    # give an edge value rather than an empty search
+    lo_m = min(max(det.min() - reach, _M_GRID[0]), _M_GRID[-1])
+    hi_m = max(min(top, _M_GRID[-1]), lo_m)
+    grid = _M_GRID[(_M_GRID >= lo_m - 1e-9) & (_M_GRID <= hi_m + 1e-9)]
     cap = OUTLIER_SIGMAS**2
     z = (det[None, :] - grid[:, None]) / sigma
     nll = np.minimum(z * z, cap).sum(axis=1)
@@ -200,8 +204,9 @@ def event_magnitude(
     ml = local_magnitude(wa, r) + np.where(s_arr, 0.0, P_TO_S_LOG10)
     m, sigma = network(ml)
     if m >= ML_SATURATION:
-        mw = pgv_moment_magnitude(np.asarray(pgv_cm_s, dtype=float), r, depth_km)
-        mw = mw + np.where(s_arr, 0.0, P_TO_S_LOG10)
+        # a P-only device stands for the S-wave PGV: scale the amplitude, not the magnitude
+        pgv_s = np.asarray(pgv_cm_s, dtype=float) * np.where(s_arr, 1.0, 10.0**P_TO_S_LOG10)
+        mw = pgv_moment_magnitude(pgv_s, r, depth_km)
         m_w, sigma_w = network(mw)
         if m_w > m:
             return m_w, sigma_w

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import msgspec
 import numpy as np
 from scipy import signal
 
@@ -257,26 +258,52 @@ class Picker:
         need = max(p.slot for p in packets) + 1
         if need > self._cap:
             self._alloc(max(need, 2 * self._cap))
-        groups: dict[tuple[float, int], list] = {}
+        # Rounds keep each device's samples in time order: the k-th packet of every device
+        # goes in round k (a backlog burst brings several packets of one device in one
+        # step). Packets longer than a quarter of the ring are cut into pieces first, so
+        # that the onset look-back always finds the samples it needs.
+        rounds: list[list] = []
+        seen: dict[int, int] = {}
         for p in packets:
-            groups.setdefault((p.sample_rate_hz, p.samples_gal.shape[0]), []).append(p)
+            for piece in self._pieces(p):
+                k = seen.get(piece.slot, 0)
+                seen[piece.slot] = k + 1
+                if k == len(rounds):
+                    rounds.append([])
+                rounds[k].append(piece)
         out: list[Trigger] = []
-        for (sr, n), rows in groups.items():
-            out.extend(self._step_group(rows, sr, n, now_s, devices))
-        out.extend(self._update_tracks({p.slot for p in packets}, now_s))
+        for rnd in rounds:
+            groups: dict[tuple[float, int], list] = {}
+            for p in rnd:
+                groups.setdefault((p.sample_rate_hz, p.samples_gal.shape[0]), []).append(p)
+            for (sr, n), rows in groups.items():
+                out.extend(self._step_group(rows, sr, n, now_s, devices))
+        out.extend(self._update_tracks(set(seen), now_s))
+        return out
+
+    def _pieces(self, p):
+        limit = self._buf.length // 4
+        n = p.samples_gal.shape[0]
+        if n <= limit:
+            return (p,)
+        dt = 1.0 / p.sample_rate_hz
+        out = []
+        for start in range(0, n, limit):
+            stop = min(start + limit, n)
+            out.append(
+                msgspec.structs.replace(
+                    p,
+                    samples_gal=p.samples_gal[start:stop],
+                    end_time_s=p.end_time_s - (n - stop) * dt,
+                    reset=p.reset and start == 0,
+                )
+            )
         return out
 
     def _step_group(self, rows, sr: float, n: int, now_s: float, devices) -> list[Trigger]:
         s = self.s
         bank = self.bank(sr)
         slots = np.fromiter((p.slot for p in rows), dtype=np.int64, count=len(rows))
-        # one slot can appear twice in a step (a burst of backlog): process in sequence
-        if len(np.unique(slots)) != len(slots):
-            first, rest, seen = [], [], set()
-            for p in rows:
-                (rest if p.slot in seen else first).append(p)
-                seen.add(p.slot)
-            return self._step_group(first, sr, n, now_s, devices) + self._step_group(rest, sr, n, now_s, devices)
         K = len(rows)
         X = np.stack([p.samples_gal for p in rows])  # (K, n, 3)
         reset = np.fromiter((p.reset for p in rows), dtype=bool, count=K)

@@ -69,9 +69,10 @@ class LocateSettings(msgspec.Struct, frozen=True, kw_only=True):
         5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0)
     pick_sigma_s: Annotated[float, _d("Pick-time uncertainty that weights residuals.")] = 0.5
     silent_grace_s: Annotated[float, _d(
-        "A streaming device closer to a trial epicentre than the farthest triggered one, that "
-        "P should have reached more than this long ago but that has not triggered, counts "
-        "against the trial epicentre (ElarmS 'not-yet-arrived').")] = 2.0
+        "A streaming device closer to a trial epicentre than the farthest triggered one "
+        "counts against it when P should have reached the device this long before the end "
+        "of the data it has delivered and it has not triggered (ElarmS 'not-yet-arrived'). "
+        "About the picker's trigger delay on a clear P (STA window 0.5 s).")] = 1.0
     first_device_prior_km: Annotated[float, _d(
         "Scale of the prior on the distance from the epicentre to the first-triggered device, "
         "cost (d/scale)^2. Three picks leave a curve of equally good solutions; this picks "
