@@ -13,14 +13,16 @@ candidate vote against it.
 
 Every accepted event is re-located when a pick joins it and re-sized at every amplitude
 update; a new :class:`~yujing.records.EventUpdate` (version + 1) is issued when the
-magnitude moves by ``>= 0.1``, the epicentre by ``>= 2 km``, or devices join. An event
-whose support collapses (silent devices outvote its picks) is retracted.
+magnitude moves by ``>= 0.1``, the epicentre by ``>= 2 km``, the depth by ``>= 10 km``, or
+the set of P picks changes size. An event whose support collapses (silent devices outvote
+its picks) is retracted.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 import msgspec
 import numpy as np
@@ -61,7 +63,7 @@ class Associator:
         self.devices = devices
         self.pool: list[Trigger] = []
         self.events: list[Event] = []
-        self._n_events = 0
+        self._ids: set[str] = set()
         self.id_prefix = id_prefix
         # device liveness: last sample time seen and when its stream (re)started
         self.last_seen: dict[str, float] = {}
@@ -182,12 +184,23 @@ class Associator:
                 picks[g.device_id] = g
         if len(picks) < a.min_devices:
             return []
-        self._n_events += 1
-        ev = Event(event_id=f"{self.id_prefix}{self._n_events:06d}", location=loc, picks=picks)
+        ev = Event(event_id=self._new_id(loc.origin_time_s), location=loc, picks=picks)
         taken = {(g.device_id, g.onset_time_s) for g in picks.values()}
         self.pool = [p for p in self.pool if (p.device_id, p.onset_time_s) not in taken]
         self.events.append(ev)
         return self._refresh(ev, now_s, force=True)
+
+    def _new_id(self, origin_time_s: float) -> str:
+        """An id from the first origin-time estimate (UTC, to the second), so that ids stay
+        unique across engine restarts; a letter is added if one second holds two events."""
+        stamp = datetime.fromtimestamp(origin_time_s, tz=timezone.utc).strftime("%Y%m%dT%H%M%S")
+        eid = f"{self.id_prefix}{stamp}"
+        suffix = 0
+        while eid in self._ids:
+            suffix += 1
+            eid = f"{self.id_prefix}{stamp}{chr(ord('a') + suffix - 1)}"
+        self._ids.add(eid)
+        return eid
 
     def _n_sites(self, trigs) -> int:
         """Number of distinct sites among triggers (greedy: a trigger within
@@ -311,6 +324,10 @@ class Associator:
         """Time-driven work: close old events, retract events whose support collapsed."""
         out = []
         a = self.s.associate
+        # forget finished events once no late trigger can concern them any more
+        self.events = [
+            e for e in self.events if not (e.closed or e.retracted) or now_s - e.location.origin_time_s < 2 * a.event_ttl_s
+        ]
         for ev in self._open_events():
             age = now_s - ev.location.origin_time_s
             if age > a.event_ttl_s:

@@ -187,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Replay recordings in the OpenEEW layout (DATA_DIR/devices.json and "
             "DATA_DIR/events/<event>/<device>/*.jsonl) through the detection engine, in arrival "
-            "order, each event folder with a fresh engine. Prints a table per folder; when "
+            "order, each event folder with a fresh engine. Prints a table with a row per event and folder; when "
             "DATA_DIR/catalog.csv exists, also scores the result against it (detection never reads it)."
         ),
     )

@@ -66,7 +66,7 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from yujing.records import Device, Packet
+from yujing.records import MAX_SAMPLE_RATE_HZ, Device, Packet
 from yujing.rejects import Rejects
 
 #: Minimum offsets (arrival - device time, s) that mean "device clock right": NTP error
@@ -81,9 +81,6 @@ SETTLE_S = 3.0
 CORRECTION_STEP_S = 1.0
 #: Accepted device times remembered per device to spot repeats.
 DUPLICATE_MEMORY = 32
-
-#: Highest sample rate accepted, Hz (a corrupt field above this, not a sensor).
-MAX_SAMPLE_RATE_HZ = 1000.0
 
 # Clock states. The order matters: states <= _OFFSET have an established clock estimate.
 _TRUSTED, _OFFSET, _PROVISIONAL, _DRAINING = range(4)

@@ -224,7 +224,6 @@ class Picker:
                 new[: a.shape[0]] = a
             return new
 
-        old = self._cap
         self.sta = grow(getattr(self, "sta", None), (cap,))
         self.lta = grow(getattr(self, "lta", None), (cap,))
         self.count = grow(getattr(self, "count", None), (cap,), 0, np.int64)
@@ -239,7 +238,6 @@ class Picker:
         self.zi_wa = grow(getattr(self, "zi_wa", None), (cap, 3, 2))
         self._buf.grow(cap)
         self._cap = cap
-        del old
 
     def bank(self, sample_rate_hz: float) -> FilterBank:
         b = self._banks.get(sample_rate_hz)
@@ -307,8 +305,9 @@ class Picker:
         K = len(rows)
         X = np.stack([p.samples_gal for p in rows])  # (K, n, 3)
         reset = np.fromiter((p.reset for p in rows), dtype=bool, count=K)
-        if reset.any() or np.any(self.sr[slots] != sr):
-            self._reset(slots[reset | (self.sr[slots] != sr)], X[reset | (self.sr[slots] != sr), 0, :], bank)
+        restart = reset | (self.sr[slots] != sr)
+        if restart.any():
+            self._reset(slots[restart], X[restart, 0, :], bank)
             self.sr[slots] = sr
         Xr = X.transpose(0, 2, 1).reshape(K * 3, n)  # rows: k0x k0y k0z k1x ...
 
@@ -396,7 +395,8 @@ class Picker:
         self.zi_vel[slots] = 0.0
         self.zi_disp[slots] = 0.0
         self.zi_wa[slots] = 0.0
-        self.tracks = [tr for tr in self.tracks if tr.slot not in set(int(s) for s in slots)]
+        gone = {int(s) for s in slots}
+        self.tracks = [tr for tr in self.tracks if tr.slot not in gone]
 
     def _window(self, arr: np.ndarray, slot: int, start: int, stop: int) -> np.ndarray:
         """Values of ring buffer ``arr`` for absolute sample indices [start, stop)."""

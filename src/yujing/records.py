@@ -15,6 +15,10 @@ import msgspec
 
 SCHEMA_VERSION = 1
 
+#: Highest sample rate a packet may declare, Hz. Sensors run at 25-200 Hz; a value above
+#: 1 kHz is a corrupt field, not a sensor.
+MAX_SAMPLE_RATE_HZ = 1000.0
+
 
 class Device(msgspec.Struct, frozen=True):
     """A sensor whose position the operator knows (fixed sensors: buildings, schools)."""
@@ -54,7 +58,8 @@ class Trigger(msgspec.Struct, frozen=True):
     ``window_s``: seconds of data after the onset behind the amplitudes.
     ``pga_gal``: peak acceleration of any axis since onset.
     ``pgv_cm_s``: peak ground velocity of any axis since onset (high-passed).
-    ``pd_cm``: peak vertical displacement in the P window (onset .. min(onset+9 s, S)).
+    ``pd_cm``: peak vertical displacement from the onset to ``pd_max_window_s`` after it
+    (the picker does not know where S is; the stages that do can read the growing value).
     ``tau_c_s``: Kanamori's period parameter over the first 3 s of P (0 until known).
     ``snr``: STA/LTA ratio at the trigger.
     ``wa_horizontal_nm``: geometric mean of the peak Wood-Anderson amplitudes of the two
@@ -105,3 +110,44 @@ class EventUpdate(msgspec.Struct, frozen=True):
     horizontal_error_km: float = 0.0
     retracted: bool = False
     device_ids: tuple[str, ...] = ()
+
+
+class AlertTier(msgspec.Struct, frozen=True):
+    """One tier of an alert: where the forecast intensity reaches ``min_mmi``.
+
+    ``cells`` is the area as a compact set of H3 cells (``h3.compact_cells`` of the cells
+    at the alert's ``h3_resolution``: parents stand for all their children), so that a
+    large area stays a short list. ``name`` is ``"be_aware"`` or ``"take_action"``.
+    """
+
+    name: str
+    min_mmi: float
+    cells: tuple[str, ...]
+
+
+class Alert(msgspec.Struct, frozen=True):
+    """An alert message for an event, sent to the areas of its tiers.
+
+    ``alert_id`` is stable across the event's updates; ``version`` counts the messages of
+    this alert (1 = first). ``msg_type`` is ``"alert"`` (first), ``"update"`` or
+    ``"cancel"`` (the event was retracted; tiers empty). The event parameters let every
+    device compute its own intensity and countdown from its own position, which never
+    leaves the device. ``gmpe`` names the ground-motion model behind the forecast.
+    """
+
+    alert_id: str
+    event_id: str
+    version: int
+    msg_type: str
+    issued_at_s: float
+    origin_time_s: float
+    latitude: float
+    longitude: float
+    depth_km: float
+    magnitude: float
+    magnitude_sigma: float
+    tiers: tuple[AlertTier, ...]
+    h3_resolution: int
+    gmpe: str
+    event_version: int = 0
+    schema_version: int = SCHEMA_VERSION

@@ -1,7 +1,7 @@
 """Replay of recorded data through the engine, folder by folder.
 
 Each event folder of the OpenEEW layout is an independent recording (hours or days apart),
-so each gets a fresh :class:`~yujing.engine.Engine`; event ids carry the folder name.
+so each gets a fresh :class:`~yujing.engine.Engine`; event ids come from the origin time.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def replay_folder(
     """Run one event folder through a fresh engine."""
     rejects = Rejects()
     folder = Path(event_dir).name
-    eng = Engine(devices, settings, rejects, id_prefix=f"yj-{folder}-")
+    eng = Engine(devices, settings, rejects)
     updates: list[EventUpdate] = []
     t0 = time.perf_counter()
     first = last = None

@@ -25,17 +25,13 @@ from pathlib import Path
 
 import msgspec
 
-from yujing.records import Device, Packet
+from yujing.records import MAX_SAMPLE_RATE_HZ, Device, Packet
 from yujing.rejects import Rejects
 
 #: Lines held per file to put slightly late lines back into arrival order. Real files are
 #: almost sorted (a line now and then is one packet late), so a small buffer is enough and
 #: bounds memory per file.
 REORDER_LINES = 64
-
-#: Highest sample rate accepted, Hz. MEMS accelerometers in this network run at 31.25-125 Hz;
-#: anything above 1 kHz is a corrupt field, not a sensor.
-MAX_SAMPLE_RATE_HZ = 1000.0
 
 ENV_DATA_DIR = "YUJING_OPENEEW_DIR"
 
