@@ -104,7 +104,13 @@ class Associator:
                 ev.picks[trig.device_id] = trig
                 ev.dirty_location = True
                 return self._refresh(ev, now_s)
-            if role == "later":
+            if role == "later" and trig.device_id not in ev.picks:
+                trial = self._fits_as_p(ev, trig, now_s)
+                if trial is not None:
+                    ev.picks[trig.device_id] = trig
+                    ev.location = trial
+                    ev.dirty_location = False
+                    return self._refresh(ev, now_s)
                 ev.later[trig.device_id] = trig
                 return []
         self.pool.append(trig)
@@ -146,6 +152,33 @@ class Associator:
         if tp < trig.onset_time_s < tp + 30.0 + 0.25 * epi:
             return "later"
         return None
+
+    def _fits_as_p(self, ev: Event, trig: Trigger, now_s: float) -> Location | None:
+        """An early location can be tens of km off, and a P pick that does not fit its
+        prediction may still fit the event once the event may move. A trigger before the
+        predicted S arrival is tried as P: kept if the relocated event fits it (residual
+        within 3 sigma), stays within the RMS limit and gains no silent-device objection."""
+        loc = ev.location
+        epi = float(distance_km(loc.latitude, loc.longitude, trig.latitude, trig.longitude))
+        ts = loc.origin_time_s + float(default_table().s_time_s(epi, loc.depth_km))
+        if trig.onset_time_s > ts - self.s.associate.moveout_slack_s:
+            return None
+        trial = self._locate(
+            list(ev.picks.values()) + [trig],
+            now_s,
+            exclude={trig.device_id},
+            center=(loc.latitude, loc.longitude),
+            half_km=max(60.0, 3 * loc.horizontal_error_km),
+        )
+        sig = self.s.locate.pick_sigma_s
+        ok = (
+            not trial.is_s[-1]
+            and abs(trial.residual_s[-1]) <= 3 * sig
+            and np.all(np.abs(trial.residual_s[:-1]) <= 3 * sig)
+            and trial.rms_s <= self.s.associate.max_rms_s
+            and trial.n_silent_violations <= loc.n_silent_violations
+        )
+        return trial if ok else None
 
     # new events -----------------------------------------------------------------------
     def _consistent(self, a: Trigger, b: Trigger) -> bool:
@@ -275,9 +308,22 @@ class Associator:
             if did not in best or wa[i] > wa[best[did]]:
                 best[did] = i
         idx = np.array(sorted(best.values()))
-        m, sig = event_magnitude(
-            wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx], ev.magnitude
-        )
+        # Which amplitudes are complete depends on the rupture duration, i.e. on the
+        # magnitude itself: iterate to the fixed point (a few steps; a 2-cycle, possible at
+        # a completeness edge, is settled at its mean).
+        m_prev, m = ev.magnitude, ev.magnitude
+        history: list[float] = []
+        for _ in range(4):
+            m, sig = event_magnitude(
+                wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx], m_prev
+            )
+            if math.isfinite(m_prev) and abs(m - m_prev) < 0.05:
+                break
+            history.append(m)
+            m_prev = m
+        else:
+            if len(history) >= 2:
+                m = 0.5 * (history[-1] + history[-2])
         ev.magnitude, ev.magnitude_sigma = m, sig
 
     def _refresh(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:
@@ -333,13 +379,22 @@ class Associator:
             if age > a.event_ttl_s:
                 ev.closed = True
                 continue
-            # a young event with few picks is re-checked against silent devices
+            # A young event with few picks is re-checked against the devices that have
+            # stayed silent since. The check's location is not adopted: with three or four
+            # picks a relocation driven by silence alone can wander off; picks joining
+            # are what move an event.
             if len(ev.picks) <= a.min_devices + 1 and age < 60.0 and ev.last is not None:
                 if now_s >= ev.next_check_s:
                     ev.next_check_s = now_s + 2.0
-                    self._relocate(ev, now_s)
+                    old = ev.location
+                    check = self._locate(
+                        list(ev.picks.values()),
+                        now_s,
+                        center=(old.latitude, old.longitude),
+                        half_km=max(60.0, 3 * old.horizontal_error_km),
+                    )
                     n_p = len(ev.picks)
-                    if ev.location.n_silent_violations > max(2, n_p):
+                    if check.n_silent_violations > max(2, n_p):
                         ev.retracted = True
                         ev.version += 1
                         last = ev.last

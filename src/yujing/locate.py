@@ -31,7 +31,7 @@ from .settings import LocateSettings
 from .traveltime import default_table
 
 RESIDUAL_CAP = 3.0  # in units of pick sigma
-S_PENALTY = 4.0  # chi-square units for reading a pick as S (as costly as a 2-sigma residual)
+S_PENALTY = RESIDUAL_CAP**2  # reading a pick as S costs as much as calling it an outlier
 SILENT_PENALTY = 4.0  # chi-square units per device that should have triggered but did not
 MAX_SILENT = 64  # silent devices considered, nearest the search centre first
 

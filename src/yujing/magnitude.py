@@ -100,7 +100,7 @@ OUTLIER_SIGMAS = 2.5
 
 
 def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGMA) -> tuple[float, float]:
-    """Maximum-likelihood network magnitude from detections and bounds.
+    """Robust (Huber) network magnitude from detections and bounds.
 
     ``detected``: station magnitudes from complete, clearly-above-noise amplitudes.
     ``upper``: station magnitudes from complete amplitudes at the noise level — the signal
@@ -109,10 +109,11 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
     (the phase has not been seen whole) — the final value can only be larger; counting
     them as estimates is what makes early magnitudes of large quakes saturate.
 
-    The log-likelihood is a Gaussian (scatter ``sigma``) for detections and log Phi for
-    each bound; every term is capped at ``OUTLIER_SIGMAS`` so that one bad site cannot
-    carry the estimate, and M is searched only within reach of the evidence. Returns the
-    best M and its 1-sigma (where -2 log L rises by 1). With bounds only: the largest
+    The cost is a Huber function of each detection's residual (in units of ``sigma``) and
+    a Cauchy function of each bound's violation (zero while the bound holds), both
+    quadratic near zero with ``OUTLIER_SIGMAS`` as the scale, so that one bad site cannot
+    carry the estimate. Returns the best M and its 1-sigma (where the cost
+    rises by 1). With bounds only: the largest
     lower bound (the magnitude is at least that), else the median of the upper bounds.
     """
     det = _finite(detected)
@@ -124,26 +125,33 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
         if len(up):
             return float(np.median(up)), max(STATION_SIGMA, 0.5)
         return float("nan"), float("nan")
-    from scipy.special import log_ndtr
-
-    reach = OUTLIER_SIGMAS * sigma
-    top = max(det.max(), lo.max() if len(lo) else -np.inf) + reach
-    # clamp the window into the grid so that absurd amplitudes (a unit error upstream)
-    # give an edge value rather than an empty search
-    lo_m = min(max(det.min() - reach, _M_GRID[0]), _M_GRID[-1])
-    hi_m = max(min(top, _M_GRID[-1]), lo_m)
-    grid = _M_GRID[(_M_GRID >= lo_m - 1e-9) & (_M_GRID <= hi_m + 1e-9)]
-    cap = OUTLIER_SIGMAS**2
-    z = (det[None, :] - grid[:, None]) / sigma
-    nll = np.minimum(z * z, cap).sum(axis=1)
+    # Detections cost a Huber function (quadratic, then linear beyond OUTLIER_SIGMAS):
+    # never flat, so M cannot run off to where a lone detection stops mattering. Bounds
+    # cost a Cauchy function of their violation (quadratic, then ever flatter): they pull
+    # while close, but a bound far off - a site reading low, a growing amplitude - cannot
+    # outvote the detections.
+    allm = np.concatenate([det, up, lo])
+    grid = _M_GRID[(_M_GRID >= allm.min() - 1.0 - 1e-9) & (_M_GRID <= allm.max() + 1.0 + 1e-9)]
+    if len(grid) == 0:
+        grid = _M_GRID[[0]] if allm.max() < _M_GRID[0] else _M_GRID[[-1]]
+    nll = _huber((det[None, :] - grid[:, None]) / sigma).sum(axis=1)
     if len(up):
-        nll += np.minimum(-2.0 * log_ndtr((up[None, :] - grid[:, None]) / sigma), cap).sum(axis=1)
+        nll += _cauchy(np.maximum(0.0, (grid[:, None] - up[None, :]) / sigma)).sum(axis=1)
     if len(lo):
-        nll += np.minimum(-2.0 * log_ndtr((grid[:, None] - lo[None, :]) / sigma), cap).sum(axis=1)
+        nll += _cauchy(np.maximum(0.0, (lo[None, :] - grid[:, None]) / sigma)).sum(axis=1)
     i = int(np.argmin(nll))
     inside = grid[nll <= nll[i] + 1.0]
     half = 0.5 * float(inside[-1] - inside[0]) if len(inside) > 1 else 0.01
     return float(grid[i]), max(half, 0.1)
+
+
+def _huber(z, c: float = OUTLIER_SIGMAS):
+    a = np.abs(z)
+    return np.where(a <= c, a * a, 2.0 * c * a - c * c)
+
+
+def _cauchy(z, c: float = OUTLIER_SIGMAS):
+    return c * c * np.log1p((z / c) ** 2)
 
 
 def _finite(x) -> np.ndarray:
