@@ -87,3 +87,51 @@ def test_nothing_in_the_development_data_is_rejected_wholesale(scored):
     rejected = sum(f.rejects.total for f in result.folders)
     assert total == 57658
     assert rejected <= 20
+
+
+def test_one_event_per_quake(scored):
+    """Later phases (S, coda) of a quake must not make a second event: each folder holds
+    one earthquake and must give one (not retracted) event."""
+    result, _, _ = scored
+    for f in result.folders:
+        final: dict[str, object] = {}
+        for u in f.updates:
+            final[u.event_id] = u
+        live = [eid for eid, u in final.items() if not u.retracted]
+        assert len(live) == 1, (f.folder, live)
+
+
+def test_alerts_and_cap_messages(scored, tmp_path):
+    """Every quake of M4.5+ alerts; one alert id per event; every CAP file is small enough
+    (the M7.4's included) — schema validity is tested in test_formats.py."""
+    from yujing.formats.cap import alert_to_cap
+
+    result, scores, _ = scored
+    for f, s in zip(result.folders, scores):
+        ids = {a.alert_id for a in f.alerts}
+        assert len(ids) <= 1, (f.folder, ids)
+        if s.final_magnitude >= 4.8:
+            assert ids, f"{f.folder}: M{s.final_magnitude} and no alert"
+        sent = []
+        for a in f.alerts:
+            doc = alert_to_cap(a, previous=tuple(sent))
+            sent.append(a)
+            assert len(doc) <= 8000, (f.folder, a.version, len(doc))
+
+
+def test_predicted_pga_matches_recorded(scored, openeew_dir):
+    from yujing.score import pga_residuals
+    from yujing.sources.openeew import load_devices
+
+    result, _, _ = scored
+    devices = load_devices(openeew_dir / "devices.json")
+    res = []
+    for f in result.folders:
+        final = {u.event_id: u for u in f.updates}
+        for u in final.values():
+            if not u.retracted:
+                res += [r.log10_residual for r in pga_residuals(openeew_dir / "events" / f.folder, devices, u)]
+    res = np.array(res)
+    assert len(res) >= 80
+    assert abs(res.mean()) <= 0.3, res.mean()
+    assert res.std() <= 0.5, res.std()

@@ -104,8 +104,8 @@ class Associator:
                 ev.picks[trig.device_id] = trig
                 ev.dirty_location = True
                 return self._refresh(ev, now_s)
-            if role == "later" and trig.device_id not in ev.picks:
-                trial = self._fits_as_p(ev, trig, now_s)
+            if role == "later":
+                trial = None if trig.device_id in ev.picks else self._fits_as_p(ev, trig, now_s)
                 if trial is not None:
                     ev.picks[trig.device_id] = trig
                     ev.location = trial

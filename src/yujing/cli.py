@@ -15,7 +15,7 @@ def _replay(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .replay import iso, replay, write_updates
+    from .replay import iso, replay, write_alerts, write_cap, write_updates
     from .sources.openeew import iter_event_dirs, load_devices
 
     console = Console(stderr=True)
@@ -49,6 +49,9 @@ def _replay(args) -> int:
         result = replay(dirs, devices, on_packet=lambda n: prog.advance(task, n))
     if args.output:
         write_updates(Path(args.output), result)
+    if args.alerts:
+        write_alerts(Path(args.alerts), result)
+    cap_files = write_cap(Path(args.cap_dir), result) if args.cap_dir else []
 
     # Text from the data (device ids, paths) is printed without markup; when stdout is not a
     # terminal (pipes, CI logs) the table gets room instead of rich's 80 columns.
@@ -109,11 +112,48 @@ def _replay(args) -> int:
         out.print("noted (kept): " + ", ".join(f"{k} {v}" for k, v in sorted(notes.items())))
     if args.output:
         out.print(f"updates written to {args.output}")
+    _print_alerts(out, result)
+    if args.alerts:
+        out.print(f"alert messages written to {args.alerts}")
+    if args.cap_dir:
+        biggest = max((p.stat().st_size for p in cap_files), default=0)
+        out.print(f"{len(cap_files)} CAP 1.2 files written to {args.cap_dir} (largest {biggest:,} bytes)")
 
     catalog = data / "catalog.csv"
     if not args.no_score and catalog.exists():
         _print_score(out, data, result, devices)
     return 0
+
+
+def _print_alerts(out, result) -> None:
+    """Alert messages and warning time per tier (S arrivals from each event's final
+    location: the engine's own estimate, no catalogue needed)."""
+    from rich.table import Table
+
+    n = sum(len(f.alerts) for f in result.folders)
+    if n == 0:
+        out.print("alerts: none (no event reached M4.5 with a forecast of MMI 3 or more)")
+        return
+    t = Table(title=f"alerts: {n} messages; warning time = S arrival - first alert covering the cell")
+    for col in ("folder", "event", "messages", "tier", "cells", "warning median", "min .. max", "late cells"):
+        t.add_column(col, justify="left" if col in ("folder", "event", "tier") else "right", no_wrap=col == "event")
+    for f in result.folders:
+        per_event: dict[str, int] = {}
+        for a in f.alerts:
+            per_event[a.event_id] = per_event.get(a.event_id, 0) + 1
+        for eid, tiers in f.warnings.items():
+            for i, tw in enumerate(tiers):
+                t.add_row(
+                    f.folder if i == 0 else "",
+                    eid if i == 0 else "",
+                    str(per_event.get(eid, 0)) if i == 0 else "",
+                    tw.tier,
+                    f"{tw.n_cells:,}",
+                    f"{tw.median_s:.1f} s",
+                    f"{tw.min_s:.1f} .. {tw.max_s:.1f} s",
+                    f"{tw.n_late:,}",
+                )
+    out.print(t)
 
 
 def _print_score(out, data: Path, result, devices) -> None:
@@ -152,12 +192,39 @@ def _print_score(out, data: Path, result, devices) -> None:
             "-" if not s.detected else f"{s.first_magnitude_error:+.2f} / {s.final_magnitude_error:+.2f}",
         )
     out.print(t)
+    _print_pga(out, data, result, devices)
     sm = summarise(scores, n_false)
     out.print(
         f"detected {sm.n_detected}/{sm.n_events}, false events {sm.n_false}; medians: first update "
         f"{sm.median_first_delay_p3_s:+.2f} s after P at 3rd device, final epicentre error "
         f"{sm.median_final_location_error_km:.1f} km, |M error| first {sm.median_first_magnitude_error:.2f} "
         f"final {sm.median_final_magnitude_error:.2f}"
+    )
+
+
+def _print_pga(out, data: Path, result, devices) -> None:
+    """Predicted against recorded PGA, each event at its final location and magnitude."""
+    import numpy as np
+
+    from .score import pga_residuals
+
+    by_model: dict[str, list[float]] = {}
+    for f in result.folders:
+        final: dict[str, object] = {}
+        for u in f.updates:
+            final[u.event_id] = u
+        for u in final.values():
+            if u.retracted:
+                continue
+            for r in pga_residuals(data / "events" / f.folder, devices, u):
+                by_model.setdefault(r.model, []).append(r.log10_residual)
+    allr = np.concatenate([np.asarray(v) for v in by_model.values()]) if by_model else np.zeros(0)
+    if len(allr) == 0:
+        return
+    parts = ", ".join(f"{m}: {len(v)} records, mean {np.mean(v):+.2f} sd {np.std(v):.2f}" for m, v in sorted(by_model.items()))
+    out.print(
+        f"PGA, log10(recorded / predicted) at the final location and magnitude, Vs30 760 m/s: "
+        f"mean {allr.mean():+.2f}, sd {allr.std():.2f} over {len(allr)} records ({parts})"
     )
 
 
@@ -193,6 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("data_dir", metavar="DATA_DIR", help="folder with devices.json and events/")
     r.add_argument("--output", "-o", metavar="UPDATES.jsonl", help="write one JSON object per event update")
+    r.add_argument("--alerts", metavar="ALERTS.jsonl", help="write one JSON object per alert message (alert, update, cancel)")
+    r.add_argument("--cap-dir", metavar="DIR", help="write one CAP 1.2 XML file per alert message into DIR")
     r.add_argument("--event", action="append", metavar="NAME", help="replay only this event folder (repeatable)")
     r.add_argument("--no-score", action="store_true", help="do not score against catalog.csv")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

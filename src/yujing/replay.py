@@ -14,8 +14,9 @@ from pathlib import Path
 
 import msgspec
 
+from .alerting import AlertPolicy, TierWarning, warning_times
 from .engine import Engine
-from .records import Device, EventUpdate, Trigger
+from .records import Alert, Device, EventUpdate, Trigger
 from .rejects import Rejects
 from .settings import Settings
 from .sources.openeew import iter_packets
@@ -31,6 +32,8 @@ class FolderResult:
     data_span_s: float
     compute_s: float
     first_arrival_s: float = float("nan")
+    alerts: list[Alert] = field(default_factory=list)
+    warnings: dict[str, list[TierWarning]] = field(default_factory=dict)  # event_id -> per tier
 
 
 @dataclass
@@ -74,12 +77,19 @@ def replay_folder(
     settings: Settings | None = None,
     on_packet: Callable[[int], None] | None = None,
     on_update: Callable[[EventUpdate], None] | None = None,
+    alerts: AlertPolicy | None = None,
 ) -> FolderResult:
-    """Run one event folder through a fresh engine."""
+    """Run one event folder through a fresh engine (and a fresh alert policy).
+
+    ``alerts``: the alert policy to run on the updates (default: the standard one); the
+    alert messages are timed like the updates that caused them (alerting takes no engine
+    time; its own compute is counted in ``compute_s``)."""
     rejects = Rejects()
     folder = Path(event_dir).name
     eng = Engine(devices, settings, rejects)
     updates: list[EventUpdate] = []
+    policy = alerts if alerts is not None else AlertPolicy()
+    messages: list[Alert] = []
     t0 = time.perf_counter()
     first = last = None
     n = 0
@@ -91,16 +101,23 @@ def replay_folder(
         n += 1
         if new:
             updates.extend(new)
-            if on_update:
-                for u in new:
+            for u in new:
+                messages.extend(policy.on_update(u))
+                if on_update:
                     on_update(u)
         if on_packet and n % 256 == 0:
             on_packet(256)
     tail = eng.flush()
     updates.extend(tail)
-    if on_update:
-        for u in tail:
+    for u in tail:
+        messages.extend(policy.on_update(u))
+        if on_update:
             on_update(u)
+    compute_s = time.perf_counter() - t0
+    final: dict[str, EventUpdate] = {}
+    for u in updates:
+        final[u.event_id] = u
+    warnings = {eid: warning_times(policy, u) for eid, u in final.items() if not u.retracted}
     if on_packet:
         on_packet(n % 256)
     return FolderResult(
@@ -110,8 +127,10 @@ def replay_folder(
         rejects=rejects,
         n_packets=n,
         data_span_s=(last - first) if first is not None else 0.0,
-        compute_s=time.perf_counter() - t0,
+        compute_s=compute_s,
         first_arrival_s=first if first is not None else float("nan"),
+        alerts=messages,
+        warnings={k: v for k, v in warnings.items() if v},
     )
 
 
@@ -127,6 +146,34 @@ def replay(
         cb = (lambda u, _f=Path(d).name: on_update(_f, u)) if on_update else None
         res.folders.append(replay_folder(Path(d), devices, settings, on_packet, cb))
     return res
+
+
+def write_alerts(path: Path, result: ReplayResult) -> None:
+    """One JSON object per alert message, in the order issued."""
+    from .alerting import alert_to_json
+
+    enc = msgspec.json.Encoder()
+    with open(path, "wb") as fh:
+        for f in result.folders:
+            for a in f.alerts:
+                fh.write(enc.encode(alert_to_json(a)) + b"\n")
+
+
+def write_cap(folder: Path, result: ReplayResult) -> list[Path]:
+    """One CAP 1.2 file per alert message; updates and cancels reference the earlier ones."""
+    from .formats.cap import alert_to_cap, cap_filename
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for f in result.folders:
+        sent: dict[str, list[Alert]] = {}
+        for a in f.alerts:
+            prev = sent.setdefault(a.alert_id, [])
+            path = folder / cap_filename(a)
+            path.write_bytes(alert_to_cap(a, previous=tuple(prev)))
+            prev.append(a)
+            written.append(path)
+    return written
 
 
 def write_updates(path: Path, result: ReplayResult) -> None:

@@ -179,3 +179,92 @@ def summarise(scores: list[EventScore], n_false: int) -> Summary:
         median_first_magnitude_error=med([abs(s.first_magnitude_error) for s in det]),
         median_final_magnitude_error=med([abs(s.final_magnitude_error) for s in det]),
     )
+
+
+# ------------------------------------------------------------------ recorded shaking
+
+
+@dataclass(frozen=True)
+class RecordedPGA:
+    """Peak horizontal acceleration a device recorded (g): the geometric mean of the two
+    horizontal components' peaks after a 0.075 Hz high-pass (close to the RotD50 the
+    ground-motion models predict), with the same measure of the noise before the quake."""
+
+    device_id: str
+    latitude: float
+    longitude: float
+    pga_g: float
+    noise_g: float
+
+
+def recorded_pga(event_dir: Path, devices: dict[str, Device], origin_time_s: float) -> list[RecordedPGA]:
+    """Read a folder's recordings once more and measure each device's horizontal PGA after
+    ``origin_time_s`` and its noise in the minute before."""
+    from scipy import signal
+
+    from .ingest import Ingest
+    from .rejects import Rejects
+    from .sources.openeew import iter_packets
+
+    rejects = Rejects()
+    ingest = Ingest(devices, rejects)
+    per: dict[str, list] = {}
+    for p in iter_packets(event_dir, devices, rejects):
+        q = ingest.accept(p)  # the engine's own clock correction
+        if q is not None:
+            per.setdefault(q.device_id, []).append(q)
+    out = []
+    for did, pk in per.items():
+        sr = pk[0].sample_rate_hz
+        if any(q.sample_rate_hz != sr for q in pk):
+            continue
+        n = [len(q.samples_gal) for q in pk]
+        t = np.concatenate([q.end_time_s - (k - 1 - np.arange(k)) / sr for q, k in zip(pk, n)])
+        yz = np.concatenate([q.samples_gal[:, 1:] for q in pk])
+        b, a = signal.butter(2, 0.075 / (sr / 2), "highpass")
+        f = signal.lfilter(b, a, yz - yz[: int(10 * sr)].mean(axis=0), axis=0)
+        after = t >= origin_time_s - 5.0
+        before = (t < origin_time_s - 5.0) & (t >= origin_time_s - 65.0)
+        if after.sum() < sr or before.sum() < sr:
+            continue
+        peak = np.sqrt(np.abs(f[after, 0]).max() * np.abs(f[after, 1]).max())
+        noise = np.sqrt(np.abs(f[before, 0]).max() * np.abs(f[before, 1]).max())
+        dev = devices[did]
+        out.append(RecordedPGA(did, dev.latitude, dev.longitude, peak / 980.665, noise / 980.665))
+    return out
+
+
+@dataclass(frozen=True)
+class PgaResidual:
+    device_id: str
+    distance_km: float
+    observed_g: float
+    predicted_g: float
+    model: str
+
+    @property
+    def log10_residual(self) -> float:
+        """log10(observed / predicted)."""
+        return math.log10(self.observed_g / self.predicted_g)
+
+
+def pga_residuals(
+    event_dir: Path, devices: dict[str, Device], final: EventUpdate, model: str | None = None, min_snr: float = 3.0
+) -> list[PgaResidual]:
+    """Predicted PGA (from the event's final location and magnitude, Vs30 760 m/s) against
+    the PGA each device recorded; devices whose record does not stand ``min_snr`` above
+    their noise are left out (their PGA is the noise's, not the quake's)."""
+    from .shaking import choose_model, forecast
+
+    model = model or choose_model(final.latitude, final.longitude, final.depth_km)
+    rec = [r for r in recorded_pga(event_dir, devices, final.origin_time_s) if r.pga_g > min_snr * r.noise_g]
+    if not rec:
+        return []
+    lat = np.array([r.latitude for r in rec])
+    lon = np.array([r.longitude for r in rec])
+    sh = forecast(final.latitude, final.longitude, final.depth_km, final.magnitude, lat, lon, model=model)
+    epi = distance_km(final.latitude, final.longitude, lat, lon)
+    return [
+        PgaResidual(r.device_id, float(d), r.pga_g, float(p), model)
+        for r, d, p in zip(rec, np.atleast_1d(epi), np.atleast_1d(sh.pga_g))
+    ]
