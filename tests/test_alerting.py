@@ -167,3 +167,38 @@ def test_settings_resolution_changes_the_cells():
     fine = AlertPolicy(AlertSettings(h3_resolution=7), model="bssa14").on_update(upd(1, 6.0))[0]
     assert coarse.h3_resolution == 5 and fine.h3_resolution == 7
     assert len(cells_of(fine, "take_action")) > 20 * len(cells_of(coarse, "take_action"))
+
+
+def test_soft_ground_from_a_vs30_grid_raises_the_tier(tmp_path):
+    """A lake-bed city (Vs30 150 m/s) 110 km from an M6.5 takes action where rock would
+    only be aware."""
+    from yujing.sitegrid import Vs30Grid
+
+    city = (LAT + 1.0, LON)
+    path = tmp_path / "vs30.csv"
+    rows = ["latitude,longitude,vs30_m_s"]
+    for dlat in np.linspace(-0.1, 0.1, 9):
+        for dlon in np.linspace(-0.1, 0.1, 9):
+            rows.append(f"{city[0] + dlat},{city[1] + dlon},150")
+    path.write_text("\n".join(rows) + "\n")
+    grid = Vs30Grid.from_csv(path, max_distance_km=5.0)
+    rock = AlertPolicy(model="bssa14").on_update(upd(1, 6.5))[0]
+    soft = AlertPolicy(model="bssa14", vs30_grid=grid).on_update(upd(1, 6.5))[0]
+    here = h3.latlng_to_cell(*city, rock.h3_resolution)
+    assert here not in cells_of(rock, "take_action")
+    assert here in cells_of(soft, "take_action")
+    # far from the grid, nothing changes
+    assert cells_of(rock, "take_action") <= cells_of(soft, "take_action")
+    assert grid.vs30_at([0.0], [0.0])[0] == 760.0
+
+
+def test_a_bad_vs30_grid_says_where(tmp_path):
+    from yujing.sitegrid import Vs30Grid
+
+    p = tmp_path / "bad.csv"
+    p.write_text("latitude,longitude,vs30_m_s\n16,-98,300\n16.1,-98,abc\n")
+    with pytest.raises(ValueError, match="bad.csv:3"):
+        Vs30Grid.from_csv(p)
+    p.write_text("lat,lon,vs30\n16,-98,300\n")
+    with pytest.raises(ValueError, match="header must name"):
+        Vs30Grid.from_csv(p)

@@ -105,6 +105,7 @@ def test_alerts_and_cap_messages(scored, tmp_path):
     """Every quake of M4.5+ alerts; one alert id per event; every CAP file is small enough
     (the M7.4's included) — schema validity is tested in test_formats.py."""
     from yujing.formats.cap import alert_to_cap
+    from yujing.wire import encode_alert
 
     result, scores, _ = scored
     for f, s in zip(result.folders, scores):
@@ -117,6 +118,7 @@ def test_alerts_and_cap_messages(scored, tmp_path):
             doc = alert_to_cap(a, previous=tuple(sent))
             sent.append(a)
             assert len(doc) <= 8000, (f.folder, a.version, len(doc))
+            assert len(encode_alert(a)) <= 8000, (f.folder, a.version)
 
 
 def test_predicted_pga_matches_recorded(scored, openeew_dir):

@@ -5,7 +5,7 @@ cell, Worden et al. 2012 MMI) decides which cells get which tier — ``be_aware`
 3-4, ``take_action`` where it is 5 or more, the tiers of Android's earthquake alerts. The
 policy (thresholds in ``AlertSettings``):
 
-* no alert below ``min_magnitude`` (M4.5) or when no cell reaches a tier;
+* (thresholds in :class:`~yujing.settings.AlertSettings`) no alert below ``min_magnitude`` (M4.5) or when no cell reaches a tier;
 * the first alert for an event is ``msg_type="alert"``, version 1; an ``"update"`` follows
   when the magnitude has moved by ``update_magnitude_step`` (0.3) since the last message or
   the alerted area grows; a ``"cancel"`` when the event is retracted;
@@ -22,32 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Annotated
-
 import h3
-import msgspec
 import numpy as np
 
 from .records import Alert, AlertTier, EventUpdate
+from .settings import AlertSettings
 from .geo import distance_km
 from .shaking import choose_model, forecast, forecast_site
 from .traveltime import default_table
 
 TIERS = ("be_aware", "take_action")
-
-
-def _d(text: str):
-    return msgspec.Meta(description=text)
-
-
-class AlertSettings(msgspec.Struct, frozen=True, kw_only=True):
-    min_magnitude: Annotated[float, _d("No alert below this magnitude (felt damage starts around M4.5-5).")] = 4.5
-    be_aware_mmi: Annotated[float, _d("Forecast MMI from which a cell is told to be aware (Android: MMI 3-4).")] = 3.0
-    take_action_mmi: Annotated[float, _d("Forecast MMI from which a cell is told to take action (Android: MMI 5+).")] = 5.0
-    h3_resolution: Annotated[int, _d(
-        "H3 resolution of the alert cells (5: ~250 km^2, 6: ~36 km^2, 7: ~5 km^2).")] = 6
-    update_magnitude_step: Annotated[float, _d("An update is sent when the magnitude moves this much.")] = 0.3
-    vs30_m_s: Annotated[float, _d("Vs30 assumed where no site grid is given (NEHRP B/C boundary).")] = 760.0
 
 
 def _disk_cells(lat: float, lon: float, radius_km: float, res: int) -> np.ndarray:
@@ -92,8 +76,14 @@ class TierMap:
 class AlertPolicy:
     """Turns event updates into alert messages. See the module docstring."""
 
-    def __init__(self, settings: AlertSettings | None = None, model: str | None = None):
+    def __init__(self, settings: AlertSettings | None = None, model: str | None = None, vs30_grid=None):
         self.s = settings or AlertSettings()
+        self.vs30_grid = vs30_grid  # a sitegrid.Vs30Grid, or None for uniform vs30_m_s
+        if not 5 <= self.s.h3_resolution <= 7:
+            raise ValueError(
+                f"alert h3_resolution {self.s.h3_resolution} is outside 5-7: coarser cells alert "
+                "whole regions, finer ones make messages too big"
+            )
         self.model = model
         self._alerts: dict[str, _AlertState] = {}
 
@@ -101,7 +91,8 @@ class AlertPolicy:
         model = self.model or choose_model(u.latitude, u.longitude, u.depth_km)
         cells = _disk_cells(u.latitude, u.longitude, reach_km(u.magnitude), self.s.h3_resolution)
         lat, lon = cell_centres(cells)
-        sh = forecast(u.latitude, u.longitude, u.depth_km, u.magnitude, lat, lon, vs30=self.s.vs30_m_s, model=model)
+        vs30 = self.vs30_grid.vs30_at(lat, lon) if self.vs30_grid is not None else self.s.vs30_m_s
+        sh = forecast(u.latitude, u.longitude, u.depth_km, u.magnitude, lat, lon, vs30=vs30, model=model)
         tier = np.full(len(cells), -1)
         tier[sh.mmi >= self.s.be_aware_mmi] = 0
         tier[sh.mmi >= self.s.take_action_mmi] = 1

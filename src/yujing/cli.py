@@ -33,6 +33,23 @@ def _replay(args) -> int:
             console.print(f"[red]error:[/red] no event folder named {', '.join(sorted(missing))} under {data / 'events'}")
             return 2
         dirs = [d for d in dirs if d.name in wanted]
+    from .alerting import AlertPolicy
+    from .settings import Settings
+
+    grid = None
+    if args.vs30:
+        from .sitegrid import Vs30Grid
+
+        try:
+            grid = Vs30Grid.from_csv(args.vs30)
+        except (OSError, ValueError) as exc:
+            console.print(f"error: {exc}", markup=False)
+            return 2
+    model = None if args.model == "auto" else args.model
+
+    def make_policy():
+        return AlertPolicy(Settings().alert, model=model, vs30_grid=grid)
+
     # progress in packets, estimated from file sizes (about 1 kB a packet at 31.25 Hz)
     sizes = sum(f.stat().st_size for d in dirs for f in d.glob("*/*.jsonl"))
     est_packets = max(1, sizes // 800)
@@ -46,7 +63,7 @@ def _replay(args) -> int:
         disable=args.quiet,
     ) as prog:
         task = prog.add_task("replay", total=est_packets)
-        result = replay(dirs, devices, on_packet=lambda n: prog.advance(task, n))
+        result = replay(dirs, devices, on_packet=lambda n: prog.advance(task, n), make_policy=make_policy)
     if args.output:
         write_updates(Path(args.output), result)
     if args.alerts:
@@ -113,6 +130,11 @@ def _replay(args) -> int:
     if args.output:
         out.print(f"updates written to {args.output}")
     _print_alerts(out, result)
+    if any(f.alerts for f in result.folders):
+        from .wire import encode_alert
+
+        sizes = [len(encode_alert(a)) for f in result.folders for a in f.alerts]
+        out.print(f"alert messages for devices (msgpack): largest {max(sizes):,} bytes")
     if args.alerts:
         out.print(f"alert messages written to {args.alerts}")
     if args.cap_dir:
@@ -262,6 +284,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", metavar="UPDATES.jsonl", help="write one JSON object per event update")
     r.add_argument("--alerts", metavar="ALERTS.jsonl", help="write one JSON object per alert message (alert, update, cancel)")
     r.add_argument("--cap-dir", metavar="DIR", help="write one CAP 1.2 XML file per alert message into DIR")
+    r.add_argument(
+        "--model",
+        choices=("auto", "bssa14", "bchydro_interface", "bchydro_intraslab"),
+        default="auto",
+        help="ground-motion model for the alert areas (auto: by distance to a subduction trench and depth)",
+    )
+    r.add_argument("--vs30", metavar="GRID.csv", help="site Vs30 grid: CSV with latitude,longitude,vs30_m_s (default: rock, 760 m/s)")
     r.add_argument("--event", action="append", metavar="NAME", help="replay only this event folder (repeatable)")
     r.add_argument("--no-score", action="store_true", help="do not score against catalog.csv")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")

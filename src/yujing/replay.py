@@ -140,11 +140,16 @@ def replay(
     settings: Settings | None = None,
     on_packet: Callable[[int], None] | None = None,
     on_update: Callable[[str, EventUpdate], None] | None = None,
+    make_policy: Callable[[], AlertPolicy] | None = None,
 ) -> ReplayResult:
+    """Replay folders one after the other; ``make_policy`` builds each folder's alert
+    policy (default: the standard one from ``settings``)."""
     res = ReplayResult()
+    s = settings or Settings()
     for d in event_dirs:
         cb = (lambda u, _f=Path(d).name: on_update(_f, u)) if on_update else None
-        res.folders.append(replay_folder(Path(d), devices, settings, on_packet, cb))
+        policy = make_policy() if make_policy else AlertPolicy(s.alert)
+        res.folders.append(replay_folder(Path(d), devices, s, on_packet, cb, policy))
     return res
 
 

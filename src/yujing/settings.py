@@ -86,15 +86,41 @@ class MagnitudeSettings(msgspec.Struct, frozen=True, kw_only=True):
         "5 s of noise before the onset (a peak measure of noise, so 2 is already clear).")] = 2.0
 
 
+class AlertSettings(msgspec.Struct, frozen=True, kw_only=True):
+    min_magnitude: Annotated[float, _d(
+        "No alert below this magnitude (damage and wide felt reports start around M4.5-5).")] = 4.5
+    be_aware_mmi: Annotated[float, _d(
+        "Forecast MMI from which a cell is told to be aware (Android's tiers: MMI 3-4).")] = 3.0
+    take_action_mmi: Annotated[float, _d(
+        "Forecast MMI from which a cell is told to take action (Android's tiers: MMI 5+).")] = 5.0
+    h3_resolution: Annotated[int, _d(
+        "H3 resolution of the alert cells, 5-7 (5: ~250 km^2, 6: ~36 km^2, 7: ~5 km^2).",
+    ), msgspec.Meta(ge=5, le=7)] = 6
+    update_magnitude_step: Annotated[float, _d("An update is sent when the magnitude moves this much.")] = 0.3
+    vs30_m_s: Annotated[float, _d(
+        "Vs30 assumed where no site grid is given (760 m/s: the NEHRP B/C boundary, rock).")] = 760.0
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True):
     picker: PickerSettings = PickerSettings()
     associate: AssociateSettings = AssociateSettings()
     locate: LocateSettings = LocateSettings()
     magnitude: MagnitudeSettings = MagnitudeSettings()
+    alert: AlertSettings = AlertSettings()
 
 
 def _unit(name: str) -> str:
-    for suffix, unit in (("_hz", "Hz"), ("_km", "km"), ("_s", "s"), ("_snr", "ratio"), ("_ratio", "ratio")):
+    for suffix, unit in (
+        ("_m_s", "m/s"),
+        ("_hz", "Hz"),
+        ("_km", "km"),
+        ("_s", "s"),
+        ("_snr", "ratio"),
+        ("_ratio", "ratio"),
+        ("_mmi", "MMI"),
+        ("magnitude", "M"),
+        ("magnitude_step", "M"),
+    ):
         if name.endswith(suffix):
             return unit
     return ""
