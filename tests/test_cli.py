@@ -313,3 +313,39 @@ def test_markup_in_data_does_not_crash_the_summary(tmp_path):
     rc, out, err = run_cli(["replay", str(data), "--quiet"])
     assert rc == 0, err[-2000:]
     assert "device_mismatch 1" in out
+
+
+def test_replay_writes_alerts_cap_quakeml_and_geojson(openeew_dir, tmp_path):
+    """The M7.4: alert lines, one CAP file per message (schema-valid), QuakeML that ObsPy
+    reads, GeoJSON event and MMI maps."""
+    from lxml import etree
+    from obspy import read_events
+
+    alerts, cap, qml, geo = tmp_path / "alerts.jsonl", tmp_path / "cap", tmp_path / "ev.xml", tmp_path / "geo"
+    rc, out, err = run_cli(
+        ["replay", str(openeew_dir), "--event", "2020_6_23", "--no-score", "--quiet", "--alerts", str(alerts),
+         "--cap-dir", str(cap), "--quakeml", str(qml), "--geojson", str(geo)]
+    )
+    assert rc == 0, err
+    lines = [json.loads(x) for x in alerts.read_text().splitlines()]
+    assert lines and lines[0]["msg_type"] == "alert" and lines[0]["version"] == 1
+    assert {x["alert_id"] for x in lines} == {lines[0]["alert_id"]}
+    for x in lines:
+        assert set(x) >= {"alert_id", "event_id", "version", "msg_type", "issued_at", "magnitude", "tiers"}
+        assert x["issued_at"].endswith("Z")
+        assert all(set(t) == {"name", "min_mmi", "cells"} for t in x["tiers"])
+    schema = etree.XMLSchema(etree.parse(str(Path(__file__).parent / "data" / "CAP-v1.2.xsd")))
+    files = sorted(cap.glob("*.xml"))
+    assert len(files) == len(lines)
+    for f in files:
+        schema.assertValid(etree.parse(str(f)))
+        assert f.stat().st_size <= 8000
+    cat = read_events(str(qml))
+    assert len(cat) == 1 and cat[0].preferred_magnitude().mag >= 6.8
+    events = json.loads((geo / "events.geojson").read_text())
+    assert events["type"] == "FeatureCollection" and len(events["features"]) == 1
+    mmi_maps = list(geo.glob("mmi_*.geojson"))
+    assert len(mmi_maps) == 1
+    mmi = json.loads(mmi_maps[0].read_text())
+    assert max(f["properties"]["mmi"] for f in mmi["features"]) >= 6.0
+    assert "warning time" in out and "take_action" in out

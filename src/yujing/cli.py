@@ -15,7 +15,7 @@ def _replay(args) -> int:
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
     from rich.table import Table
 
-    from .replay import iso, replay, write_alerts, write_cap, write_updates
+    from .replay import iso, replay, write_alerts, write_cap, write_geojson, write_quakeml, write_updates
     from .sources.openeew import iter_event_dirs, load_devices
 
     console = Console(stderr=True)
@@ -69,6 +69,9 @@ def _replay(args) -> int:
     if args.alerts:
         write_alerts(Path(args.alerts), result)
     cap_files = write_cap(Path(args.cap_dir), result) if args.cap_dir else []
+    if args.quakeml:
+        write_quakeml(Path(args.quakeml), result)
+    geo_files = write_geojson(Path(args.geojson), result, make_policy) if args.geojson else []
 
     # Text from the data (device ids, paths) is printed without markup; when stdout is not a
     # terminal (pipes, CI logs) the table gets room instead of rich's 80 columns.
@@ -137,6 +140,10 @@ def _replay(args) -> int:
         out.print(f"alert messages for devices (msgpack): largest {max(sizes):,} bytes")
     if args.alerts:
         out.print(f"alert messages written to {args.alerts}")
+    if args.quakeml:
+        out.print(f"events written to {args.quakeml} (QuakeML 1.2)")
+    if args.geojson:
+        out.print(f"{len(geo_files)} GeoJSON files written to {args.geojson} (events and MMI maps)")
     if args.cap_dir:
         biggest = max((p.stat().st_size for p in cap_files), default=0)
         out.print(f"{len(cap_files)} CAP 1.2 files written to {args.cap_dir} (largest {biggest:,} bytes)")
@@ -284,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", "-o", metavar="UPDATES.jsonl", help="write one JSON object per event update")
     r.add_argument("--alerts", metavar="ALERTS.jsonl", help="write one JSON object per alert message (alert, update, cancel)")
     r.add_argument("--cap-dir", metavar="DIR", help="write one CAP 1.2 XML file per alert message into DIR")
+    r.add_argument("--quakeml", metavar="EVENTS.xml", help="write every event (all versions) as QuakeML 1.2")
+    r.add_argument("--geojson", metavar="DIR", help="write events.geojson and an MMI map per event (USGS feed shapes)")
     r.add_argument(
         "--model",
         choices=("auto", "bssa14", "bchydro_interface", "bchydro_intraslab"),

@@ -181,6 +181,42 @@ def write_cap(folder: Path, result: ReplayResult) -> list[Path]:
     return written
 
 
+def write_quakeml(path: Path, result: ReplayResult) -> None:
+    """Every event of the replay, all versions as origins, as QuakeML 1.2."""
+    from .formats.quakeml import events_to_quakeml
+
+    Path(path).write_bytes(events_to_quakeml([u for f in result.folders for u in f.updates]))
+
+
+def write_geojson(folder: Path, result: ReplayResult, policy_factory=None) -> list[Path]:
+    """``events.geojson`` (USGS feed shape) and, per event, ``mmi_<event_id>.geojson``:
+    the forecast intensity of its final update over the cells that reach MMI 3, binned
+    by half an intensity unit (ShakeMap's polygon style)."""
+    import json
+
+    from .formats.geojson import events_to_geojson, mmi_to_geojson
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    updates = [u for f in result.folders for u in f.updates]
+    out = [folder / "events.geojson"]
+    out[0].write_text(json.dumps(events_to_geojson(updates)))
+    final: dict[str, EventUpdate] = {}
+    for u in updates:
+        final[u.event_id] = u
+    policy = policy_factory() if policy_factory else AlertPolicy()
+    for eid, u in final.items():
+        if u.retracted:
+            continue
+        tm = policy.tier_map(u)
+        if len(tm.cells) == 0:
+            continue
+        p = folder / f"mmi_{eid}.geojson"
+        p.write_text(json.dumps(mmi_to_geojson(list(tm.cells), tm.mmi, bin_width=0.5)))
+        out.append(p)
+    return out
+
+
 def write_updates(path: Path, result: ReplayResult) -> None:
     enc = msgspec.json.Encoder()
     with open(path, "wb") as fh:
