@@ -54,7 +54,7 @@ def feed(eng: Engine, triggers):
     out = []
     for t in sorted(triggers, key=lambda t: t.issued_at_s):
         out += eng.feed_trigger(t)
-    return out
+    return out + eng.flush()  # the stream ends: process the last step
 
 
 def test_a_real_quake_is_announced_and_located():
@@ -101,6 +101,7 @@ def test_triggers_scattered_at_random_are_not_an_earthquake():
     ups = []
     for when, kind, item in sorted(msgs, key=lambda m: (m[0], m[1])):
         ups += eng.feed_trigger(item) if kind else eng.feed_heartbeat(item, when)
+    ups += eng.flush()
     # not even announced and retracted: a withdrawn alarm is still a false alarm
     assert ups == [], [(u.event_id, u.n_devices, u.version, u.retracted) for u in ups]
     # the same triggers without the silent network's evidence do fool a 3-device rule,

@@ -35,6 +35,83 @@ from .settings import Settings
 from .traveltime import default_table
 
 MAG_STEP = 0.1
+#: events with at least this many P picks are refreshed once per engine step rather than
+#: at every trigger and amplitude update (a quake felt by thousands of phones)
+BATCH_PICKS = 25
+#: picks used to locate a large event: the earliest half and an even spread of the rest
+MAX_LOCATE_PICKS = 40
+#: a phone that sent a heartbeat within this long is online; its silence counts up to
+#: HEARTBEAT_LATENCY_S before the engine clock (a trigger sent then would have arrived:
+#: 4G/5G delivers most messages within a few hundred ms)
+HEARTBEAT_WINDOW_S = 90.0
+HEARTBEAT_LATENCY_S = 1.0
+
+
+class Presence:
+    """Which devices are alive and quiet, as arrays: a million phones are a million rows.
+
+    Streaming sensors are seen through their packets (quiet up to the end of their newest
+    packet, alive while packets keep coming, after a warm-up); phones through heartbeats
+    (alive for ``HEARTBEAT_WINDOW_S``; able to detect only when their agent says the phone
+    lies still). Positions are a sensor's surveyed place or a phone's coarse cell."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.n = 0
+        cap = 64
+        self.lat = np.zeros(cap)
+        self.lon = np.zeros(cap)
+        self.last = np.full(cap, -np.inf)
+        self.started = np.full(cap, -np.inf)
+        self.heartbeat = np.zeros(cap, dtype=bool)
+
+    def _slot(self, device_id: str) -> int:
+        i = self.index.get(device_id)
+        if i is None:
+            i = self.index[device_id] = self.n
+            self.ids.append(device_id)
+            self.n += 1
+            if self.n > len(self.lat):
+                for name in ("lat", "lon", "last", "started", "heartbeat"):
+                    a = getattr(self, name)
+                    grown = np.empty(2 * len(a), dtype=a.dtype)
+                    grown[: len(a)] = a
+                    setattr(self, name, grown)
+            self.started[i] = np.inf
+        return i
+
+    def note_packet(self, device_id: str, latitude: float, longitude: float, end_time_s: float, reset: bool):
+        i = self._slot(device_id)
+        if reset or not np.isfinite(self.started[i]):
+            self.started[i] = end_time_s
+        self.lat[i], self.lon[i], self.last[i] = latitude, longitude, end_time_s
+        self.heartbeat[i] = False
+
+    def note_heartbeats(self, device_ids, latitudes, longitudes, time_s, ready=None):
+        """Bulk: phones alive at ``time_s``; ``ready`` False for phones that cannot detect
+        now (carried, moving): they are alive but their silence says nothing."""
+        idx = np.fromiter((self._slot(d) for d in device_ids), dtype=np.int64, count=len(device_ids))
+        ok = np.ones(len(idx), dtype=bool) if ready is None else np.asarray(ready, dtype=bool)
+        self.lat[idx] = latitudes
+        self.lon[idx] = longitudes
+        self.heartbeat[idx] = True
+        self.last[idx] = np.where(ok, time_s, -np.inf)
+        self.started[idx] = np.minimum(self.started[idx], time_s)
+
+    def silent(self, now_s: float, busy: set[str], warmup_s: float):
+        """Positions and 'quiet up to' times of the live devices not in ``busy``."""
+        n = self.n
+        last, started, hb = self.last[:n], self.started[:n], self.heartbeat[:n]
+        stream_ok = ~hb & (now_s - last <= 5.0) & (last - started >= warmup_s)
+        phone_ok = hb & (now_s - last <= HEARTBEAT_WINDOW_S)
+        ok = stream_ok | phone_ok
+        for d in busy:
+            i = self.index.get(d)
+            if i is not None:
+                ok[i] = False
+        seen = np.where(hb, now_s - HEARTBEAT_LATENCY_S, last)
+        return self.lat[:n][ok], self.lon[:n][ok], seen[ok]
 LOC_STEP_KM = 2.0
 DEPTH_STEP_KM = 10.0
 
@@ -52,6 +129,7 @@ class Event:
     retracted: bool = False
     closed: bool = False
     dirty_location: bool = False
+    dirty: bool = False  # waits for the end of the engine step
     next_check_s: float = 0.0
 
 
@@ -65,31 +143,18 @@ class Associator:
         self.events: list[Event] = []
         self._ids: set[str] = set()
         self.id_prefix = id_prefix
-        # device liveness: last sample time seen and when its stream (re)started
-        self.last_seen: dict[str, float] = {}
-        self.started: dict[str, float] = {}
+        self.presence = Presence()
 
     # liveness -------------------------------------------------------------------------
     def note_packet(self, device_id: str, end_time_s: float, reset: bool):
-        if reset or device_id not in self.started:
-            self.started[device_id] = end_time_s
-        self.last_seen[device_id] = end_time_s
+        dev = self.devices.get(device_id)
+        if dev is not None:
+            self.presence.note_packet(device_id, dev.latitude, dev.longitude, end_time_s, reset)
 
     def _silent(self, now_s: float, busy: set[str]):
-        """Devices streaming normally (seen in the last 5 s, warmed up) and not in ``busy``:
-        their positions and the time up to which each one's data has arrived."""
-        warm = self.s.picker.warmup_s
-        lat, lon, seen = [], [], []
-        for did, t in self.last_seen.items():
-            if did in busy or now_s - t > 5.0 or t - self.started.get(did, t) < warm:
-                continue
-            dev = self.devices.get(did)
-            if dev is None:
-                continue
-            seen.append(t)
-            lat.append(dev.latitude)
-            lon.append(dev.longitude)
-        return np.array(lat), np.array(lon), np.array(seen)
+        """Live devices not in ``busy``: their positions and the time up to which each is
+        known to have stayed quiet."""
+        return self.presence.silent(now_s, busy, self.s.picker.warmup_s)
 
     # triggers -------------------------------------------------------------------------
     def add(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
@@ -103,14 +168,14 @@ class Associator:
             if role == "P":
                 ev.picks[trig.device_id] = trig
                 ev.dirty_location = True
-                return self._refresh(ev, now_s)
+                return self._refresh_soon(ev, now_s)
             if role == "later":
                 trial = None if trig.device_id in ev.picks else self._fits_as_p(ev, trig, now_s)
                 if trial is not None:
                     ev.picks[trig.device_id] = trig
                     ev.location = trial
                     ev.dirty_location = False
-                    return self._refresh(ev, now_s)
+                    return self._refresh_soon(ev, now_s)
                 ev.later[trig.device_id] = trig
                 return []
         self.pool.append(trig)
@@ -121,7 +186,7 @@ class Associator:
             old = ev.picks.get(trig.device_id)
             if old is not None and old.onset_time_s == trig.onset_time_s:
                 ev.picks[trig.device_id] = trig
-                return self._refresh(ev, now_s)
+                return self._refresh_soon(ev, now_s)
             old = ev.later.get(trig.device_id)
             if old is not None and old.onset_time_s == trig.onset_time_s:
                 ev.later[trig.device_id] = trig
@@ -164,7 +229,7 @@ class Associator:
         if trig.onset_time_s > ts - self.s.associate.moveout_slack_s:
             return None
         trial = self._locate(
-            list(ev.picks.values()) + [trig],
+            self._locate_set(list(ev.picks.values()))[: MAX_LOCATE_PICKS - 1] + [trig],
             now_s,
             exclude={trig.device_id},
             center=(loc.latitude, loc.longitude),
@@ -181,27 +246,41 @@ class Associator:
         return trial if ok else None
 
     # new events -----------------------------------------------------------------------
-    def _consistent(self, a: Trigger, b: Trigger) -> bool:
-        if a.device_id == b.device_id:
-            return False
-        d = float(distance_km(a.latitude, a.longitude, b.latitude, b.longitude))
-        if d > self.s.associate.max_pair_distance_km:
-            return False
-        tmax = float(default_table().p_time_s(d, 0.0))
-        return abs(a.onset_time_s - b.onset_time_s) <= tmax + self.s.associate.moveout_slack_s
+    def _consistent_with(self, a: Trigger, others: list[Trigger]) -> np.ndarray:
+        """For each of ``others``: could it and ``a`` be P arrivals of one quake?
+        (Onsets differ by at most the P travel time between the two devices plus the slack;
+        the devices are at most ``max_pair_distance_km`` apart.)"""
+        lat = np.fromiter((o.latitude for o in others), dtype=float, count=len(others))
+        lon = np.fromiter((o.longitude for o in others), dtype=float, count=len(others))
+        t = np.fromiter((o.onset_time_s for o in others), dtype=float, count=len(others))
+        d = distance_km(a.latitude, a.longitude, lat, lon)
+        tmax = default_table().p_time_s(d, 0.0)
+        return (d <= self.s.associate.max_pair_distance_km) & (
+            np.abs(a.onset_time_s - t) <= tmax + self.s.associate.moveout_slack_s
+        )
 
     def _try_new_event(self, newest: Trigger, now_s: float) -> list[EventUpdate]:
         a = self.s.associate
         self.pool = [p for p in self.pool if now_s - p.onset_time_s <= a.candidate_ttl_s]
         if len(self.pool) < a.min_devices:
             return []
-        # greedy clique around the newest trigger, earliest onsets first
+        # greedy clique around the newest trigger, earliest onsets first; the pairwise
+        # move-out test runs on arrays (a busy pool holds hundreds of phone triggers)
+        cand = [p for p in self.pool if p is not newest and p.device_id != newest.device_id]
+        if len(cand) < a.min_devices - 1:
+            return []
+        ok = self._consistent_with(newest, cand)
+        cand = sorted((p for p, k in zip(cand, ok) if k), key=lambda x: x.onset_time_s)
         group = [newest]
-        for p in sorted(self.pool, key=lambda x: x.onset_time_s):
-            if p is newest or any(q.device_id == p.device_id for q in group):
+        ids = {newest.device_id}
+        for p in cand:
+            if len(group) >= MAX_LOCATE_PICKS:
+                break
+            if p.device_id in ids:
                 continue
-            if all(self._consistent(p, q) for q in group):
+            if self._consistent_with(p, group).all():
                 group.append(p)
+                ids.add(p.device_id)
         if len(group) < a.min_devices or self._n_sites(group) < a.min_devices:
             return []
         loc = self._locate(group, now_s, exclude={g.device_id for g in group})
@@ -257,7 +336,8 @@ class Associator:
         return out
 
     def _locate(self, trigs, now_s: float, exclude: set[str] = frozenset(), **search) -> Location:
-        """Locate from the triggers' onsets, with the silent live devices as evidence."""
+        """Locate from the triggers' onsets, with the silent live devices as evidence.
+        ``trigs`` should be at most ``MAX_LOCATE_PICKS`` long (see ``_locate_set``)."""
         slat, slon, seen = self._silent(now_s, self._busy() | exclude)
         return locate(
             [t.latitude for t in trigs],
@@ -272,8 +352,20 @@ class Associator:
         )
 
     # updates --------------------------------------------------------------------------
+    @staticmethod
+    def _locate_set(trigs: list[Trigger]) -> list[Trigger]:
+        """At most MAX_LOCATE_PICKS picks: the earliest half (they constrain the epicentre
+        most) and an even spread of the rest (they constrain the move-out)."""
+        if len(trigs) <= MAX_LOCATE_PICKS:
+            return trigs
+        srt = sorted(trigs, key=lambda t: t.onset_time_s)
+        half = MAX_LOCATE_PICKS // 2
+        rest = srt[half:]
+        step = len(rest) / half
+        return srt[:half] + [rest[int(i * step)] for i in range(half)]
+
     def _relocate(self, ev: Event, now_s: float):
-        trs = list(ev.picks.values())
+        trs = self._locate_set(list(ev.picks.values()))
         old = ev.location
         ev.location = self._locate(
             trs, now_s, center=(old.latitude, old.longitude), half_km=max(60.0, 3 * old.horizontal_error_km)
@@ -326,7 +418,16 @@ class Associator:
                 m = 0.5 * (history[-1] + history[-2])
         ev.magnitude, ev.magnitude_sigma = m, sig
 
+    def _refresh_soon(self, ev: Event, now_s: float) -> list[EventUpdate]:
+        """Refresh now while the event is small; a large one waits for the step's end
+        (``tick``), so that a thousand picks cost one relocation, not a thousand."""
+        if len(ev.picks) < BATCH_PICKS:
+            return self._refresh(ev, now_s)
+        ev.dirty = True
+        return []
+
     def _refresh(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:
+        ev.dirty = False
         if ev.dirty_location:
             self._relocate(ev, now_s)
         self._magnitude(ev, now_s)
@@ -379,6 +480,8 @@ class Associator:
             if age > a.event_ttl_s:
                 ev.closed = True
                 continue
+            if ev.dirty:
+                out.extend(self._refresh(ev, now_s))
             # A young event with few picks is re-checked against the devices that have
             # stayed silent since. The check's location is not adopted: with three or four
             # picks a relocation driven by silence alone can wander off; picks joining
@@ -388,7 +491,7 @@ class Associator:
                     ev.next_check_s = now_s + 2.0
                     old = ev.location
                     check = self._locate(
-                        list(ev.picks.values()),
+                        self._locate_set(list(ev.picks.values())),
                         now_s,
                         center=(old.latitude, old.longitude),
                         half_km=max(60.0, 3 * old.horizontal_error_km),

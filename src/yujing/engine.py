@@ -73,21 +73,42 @@ class Engine:
         return out
 
     def feed_trigger(self, trig: Trigger) -> list[EventUpdate]:
-        """Take a trigger computed on a device (phones run the picker themselves)."""
-        out = self.flush()
-        self.clock_s = max(self.clock_s, trig.issued_at_s)
-        if trig.update == 0:
-            self.n_triggers += 1
-            self.triggers.append(trig)
-        out += self.assoc.add(trig, self.clock_s)
+        """Take a trigger computed on a device (phones run the picker themselves), in
+        arrival order (``issued_at_s`` is its arrival). Triggers are stepped like packets."""
+        t = trig.issued_at_s
+        if t < self.clock_s:
+            self.rejects.add(
+                "late_arrival",
+                trig.device_id,
+                f"trigger arrival {t:.3f} is before the engine clock {self.clock_s:.3f}; feed in arrival order",
+            )
+            return []
+        out: list[EventUpdate] = []
+        if t >= self._step_end and self._pending:
+            out = self._run_step()
+        if not self._pending:
+            self._step_end = t + self.step_s
+        self.clock_s = t
+        self._pending.append(trig)
         return out
 
-    def feed_heartbeat(self, device_id: str, time_s: float) -> list[EventUpdate]:
+    def feed_heartbeat(self, device_id: str, time_s: float, latitude: float | None = None, longitude: float | None = None) -> list[EventUpdate]:
         """A device that sends triggers rather than packets says it is alive and quiet at
-        ``time_s``: its silence is then evidence against events near it."""
+        ``time_s``: its silence is then evidence against events near it. The position is
+        its coarse cell's centre (or, for a known fixed device, left out)."""
+        if latitude is None or longitude is None:
+            dev = self.devices.get(device_id)
+            if dev is None:
+                return []
+            latitude, longitude = dev.latitude, dev.longitude
+        return self.feed_heartbeats([device_id], [latitude], [longitude], time_s)
+
+    def feed_heartbeats(self, device_ids, latitudes, longitudes, time_s: float, ready=None) -> list[EventUpdate]:
+        """Many heartbeats at once (a million phones check in every minute); ``ready``
+        marks phones able to detect now (lying still): the others are alive, not witnesses."""
         out = self.flush()
         self.clock_s = max(self.clock_s, time_s)
-        self.assoc.note_packet(device_id, time_s, reset=False)
+        self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready)
         return out + self.assoc.tick(self.clock_s)
 
     def flush(self) -> list[EventUpdate]:
@@ -96,13 +117,15 @@ class Engine:
 
     # one step -------------------------------------------------------------------------
     def _run_step(self) -> list[EventUpdate]:
-        batch, self._pending = self._pending, []
-        now = max(p.arrival_time_s for p in batch)
+        pending, self._pending = self._pending, []
+        batch = [p for p in pending if not isinstance(p, Trigger)]
+        device_triggers = [p for p in pending if isinstance(p, Trigger)]
+        now = max([p.arrival_time_s for p in batch] + [t.issued_at_s for t in device_triggers])
         self.n_packets += len(batch)
         for p in batch:
             self.assoc.note_packet(p.device_id, p.end_time_s, p.reset)
         out: list[EventUpdate] = []
-        for trig in self.picker.process(batch, now, self.devices):
+        for trig in self.picker.process(batch, now, self.devices) + device_triggers:
             if trig.update == 0:
                 self.n_triggers += 1
                 self.triggers.append(trig)
