@@ -170,7 +170,10 @@ class Associator:
                 ev.dirty_location = True
                 return self._refresh_soon(ev, now_s)
             if role == "later":
-                trial = None if trig.device_id in ev.picks else self._fits_as_p(ev, trig, now_s)
+                # only a young event's location is loose enough for this to matter; a large
+                # one would pay a relocation for every S trigger of a thousand phones
+                young = len(ev.picks) < BATCH_PICKS
+                trial = None if trig.device_id in ev.picks or not young else self._fits_as_p(ev, trig, now_s)
                 if trial is not None:
                     ev.picks[trig.device_id] = trig
                     ev.location = trial
