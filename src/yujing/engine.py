@@ -53,20 +53,9 @@ class Engine:
     # input ----------------------------------------------------------------------------
     def feed(self, packet: Packet) -> list[EventUpdate]:
         """Take one raw packet (arrival order). Returns updates from completed steps."""
-        t = packet.arrival_time_s
-        if t < self.clock_s:
-            self.rejects.add(
-                "late_arrival",
-                packet.device_id,
-                f"arrival {t:.3f} is before the engine clock {self.clock_s:.3f}; feed packets in arrival order",
-            )
+        out = self._advance(packet.arrival_time_s, packet.device_id)
+        if out is None:
             return []
-        out: list[EventUpdate] = []
-        if t >= self._step_end and self._pending:
-            out = self._run_step()
-        if not self._pending:
-            self._step_end = t + self.step_s
-        self.clock_s = t
         ing = self.ingest.accept(packet)
         if ing is not None:
             self._pending.append(ing)
@@ -75,21 +64,28 @@ class Engine:
     def feed_trigger(self, trig: Trigger) -> list[EventUpdate]:
         """Take a trigger computed on a device (phones run the picker themselves), in
         arrival order (``issued_at_s`` is its arrival). Triggers are stepped like packets."""
-        t = trig.issued_at_s
+        out = self._advance(trig.issued_at_s, trig.device_id)
+        if out is None:
+            return []
+        self._pending.append(trig)
+        return out
+
+    def _advance(self, t: float, device_id: str) -> list[EventUpdate] | None:
+        """Move the clock to a message's arrival ``t``, closing the step it ends; None
+        (and a counted rejection) when the message arrives behind the clock."""
         if t < self.clock_s:
             self.rejects.add(
                 "late_arrival",
-                trig.device_id,
-                f"trigger arrival {t:.3f} is before the engine clock {self.clock_s:.3f}; feed in arrival order",
+                device_id,
+                f"arrival {t:.3f} is before the engine clock {self.clock_s:.3f}; feed messages in arrival order",
             )
-            return []
+            return None
         out: list[EventUpdate] = []
         if t >= self._step_end and self._pending:
             out = self._run_step()
         if not self._pending:
             self._step_end = t + self.step_s
         self.clock_s = t
-        self._pending.append(trig)
         return out
 
     def feed_heartbeat(self, device_id: str, time_s: float, latitude: float | None = None, longitude: float | None = None) -> list[EventUpdate]:
