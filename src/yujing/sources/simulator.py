@@ -88,7 +88,7 @@ arrive in the order sent (MQTT over TCP); ``loss_fraction`` of messages are lost
 ``issued_at_s`` of a trigger is its arrival time at the server.
 
 **Heartbeats.** Each online phone sends a heartbeat every ``heartbeat_interval_s`` at its own
-phase: pseudonym, cell, its clock's time, and whether it is monitoring (lying still, able
+phase: pseudonym, cell, its clock's time, and whether it is ready (lying still, able
 to detect). A million phones beating once a minute are ~17,000 messages a second, so they
 come as :class:`HeartbeatBatch` arrays (one per ``batch_s`` of arrival time) unless asked
 for one by one; :meth:`SimulatedNetwork.live` gives the live phones (and
@@ -343,7 +343,7 @@ def _utc_day(t_s: float) -> str:
 
 class Heartbeat(msgspec.Struct, frozen=True):
     """A phone says it is alive: pseudonym, coarse cell (and its centre), the time on its
-    own clock when sent, when it arrived, and whether it is monitoring (lying still, able
+    own clock when sent, when it arrived, and whether it is ready (lying still, able
     to detect). Not in :mod:`yujing.records` yet (see the simulator's report)."""
 
     device_id: str
@@ -352,7 +352,7 @@ class Heartbeat(msgspec.Struct, frozen=True):
     cell: str
     latitude: float
     longitude: float
-    monitoring: bool
+    ready: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -360,7 +360,7 @@ class HeartbeatBatch:
     """Heartbeats that arrived within one batch (arrays). ``arrival_time_s`` is the newest
     arrival in it: the earliest time the whole batch may be used. Feed it to the engine as
     ``engine.feed_heartbeats(b.device_ids, b.latitude, b.longitude, b.arrival_time_s,
-    ready=b.monitoring)``."""
+    ready=b.ready)``."""
 
     arrival_time_s: float
     device_ids: list[str]
@@ -369,7 +369,7 @@ class HeartbeatBatch:
     cell: np.ndarray  # uint64 H3 cells
     latitude: np.ndarray  # cell centres
     longitude: np.ndarray
-    monitoring: np.ndarray  # bool
+    ready: np.ndarray  # bool
     phone: np.ndarray  # simulator row (for reports; never part of a wire message)
 
     def __len__(self) -> int:
@@ -379,7 +379,7 @@ class HeartbeatBatch:
 @dataclass(frozen=True, eq=False)
 class LiveSet:
     """The phones heard from by some time: one row per phone (simulator rows, cells, cell
-    centres, newest heartbeat arrival, monitoring flag)."""
+    centres, newest heartbeat arrival, ready flag)."""
 
     at_s: float
     phone: np.ndarray
@@ -387,16 +387,16 @@ class LiveSet:
     latitude: np.ndarray
     longitude: np.ndarray
     last_seen_s: np.ndarray
-    monitoring: np.ndarray
+    ready: np.ndarray
 
     def __len__(self) -> int:
         return len(self.phone)
 
-    def by_cell(self, monitoring_only: bool = True) -> dict[str, np.ndarray]:
+    def by_cell(self, ready_only: bool = True) -> dict[str, np.ndarray]:
         """Live cells: ``cell`` (uint64), ``latitude``/``longitude`` (centres), ``n_phones``,
         ``last_seen_s`` (newest heartbeat in the cell). A few tens of thousands of rows for a
         million phones: the bulk form of "alive and quiet near here"."""
-        m = self.monitoring if monitoring_only else np.ones(len(self.phone), dtype=bool)
+        m = self.ready if ready_only else np.ones(len(self.phone), dtype=bool)
         cells, first, inv = np.unique(self.cell[m], return_index=True, return_inverse=True)
         n = np.bincount(inv, minlength=len(cells))
         last = np.full(len(cells), -np.inf)
@@ -678,7 +678,7 @@ class SimulatedNetwork:
                 cell=self.cell_str(c),
                 latitude=la,
                 longitude=lo,
-                monitoring=m,
+                ready=m,
             )
             for i, (t, a, c, la, lo, m) in enumerate(
                 zip(
@@ -702,7 +702,7 @@ class SimulatedNetwork:
             cell=self.cell[ph],
             latitude=self.cell_latitude[ph],
             longitude=self.cell_longitude[ph],
-            monitoring=self.stationary[ph],
+            ready=self.stationary[ph],
             phone=ph,
         )
 
@@ -763,7 +763,7 @@ class SimulatedNetwork:
             latitude=self.cell_latitude[rows],
             longitude=self.cell_longitude[rows],
             last_seen_s=last[rows],
-            monitoring=self.stationary[rows],
+            ready=self.stationary[rows],
         )
 
     # ---------------------------------------------------------------- report helpers
