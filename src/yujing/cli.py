@@ -269,6 +269,12 @@ def _settings(args) -> int:
     return 0
 
 
+def _device_replay(args) -> int:
+    from .device.agent import device_replay
+
+    return device_replay(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="yujing",
@@ -312,6 +318,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--markdown", action="store_true", help="as the documented table (docs/settings.md)")
     s.set_defaults(func=_settings)
+
+    d = sub.add_parser("device", help="the device agent (reference client for phones and sensors)")
+    dsub = d.add_subparsers(dest="device_command", required=True)
+    dr = dsub.add_parser(
+        "replay",
+        help="run the device agent offline on one device's recording",
+        description=(
+            "Run the device agent (picker + classifier) on one recording: an OpenEEW device folder "
+            "(DATA/events/<event>/<device>/*.jsonl; position from DATA/devices.json) or a CSV file with "
+            "columns t,x,y,z (t in s, ms, us or ns; acceleration in m/s^2 with gravity; any rate and "
+            "orientation). Writes one JSON object per trigger the device would send; summary on stderr."
+        ),
+    )
+    dr.add_argument("input", metavar="INPUT", help="OpenEEW device folder or t,x,y,z CSV file")
+    dr.add_argument("--output", "-o", metavar="TRIGGERS.jsonl", help="write one JSON object per trigger")
+    dr.add_argument("--lat", type=float, help="device latitude, degrees (required for CSV; overrides devices.json)")
+    dr.add_argument("--lon", type=float, help="device longitude, degrees")
+    dr.add_argument("--all", action="store_true", help="also write triggers the agent would not send, with the reason")
+    dr.add_argument("--updates", action="store_true", help="one line per message sent (trigger and amplitude updates)")
+    dr.add_argument("--units", choices=("m/s2", "g", "gal"), default="m/s2", help="CSV acceleration units (default m/s2)")
+    dr.add_argument("--vertical", choices=("auto", "gravity", "x", "y", "z"), default="auto", help="how to find the vertical")
+    dr.add_argument("--rate", type=float, metavar="HZ", help="CSV: resample to this rate (default: median rate, snapped)")
+    dr.add_argument("--start-time", metavar="ISO", help="CSV with a relative clock: UTC time of t=0")
+    dr.add_argument("--secret", metavar="HEX", help="device secret for the pseudonym (default: fixed by the input's name)")
+    dr.set_defaults(func=_device_replay)
     return p
 
 

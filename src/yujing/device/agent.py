@@ -1,0 +1,906 @@
+"""The device agent: the reference client that runs on a phone or a sensor gateway.
+
+It turns a raw accelerometer stream into the few messages a device sends, and an alert
+into what the device shows:
+
+```
+ t, x, y, z (any rate, any orientation,   ──► units → gal ──► uniform rate ──► gravity out,
+ m/s^2 with gravity) or OpenEEW packets                                          vertical first
+                                                                                       │
+  outbox ◄── TriggerMessage (pseudonym, H3 res-7 cell, amplitudes) ◄── classifier ◄── picker
+         ◄── PacketMessage (only if the owner opted in)                                  │
+  alert ──► on_alert ──► own MMI, tier and countdown from its own position (never sent)
+```
+
+* **Units and rate.** Samples are converted to gal (cm/s^2). Irregular timestamps are
+  put on a uniform grid by linear interpolation at the stream's median rate snapped to a
+  usual sensor rate (:data:`STANDARD_RATES_HZ`, within 10 %); streams faster than
+  ``max_rate_hz`` (100 Hz) are interpolated at their own rate, low-passed at 0.4 x
+  ``max_rate_hz`` and interpolated again at ``max_rate_hz``: nothing the picker or the
+  classifier reads lies above 10 Hz. OpenEEW packets are regular already and are taken at
+  their own rate.
+* **Gravity and the vertical.** A running mean (exponential, ``gravity_tau_s``) of each
+  axis estimates gravity and is subtracted. When that mean is about 1 g the device measures
+  gravity, and the vertical is the projection on the running gravity direction: the
+  samples are rotated into (vertical, horizontal 1, horizontal 2), the order of
+  :class:`~yujing.records.Packet` (``x`` vertical). The horizontal pair is carried along
+  as the device turns (the smallest rotation that keeps it perpendicular to gravity), so
+  it does not jump between blocks. A stream without gravity (OpenEEW sensors remove it)
+  has no direction to project on; its ``x`` axis is taken as vertical, the OpenEEW
+  convention.
+* **Trigger.** The engine's own picker (:class:`yujing.picker.Picker`: STA/LTA, AIC
+  onset, PGA/PGV/Pd/tau_c/Wood-Anderson tracks) steps the rotated stream in blocks of
+  ``packet_s`` (1 s).
+* **Classifier.** When the data reach ``WINDOW_POST_S`` (2 s) after a trigger's onset,
+  the raw window (gal, gravity and orientation as recorded, the form the classifier was
+  trained on) from 2 s before to 2 s after the onset goes to
+  :class:`~yujing.device.classifier.EarthquakeClassifier`. A trigger it passes is sent at
+  once (update 0, the amplitudes of its first 2 s), then every amplitude update of the
+  picker's track (one per block, for the picker's ``track_s``); a rejected one is dropped
+  with all its updates.
+* **What is sent** (:class:`TriggerMessage`): the :class:`~yujing.records.Trigger` with
+  ``device_id`` = today's pseudonym and ``latitude``/``longitude`` = the centre of the
+  device's H3 resolution-7 cell, the cell itself and the classifier's probability. The
+  pseudonym is :func:`yujing.sources.simulator.daily_pseudonym`: keyed BLAKE2b of the UTC
+  date with the device's secret, so pseudonyms of two days cannot be linked without the
+  secret, which never leaves the device. Raw packets (:class:`PacketMessage`) only when
+  ``share_raw`` is set by the owner. The precise position is never in any message.
+
+All times are UNIX seconds on the device's clock (assumed NTP-synchronised); the agent
+never reads the wall clock: "now" is the time of the newest sample processed, so a replay
+is deterministic. I/O stays outside: messages wait in :attr:`DeviceAgent.outbox` for
+whatever transport drains it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+import secrets
+import sys
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h3
+import msgspec
+import numpy as np
+from scipy import signal
+
+from ..alerting import device_warning
+from ..ingest import TRUSTED_OFFSET_S, IngestedPacket
+from ..picker import Picker
+from ..records import Alert, Device, Packet, Trigger
+from ..rejects import Rejects
+from ..settings import PickerSettings
+from ..sources.simulator import daily_pseudonym
+from ..wire import decode_alert
+from .classifier import EarthquakeClassifier
+from .features import UNITS_TO_GAL, WINDOW_POST_S, WINDOW_PRE_S, window_samples
+
+__all__ = [
+    "AgentConfig",
+    "DeviceAgent",
+    "TriggerMessage",
+    "PacketMessage",
+    "Decision",
+    "LocalWarning",
+    "AgentStats",
+    "CELL_RESOLUTION",
+    "STANDARD_RATES_HZ",
+    "snap_rate_hz",
+    "read_openeew_device",
+    "device_replay",
+]
+
+#: H3 resolution of the cell a device reports (~5 km^2): coarse enough that it does not
+#: locate a home, fine enough to place a trigger for the locator.
+CELL_RESOLUTION = 7
+#: Sample rates of phones and MEMS sensors; a measured median rate within 10 % of one of
+#: these is taken to be it (timestamps jitter, a nominal 50 Hz comes out as 49.6 Hz).
+STANDARD_RATES_HZ = (10.0, 12.5, 20.0, 25.0, 31.25, 40.0, 50.0, 62.5, 100.0, 125.0, 200.0, 250.0, 400.0, 500.0, 1000.0)
+#: Input needed before the rate of a stream is decided: this much time and at least
+#: RATE_PROBE_SAMPLES samples.
+RATE_PROBE_S = 2.0
+RATE_PROBE_SAMPLES = 16
+#: Running-mean magnitude (in g) that says "this stream contains gravity".
+GRAVITY_BAND_G = (0.5, 1.5)
+G_GAL = UNITS_TO_GAL["g"]
+
+
+def snap_rate_hz(rate_hz: float) -> float:
+    """The standard rate within 10 % of ``rate_hz``, else ``rate_hz`` rounded to 0.01 Hz."""
+    best = min(STANDARD_RATES_HZ, key=lambda r: abs(math.log(r / rate_hz)))
+    return best if abs(best / rate_hz - 1.0) <= 0.10 else round(rate_hz, 2)
+
+
+def utc_day(t_s: float) -> str:
+    """The UTC date of UNIX time ``t_s`` as ``YYYY-MM-DD`` (the pseudonym's period)."""
+    return datetime.fromtimestamp(t_s, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+# --------------------------------------------------------------------------- records
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgentConfig:
+    """How a device is set up. Its position and secret stay on the device.
+
+    ``latitude``/``longitude``: the device's own position, degrees; used for its cell and
+    its local warnings only. ``secret``: the device's key for pseudonyms (made once, at
+    random, by :meth:`DeviceAgent.new_secret`). ``units`` of :meth:`DeviceAgent.feed`:
+    ``"m/s2"`` (phones), ``"g"`` or ``"gal"``. ``vertical``: ``"auto"`` (the gravity
+    direction if the stream holds gravity, else the ``x`` axis), ``"gravity"``, or an axis
+    ``"x"``/``"y"``/``"z"``. ``sample_rate_hz``: the grid rate for :meth:`feed`; None =
+    decided from the first ``RATE_PROBE_S`` of data. ``share_raw``: the owner agreed to
+    upload raw packets (default off).
+    """
+
+    latitude: float
+    longitude: float
+    secret: bytes
+    units: str = "m/s2"
+    vertical: str = "auto"
+    sample_rate_hz: float | None = None
+    max_rate_hz: float = 100.0
+    packet_s: float = 1.0
+    max_gap_s: float = 5.0  # as the engine's ingest: longer gaps restart the filters
+    gravity_tau_s: float = 5.0
+    share_raw: bool = False
+    vs30_m_s: float = 760.0
+    picker: PickerSettings = field(default_factory=PickerSettings)
+    keep_decisions: bool = False
+
+    def __post_init__(self):
+        if not (math.isfinite(self.latitude) and -90.0 <= self.latitude <= 90.0):
+            raise ValueError(f"latitude {self.latitude} is outside [-90, 90] degrees")
+        if not (math.isfinite(self.longitude) and -180.0 <= self.longitude <= 180.0):
+            raise ValueError(f"longitude {self.longitude} is outside [-180, 180] degrees")
+        if len(self.secret) < 16:
+            raise ValueError("the device secret must be at least 16 bytes")
+        if self.units not in UNITS_TO_GAL:
+            raise ValueError(f"units must be one of {sorted(UNITS_TO_GAL)}, not {self.units!r}")
+        if self.vertical not in ("auto", "gravity", "x", "y", "z"):
+            raise ValueError(f"vertical must be auto, gravity, x, y or z, not {self.vertical!r}")
+        if self.sample_rate_hz is not None and not self.sample_rate_hz > 0:
+            raise ValueError("sample_rate_hz must be positive")
+
+
+class TriggerMessage(msgspec.Struct, frozen=True, tag="trigger", tag_field="kind"):
+    """A trigger or amplitude update as the device sends it.
+
+    ``trigger.device_id`` is the pseudonym of the UTC day it was sent, ``trigger.latitude``
+    and ``trigger.longitude`` the centre of ``cell`` (H3, resolution 7), never the device's
+    position. ``classifier_probability``: the classifier's earthquake probability for the
+    trigger's window (the same on every update).
+    """
+
+    cell: str
+    classifier_probability: float
+    trigger: Trigger
+
+
+class PacketMessage(msgspec.Struct, frozen=True, tag="packet", tag_field="kind"):
+    """One block of processed samples, sent only when the owner opted in (``share_raw``):
+    gal, gravity removed, ``x`` vertical, on the device's uniform grid; ``device_id`` is
+    the pseudonym and ``arrival_time_s`` the send time (the server sets its own)."""
+
+    cell: str
+    packet: Packet
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the agent made of one picker trigger. ``reason``: ``""`` (sent),
+    ``"classifier"`` (probability below the threshold) or ``"incomplete_window"`` (the
+    stream ended or broke before 2 s after the onset). ``trigger``: the picker's message at
+    decision time, with pseudonym and cell centre."""
+
+    onset_time_s: float
+    probability: float
+    sent: bool
+    reason: str
+    trigger: Trigger
+
+
+@dataclass(frozen=True)
+class LocalWarning:
+    """What the device shows for an alert: its own forecast MMI, tier (``take_action``,
+    ``be_aware`` or ``""``), seconds until the S wave reaches it (negative once passed,
+    NaN for a cancel) and its epicentral distance, km. Computed on the device only."""
+
+    alert_id: str
+    version: int
+    msg_type: str
+    mmi: float
+    tier: str
+    countdown_s: float
+    distance_km: float
+
+
+@dataclass
+class AgentStats:
+    """Counts for a summary. Rates in Hz, times UNIX s."""
+
+    samples_in: int = 0
+    samples_processed: int = 0
+    first_time_s: float = math.nan
+    last_time_s: float = math.nan
+    input_rate_hz: float = math.nan  # median of the first RATE_PROBE_S of feed()
+    rate_hz: float = math.nan  # rate the picker runs at
+    streams: int = 0  # stream starts: 1 + restarts after gaps
+    orientation: str = ""
+    triggers: int = 0
+    sent: int = 0
+    rejected_classifier: int = 0
+    rejected_incomplete: int = 0
+    trigger_messages: int = 0
+    packet_messages: int = 0
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+class _LinearGrid:
+    """Streaming linear interpolation of increasing sample times onto ``t0 + k / rate``,
+    ``t0`` being the first sample's time."""
+
+    def __init__(self, rate_hz: float):
+        self.rate = rate_hz
+        self.t0 = math.nan
+        self.k = 0  # next grid index
+        self.last_t: np.ndarray | None = None
+        self.last_x: np.ndarray | None = None
+
+    def push(self, t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.last_t is None:
+            self.t0 = float(t[0])
+        else:
+            t = np.concatenate([self.last_t, t])
+            x = np.concatenate([self.last_x, x])
+        k_last = int(math.floor((t[-1] - self.t0) * self.rate + 1e-9))
+        ks = np.arange(self.k, k_last + 1)
+        tg = self.t0 + ks / self.rate
+        xg = np.column_stack([np.interp(tg, t, x[:, a]) for a in range(x.shape[1])]) if len(ks) else x[:0]
+        self.k = k_last + 1
+        self.last_t, self.last_x = t[-1:], x[-1:]
+        return tg, xg
+
+
+class _Resampler:
+    """Irregular samples onto a uniform grid at ``rate_out``; a faster input is first put
+    on its own rate's grid and low-passed (order-4 Butterworth at 0.4 ``rate_out``, causal,
+    started in the steady state of the first sample) so that the second interpolation does
+    not alias."""
+
+    def __init__(self, rate_in: float, rate_out: float):
+        self.rate = rate_out
+        self.first = _LinearGrid(rate_in if rate_in > rate_out else rate_out)
+        self.second = None
+        if rate_in > rate_out:
+            self.sos = signal.butter(4, 0.8 * rate_out / rate_in, "lowpass", output="sos")
+            self.zi: np.ndarray | None = None
+            self.second = _LinearGrid(rate_out)
+
+    def push(self, t: np.ndarray, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        tg, xg = self.first.push(t, x)
+        if self.second is None or not len(tg):
+            return tg, xg
+        if self.zi is None:
+            self.zi = signal.sosfilt_zi(self.sos)[:, :, None] * xg[0][None, None, :]
+        xf, self.zi = signal.sosfilt(self.sos, xg, axis=0, zi=self.zi)
+        return self.second.push(tg, xf)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+@dataclass
+class _Track:
+    latest: Trigger  # newest picker message of the trigger
+    probability: float = math.nan
+    sent: int = 0  # messages sent so far (0: undecided or rejected)
+    rejected: bool = False
+
+
+class DeviceAgent:
+    """The on-device pipeline: :meth:`feed` (or :meth:`feed_packet`) samples, read the
+    messages to send from :attr:`outbox`; :meth:`on_alert` for incoming alerts.
+
+    ``classifier``: defaults to the shipped :meth:`EarthquakeClassifier.load`.
+    """
+
+    def __init__(self, config: AgentConfig, classifier: EarthquakeClassifier | None = None):
+        self.config = config
+        self.classifier = classifier or EarthquakeClassifier.load()
+        self.cell = h3.latlng_to_cell(config.latitude, config.longitude, CELL_RESOLUTION)
+        self.cell_latitude, self.cell_longitude = h3.cell_to_latlng(self.cell)
+        self.picker = Picker(config.picker)
+        self.outbox: deque = deque()
+        self.rejects = Rejects()
+        self.stats = AgentStats()
+        self.decisions: list[Decision] = []
+        self.warnings: dict[str, LocalWarning] = {}
+        self._tracks: dict[float, _Track] = {}  # by onset time: the picker's track key
+        # feed(): rate probe, resampler, samples waiting for a full block
+        self._probe: list[tuple[np.ndarray, np.ndarray]] = []
+        self._resampler: _Resampler | None = None
+        self._last_in_t = -math.inf
+        self._block_t: list[np.ndarray] = []
+        self._block_x: list[np.ndarray] = []
+        # the stream as the picker sees it
+        self._rate = math.nan
+        self._last_end = -math.inf
+        self._reset_next = True
+        self._gravity: np.ndarray | None = None
+        self._mode = ""
+        self._horizontal: np.ndarray | None = None
+        self._buf_t = np.zeros(0)
+        self._buf_x = np.zeros((0, 3))
+
+    @staticmethod
+    def new_secret() -> bytes:
+        """A fresh device secret (16 random bytes), made once and kept on the device."""
+        return secrets.token_bytes(16)
+
+    def pseudonym(self, t_s: float) -> str:
+        """The device's pseudonym on the UTC day of ``t_s`` (UNIX s)."""
+        return daily_pseudonym(self.config.secret, utc_day(t_s))
+
+    def drain(self) -> list:
+        """Take every waiting message out of the outbox (for a transport to send)."""
+        out = list(self.outbox)
+        self.outbox.clear()
+        return out
+
+    # input: irregular samples ---------------------------------------------------------
+    def feed(self, t_s, x, y, z) -> list:
+        """Take samples: times ``t_s`` (UNIX s, increasing) and acceleration along the
+        device's axes in ``config.units``. Returns the messages this call put in the
+        outbox. Non-finite samples and times not after the previous one are dropped and
+        counted in :attr:`rejects`."""
+        t = np.asarray(t_s, dtype=np.float64)
+        acc = np.column_stack([np.asarray(a, dtype=np.float64) for a in (x, y, z)])
+        if acc.shape[0] != len(t):
+            raise ValueError(f"t_s has {len(t)} samples but x, y, z have {acc.shape[0]}")
+        good = np.isfinite(t) & np.isfinite(acc).all(axis=1)
+        for i in np.flatnonzero(~good):
+            self.rejects.add("non_finite", f"feed t={t[i]}", "NaN or infinity in the sample")
+        t, acc = t[good], acc[good]
+        # keep only strictly increasing times: a running maximum marks what went back
+        prev = np.maximum.accumulate(np.concatenate([[self._last_in_t], t]))[:-1]
+        for i in np.flatnonzero(~(t > prev)):
+            self.rejects.add("non_monotonic_time", f"feed t={t[i]:.6f}", f"not after the previous sample ({prev[i]:.6f})")
+        t, acc = t[t > prev], acc[t > prev]
+        if not len(t):
+            return []
+        self._last_in_t = float(t[-1])
+        self.stats.samples_in += len(t)
+        acc = acc * UNITS_TO_GAL[self.config.units]
+        before = len(self.outbox)
+        if self._resampler is None and self._probe_rate(t, acc):
+            t, acc = self._take_probe()
+        if self._resampler is not None:
+            self._push(t, acc)
+        return list(self.outbox)[before:]
+
+    def _probe_rate(self, t, acc) -> bool:
+        """Collect samples until the rate can be decided; True once it is."""
+        self._probe.append((t, acc))
+        tt = np.concatenate([p[0] for p in self._probe])
+        if self.config.sample_rate_hz is None and (len(tt) < RATE_PROBE_SAMPLES or tt[-1] - tt[0] < RATE_PROBE_S):
+            return False
+        self._start_grid(tt)
+        return True
+
+    def _start_grid(self, tt: np.ndarray) -> None:
+        steps = np.diff(tt)
+        # gaps are no sample interval: leave them out of the median
+        steps = steps[steps <= self.config.max_gap_s]
+        measured = 1.0 / float(np.median(steps)) if len(steps) else math.nan
+        self.stats.input_rate_hz = measured
+        rate_in = self.config.sample_rate_hz or snap_rate_hz(measured)
+        rate = min(rate_in, self.config.max_rate_hz)
+        self._resampler = _Resampler(rate_in, rate)
+
+    def _take_probe(self):
+        t = np.concatenate([p[0] for p in self._probe])
+        acc = np.concatenate([p[1] for p in self._probe])
+        self._probe = []
+        return t, acc
+
+    def _push(self, t: np.ndarray, acc: np.ndarray) -> None:
+        """Resample, cutting the stream at gaps longer than ``max_gap_s``."""
+        prev = self._resampler.first.last_t
+        before = np.concatenate([prev if prev is not None else t[:1], t])
+        # a gap precedes t[i] when before[i] -> before[i + 1] = t[i] is too long
+        bounds = [0, *np.flatnonzero(np.diff(before) > self.config.max_gap_s).tolist(), len(t)]
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+            if k > 0:
+                gap = float(t[a] - before[a])
+                self.rejects.note("gap", "feed", f"{gap:.2f} s without samples before {t[a]:.3f}: the stream restarts")
+                self._close_stream()
+                self._resampler = _Resampler(*self._rates())
+            if b > a:
+                self._collect(*self._resampler.push(t[a:b], acc[a:b]))
+
+    def _rates(self) -> tuple[float, float]:
+        r = self._resampler
+        return (r.first.rate if r.second is not None else r.rate), r.rate
+
+    def _collect(self, tg: np.ndarray, xg: np.ndarray) -> None:
+        """Gather grid samples into blocks of ``packet_s`` for the picker."""
+        if not len(tg):
+            return
+        self._block_t.append(tg)
+        self._block_x.append(xg)
+        rate = self._resampler.rate
+        n_block = max(1, int(round(self.config.packet_s * rate)))
+        t = np.concatenate(self._block_t)
+        x = np.concatenate(self._block_x)
+        i = 0
+        while len(t) - i >= n_block:
+            self._process(float(t[i + n_block - 1]), x[i : i + n_block], rate)
+            i += n_block
+        self._block_t, self._block_x = [t[i:]], [x[i:]]
+
+    # input: packets -------------------------------------------------------------------
+    def feed_packet(self, packet: Packet) -> list:
+        """Take one OpenEEW-style packet (gal, regular at ``sample_rate_hz``, the last
+        sample at ``device_time_s``), in device-time order. Returns the messages this call
+        put in the outbox. A packet not after the previous one is dropped and counted."""
+        n = len(packet.x_gal)
+        sr = packet.sample_rate_hz
+        end = packet.device_time_s
+        if end <= self._last_end:
+            self.rejects.add("out_of_order", packet.device_id, f"packet ending {end:.3f} is not after {self._last_end:.3f}")
+            return []
+        start = end - (n - 1) / sr
+        if sr != self._rate:
+            self._close_stream()
+        elif start - self._last_end > self.config.max_gap_s:
+            self.rejects.note("gap", packet.device_id, f"{start - self._last_end:.2f} s without samples before {start:.3f}: the stream restarts")
+            self._close_stream()
+        self.stats.samples_in += n
+        before = len(self.outbox)
+        self._process(end, np.column_stack([packet.x_gal, packet.y_gal, packet.z_gal]).astype(np.float64), sr)
+        return list(self.outbox)[before:]
+
+    def flush(self) -> list:
+        """End of the stream: process what waits for a full block, rate probe included,
+        and drop triggers whose window can no longer be completed. Returns the messages
+        this call put in the outbox."""
+        before = len(self.outbox)
+        if self._resampler is None and self._probe:
+            t, acc = self._take_probe()
+            if len(t) >= 2:
+                self._start_grid(t)
+                self._push(t, acc)
+        self._close_stream()
+        return list(self.outbox)[before:]
+
+    def _close_stream(self) -> None:
+        """A stream ends (gap, rate change, end of data): last partial block, then
+        triggers still waiting for their window are dropped; the next data restart."""
+        if self._block_t:
+            t = np.concatenate(self._block_t)
+            if len(t):
+                self._process(float(t[-1]), np.concatenate(self._block_x), self._resampler.rate)
+            self._block_t, self._block_x = [], []
+        for onset, tr in list(self._tracks.items()):
+            if not tr.sent and not tr.rejected:
+                self._decide(onset, tr, math.nan, "incomplete_window")
+        self._tracks.clear()
+        self._reset_next = True
+
+    # one block ------------------------------------------------------------------------
+    def _process(self, end_s: float, acc_gal: np.ndarray, rate: float) -> None:
+        """Run one block (n, 3) of gal samples, the last at ``end_s``, through gravity
+        removal, rotation, picker and classifier."""
+        n = len(acc_gal)
+        reset = self._reset_next
+        if reset:
+            self._start_stream(acc_gal, rate)
+        a = math.exp(-1.0 / (rate * self.config.gravity_tau_s))
+        g, zf = signal.lfilter([1.0 - a], [1.0, -a], acc_gal, axis=0, zi=a * self._gravity[None, :])
+        self._gravity = zf[0] / a
+        moving = acc_gal - g
+        rotated = moving @ self._rotation().T
+        t = end_s - (n - 1 - np.arange(n)) / rate
+        self._remember(t, acc_gal, rate)
+        self._last_end = end_s
+        st = self.stats
+        st.samples_processed += n
+        st.last_time_s = end_s
+        if math.isnan(st.first_time_s):
+            st.first_time_s = float(t[0])
+        pkt = IngestedPacket(
+            slot=0,
+            device_id="self",
+            end_time_s=end_s,
+            arrival_time_s=end_s,
+            sample_rate_hz=rate,
+            samples_gal=rotated,
+            reset=reset,
+            gap_s=0.0,
+        )
+        for trig in self.picker.process([pkt], end_s, {}):
+            self._on_picker(trig)
+        self._classify_ready(end_s, rate)
+        if self.config.share_raw:
+            self._send_packet(end_s, rate, rotated)
+
+    def _start_stream(self, acc_gal: np.ndarray, rate: float) -> None:
+        self._reset_next = False
+        self._rate = rate
+        self._gravity = acc_gal.mean(axis=0)
+        self._buf_t = np.zeros(0)
+        self._buf_x = np.zeros((0, 3))
+        self.stats.streams += 1
+        self.stats.rate_hz = rate
+        mode = self.config.vertical
+        if mode == "auto":
+            lo, hi = GRAVITY_BAND_G
+            mode = "gravity" if lo * G_GAL < np.linalg.norm(self._gravity) < hi * G_GAL else "x"
+        self._mode = mode
+        self.stats.orientation = mode
+        self._horizontal = None
+
+    def _rotation(self) -> np.ndarray:
+        """Rows: unit vectors of (vertical, horizontal 1, horizontal 2) in device axes."""
+        if self._mode != "gravity":
+            first = "xyz".index(self._mode)
+            order = [first] + [i for i in range(3) if i != first]
+            return np.eye(3)[order]
+        g = self._gravity / max(np.linalg.norm(self._gravity), 1e-9)
+        h = self._horizontal
+        if h is not None:
+            h = h - (h @ g) * g
+        if h is None or np.linalg.norm(h) < 0.1:
+            # a device axis far from the vertical, made perpendicular to it
+            h = np.eye(3)[int(np.argmin(np.abs(g)))]
+            h = h - (h @ g) * g
+        h = h / np.linalg.norm(h)
+        self._horizontal = h
+        return np.array([g, h, np.cross(g, h)])
+
+    def _remember(self, t: np.ndarray, acc_gal: np.ndarray, rate: float) -> None:
+        """Keep the raw samples the classifier may still need: its window around an onset
+        found up to ``onset_lookback_s`` before the newest block."""
+        s = self.config.picker
+        keep = int(math.ceil((s.onset_lookback_s + WINDOW_PRE_S + WINDOW_POST_S + 2 * self.config.packet_s + 1.0) * rate))
+        self._buf_t = np.concatenate([self._buf_t, t])[-keep:]
+        self._buf_x = np.concatenate([self._buf_x, acc_gal])[-keep:]
+
+    # triggers -------------------------------------------------------------------------
+    def _on_picker(self, trig: Trigger) -> None:
+        key = trig.onset_time_s
+        tr = self._tracks.get(key)
+        if trig.update == 0 or tr is None:
+            self.stats.triggers += 1
+            self._tracks[key] = _Track(latest=trig)
+            return
+        tr.latest = trig
+        if tr.sent:
+            self._send(tr)
+
+    def _classify_ready(self, now_s: float, rate: float) -> None:
+        pre, post = window_samples(rate)
+        for onset, tr in list(self._tracks.items()):
+            if not tr.sent and not tr.rejected:
+                i = int(np.searchsorted(self._buf_t, onset - 0.5 / rate))
+                if len(self._buf_t) - i < post:
+                    continue  # wait for 2 s after the onset
+                if i < pre:
+                    self._decide(onset, tr, math.nan, "incomplete_window")
+                    continue
+                p = self.classifier.probability(self._buf_x[i - pre : i + post], rate, "gal")
+                ok = p >= self.classifier.threshold
+                self._decide(onset, tr, p, "" if ok else "classifier")
+            # tracks live as long as the picker's; forget them after that
+            if now_s - onset > self.config.picker.track_s + 2 * self.config.packet_s:
+                del self._tracks[onset]
+
+    def _decide(self, onset: float, tr: _Track, p: float, reason: str) -> None:
+        tr.probability = p
+        st = self.stats
+        if reason:
+            tr.rejected = True
+            if reason == "classifier":
+                st.rejected_classifier += 1
+            else:
+                st.rejected_incomplete += 1
+        else:
+            st.sent += 1
+        if self.config.keep_decisions:
+            self.decisions.append(Decision(onset, p, not reason, reason, self._as_sent(tr.latest, 0)))
+        if not reason:
+            self._send(tr)
+
+    def _as_sent(self, trig: Trigger, update: int) -> Trigger:
+        now = trig.issued_at_s
+        return msgspec.structs.replace(
+            trig,
+            device_id=self.pseudonym(now),
+            latitude=self.cell_latitude,
+            longitude=self.cell_longitude,
+            update=update,
+        )
+
+    def _send(self, tr: _Track) -> None:
+        self.outbox.append(TriggerMessage(self.cell, tr.probability, self._as_sent(tr.latest, tr.sent)))
+        tr.sent += 1
+        self.stats.trigger_messages += 1
+
+    def _send_packet(self, end_s: float, rate: float, rotated: np.ndarray) -> None:
+        pkt = Packet(
+            device_id=self.pseudonym(end_s),
+            device_time_s=end_s,
+            arrival_time_s=end_s,
+            sample_rate_hz=rate,
+            x_gal=rotated[:, 0].tolist(),
+            y_gal=rotated[:, 1].tolist(),
+            z_gal=rotated[:, 2].tolist(),
+        )
+        self.outbox.append(PacketMessage(self.cell, pkt))
+        self.stats.packet_messages += 1
+
+    # alerts ---------------------------------------------------------------------------
+    def on_alert(self, alert: Alert | bytes, now_s: float) -> LocalWarning | None:
+        """What to show for an alert (an :class:`~yujing.records.Alert` or its msgpack
+        from :func:`yujing.wire.encode_alert`) at device time ``now_s`` (UNIX s).
+
+        Intensity, tier and countdown come from the event parameters and the device's own
+        position (:func:`yujing.alerting.device_warning`), which is never sent. A message
+        that cannot be decoded is counted (``bad_alert``) and gives None; a version older
+        than one already seen gives the newer warning again.
+        """
+        if isinstance(alert, (bytes, bytearray, memoryview)):
+            try:
+                alert = decode_alert(bytes(alert))
+            except ValueError as exc:
+                self.rejects.add("bad_alert", "on_alert", str(exc))
+                return None
+        seen = self.warnings.get(alert.alert_id)
+        if seen is not None and seen.version > alert.version:
+            return seen
+        w = device_warning(alert, self.config.latitude, self.config.longitude, now_s, vs30_m_s=self.config.vs30_m_s)
+        out = LocalWarning(
+            alert_id=alert.alert_id,
+            version=alert.version,
+            msg_type=alert.msg_type,
+            mmi=w.mmi,
+            tier=w.tier,
+            countdown_s=w.seconds_to_s_wave,
+            distance_km=w.distance_km,
+        )
+        self.warnings[alert.alert_id] = out
+        return out
+
+
+# --------------------------------------------------------------------------- replay
+
+
+def read_openeew_device(folder: Path, devices: dict[str, Device], rejects: Rejects) -> tuple[list[Packet], float]:
+    """The packets of one OpenEEW device folder (``<device_id>/*.jsonl``) in device-time
+    order, and the clock correction applied (s).
+
+    Repeated device times are dropped (``duplicate``). The agent assumes an NTP clock; a
+    recorded clock far off it (median ``cloud_t - device_t`` outside the engine's trusted
+    band, :data:`yujing.ingest.TRUSTED_OFFSET_S`) is put on the arrival clock by that
+    median, as the classifier's training did.
+    """
+    from ..sources import openeew
+
+    files = sorted(folder.glob("*.jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no *.jsonl files in {folder}")
+    streams = [openeew._file_stream(f, i, folder.name, devices, rejects) for i, f in enumerate(files)]
+    packets = sorted((item[3] for item in heapq.merge(*streams)), key=lambda p: p.device_time_s)
+    out: list[Packet] = []
+    for p in packets:
+        if out and p.device_time_s == out[-1].device_time_s:
+            rejects.add("duplicate", folder.name, f"device_t {p.device_time_s:.3f} repeated")
+            continue
+        out.append(p)
+    if not out:
+        return out, 0.0
+    offset = float(np.median([p.arrival_time_s - p.device_time_s for p in out]))
+    lo, hi = TRUSTED_OFFSET_S
+    if lo <= offset <= hi:
+        return out, 0.0
+    rejects.note("clock_corrected", folder.name, f"device clock {offset:+.1f} s off the arrival clock; corrected")
+    return [msgspec.structs.replace(p, device_time_s=p.device_time_s + offset) for p in out], offset
+
+
+def _replay_secret(name: str) -> bytes:
+    """A replay's stand-in for a device secret, fixed by the input's name so that a replay
+    is repeatable. A real device makes a random one (:meth:`DeviceAgent.new_secret`)."""
+    return hashlib.sha256(b"yujing-replay-secret:" + name.encode()).digest()[:16]
+
+
+def device_replay(args) -> int:
+    """``yujing device replay``: run the agent on one device's recording, write a JSON line
+    per trigger it would send (``--all``: every trigger, with the reason for the ones it
+    would not), print a summary on stderr. Exit 0, or 2 for unusable input."""
+    import json
+
+    from ..replay import iso
+    from ..sources.accel_csv import CsvInfo, iter_accel_csv
+
+    def fail(msg: str) -> int:
+        print(f"error: {msg}", file=sys.stderr)
+        return 2
+
+    src = Path(args.input)
+    if (args.lat is None) != (args.lon is None):
+        return fail("give both --lat and --lon, or neither")
+    rejects = Rejects()
+    try:
+        secret = bytes.fromhex(args.secret) if args.secret else _replay_secret(src.resolve().name)
+    except ValueError:
+        return fail("--secret must be hexadecimal (32 hex digits or more)")
+    lines: list[str] = []
+    if src.is_dir():
+        if args.lat is None:
+            table = src.resolve().parents[2] / "devices.json" if len(src.resolve().parents) > 2 else None
+            if table is None or not table.is_file():
+                return fail(f"no devices.json at {table} (the OpenEEW layout DATA/events/<event>/<device>/); pass --lat and --lon")
+            from ..sources.openeew import load_devices
+
+            try:
+                devices = load_devices(table)
+            except (OSError, ValueError) as exc:
+                return fail(str(exc))
+            if src.resolve().name not in devices:
+                return fail(f"device {src.resolve().name!r} is not in {table}; pass --lat and --lon")
+            dev = devices[src.resolve().name]
+            lat, lon = dev.latitude, dev.longitude
+        else:
+            lat, lon = args.lat, args.lon
+        devices = {src.resolve().name: Device(src.resolve().name, lat, lon)}
+        try:
+            packets, correction = read_openeew_device(src, devices, rejects)
+            agent = _make_agent(args, lat, lon, secret, units="gal")
+        except (FileNotFoundError, ValueError) as exc:
+            return fail(str(exc))
+        for p in packets:
+            agent.feed_packet(p)
+        agent.flush()
+        lines.append(f"input: OpenEEW device folder {src} ({len(packets):,} packets"
+                     + (f", clock corrected by {correction:+.1f} s)" if correction else ")"))
+    elif src.is_file():
+        if args.lat is None:
+            return fail("a CSV recording needs the device's position: pass --lat and --lon (degrees)")
+        info = CsvInfo(str(src))
+        try:
+            agent = _make_agent(args, args.lat, args.lon, secret, units=args.units)
+            start = None
+            for chunk in iter_accel_csv(src, rejects, info):
+                if start is None:
+                    start = _clock_start(info, args.start_time)
+                x = chunk.xyz
+                agent.feed(chunk.t_s + start, x[:, 0], x[:, 1], x[:, 2])
+            agent.flush()
+        except (FileNotFoundError, ValueError) as exc:
+            return fail(str(exc))
+        clock = "UNIX time" if info.absolute else f"relative clock, t=0 at {iso(start)}"
+        lines.append(f"input: CSV {src} ({info.samples:,} good lines, t in {info.time_unit}, {clock})")
+    else:
+        return fail(f"{src} does not exist (give an OpenEEW device folder or a t,x,y,z CSV file)")
+
+    keep = [d for d in agent.decisions if d.sent or args.all]
+    last: dict[float, TriggerMessage] = {}
+    count: dict[float, int] = {}
+    rows: list[dict] = []
+    for m in agent.outbox:
+        if isinstance(m, TriggerMessage):
+            last[m.trigger.onset_time_s] = m
+            count[m.trigger.onset_time_s] = count.get(m.trigger.onset_time_s, 0) + 1
+            if args.updates:
+                rows.append(_trigger_json(m.trigger, m.cell, m.classifier_probability, True, "", 1))
+    if not args.updates:
+        for d in keep:
+            m = last.get(d.onset_time_s)
+            trig = m.trigger if d.sent and m is not None else d.trigger
+            rows.append(_trigger_json(trig, agent.cell, d.probability, d.sent, d.reason, count.get(d.onset_time_s, 0)))
+    elif args.all:
+        rows += [_trigger_json(d.trigger, agent.cell, d.probability, False, d.reason, 0) for d in keep if not d.sent]
+        rows.sort(key=lambda r: (r["onset_time_s"], r["issued_at_s"]))
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+    _print_summary(agent, rejects, lines, args, len(rows))
+    return 0
+
+
+def _make_agent(args, lat: float, lon: float, secret: bytes, units: str) -> DeviceAgent:
+    cfg = AgentConfig(
+        latitude=lat,
+        longitude=lon,
+        secret=secret,
+        units=units,
+        vertical=args.vertical,
+        sample_rate_hz=args.rate,
+        share_raw=False,
+        keep_decisions=True,
+    )
+    return DeviceAgent(cfg)
+
+
+def _clock_start(info, start_time: str | None) -> float:
+    """Seconds to add to a CSV's ``t``: 0 for UNIX time, else the ``--start-time``."""
+    if info.absolute:
+        if start_time:
+            raise ValueError(f"{info.path}: t is already UNIX time; --start-time is for relative clocks")
+        return 0.0
+    if not start_time:
+        print(
+            f"warning: {info.path}: t is a relative clock; onset times count from 1970-01-01 "
+            "(give --start-time, the UTC time of t=0)",
+            file=sys.stderr,
+        )
+        return 0.0
+    try:
+        t0 = datetime.fromisoformat(start_time.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"--start-time {start_time!r} is not an ISO 8601 time") from None
+    if t0.tzinfo is None:
+        t0 = t0.replace(tzinfo=timezone.utc)
+    return t0.timestamp()
+
+
+def _trigger_json(trig: Trigger, cell: str, p: float, sent: bool, reason: str, messages: int) -> dict:
+    from ..replay import iso
+
+    d = {"onset_time": iso(trig.onset_time_s), "issued_at": iso(trig.issued_at_s)}
+    d.update(msgspec.structs.asdict(trig))
+    d.update(
+        cell=cell,
+        classifier_probability=None if math.isnan(p) else round(p, 4),
+        sent=sent,
+        messages=messages,
+    )
+    if not sent:
+        d["reason"] = reason
+    return d
+
+
+def _print_summary(agent: DeviceAgent, rejects: Rejects, lines: list[str], args, n_rows: int) -> None:
+    st = agent.stats
+    err = sys.stderr
+    for line in lines:
+        print(line, file=err)
+    span = st.last_time_s - st.first_time_s if st.samples_processed else 0.0
+    measured = f"median input rate {st.input_rate_hz:.2f} Hz, " if math.isfinite(st.input_rate_hz) else ""
+    orient = {"gravity": "vertical = running gravity direction", "x": "x axis vertical (no gravity in the data)"}.get(
+        st.orientation, f"{st.orientation} axis vertical"
+    )
+    print(
+        f"samples: {st.samples_in:,} in {span:.1f} s; {measured}processed at {st.rate_hz:g} Hz; "
+        f"{orient}; {st.streams} stream start(s)",
+        file=err,
+    )
+    if st.samples_processed and span < agent.config.picker.warmup_s + WINDOW_POST_S:
+        print(f"warning: {span:.1f} s of data is too short for a trigger (warm-up {agent.config.picker.warmup_s:g} s)", file=err)
+    if math.isfinite(st.rate_hz) and st.rate_hz < 20.0:
+        print("warning: below 20 Hz the classifier works outside the rates it was trained for", file=err)
+    if math.isfinite(st.first_time_s):
+        print(f"cell {agent.cell} (H3 res {CELL_RESOLUTION}); pseudonym {agent.pseudonym(st.first_time_s)} on {utc_day(st.first_time_s)}", file=err)
+    print(
+        f"triggers: {st.triggers} found, {st.sent} sent, {st.rejected_classifier} rejected by the classifier "
+        f"(threshold {agent.classifier.threshold:.3f}), {st.rejected_incomplete} incomplete; "
+        f"{st.trigger_messages} messages with updates",
+        file=err,
+    )
+    for src in (rejects, agent.rejects):
+        if src.total or src.notes:
+            for line in src.summary_lines():
+                print(line, file=err)
+    if not (rejects.total or agent.rejects.total):
+        print("skipped input: none", file=err)
+    if args.output:
+        print(f"wrote {n_rows} line(s) to {args.output}", file=err)

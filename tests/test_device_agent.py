@@ -1,0 +1,386 @@
+"""The device agent and ``yujing device replay``: triggers from a real OpenEEW device, the
+same record as a phone would record it (m/s^2, gravity, rotated, irregular, ns), human
+motion, privacy of what is sent, alerts, and bad CSV input."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import re
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import h3
+import msgspec
+import numpy as np
+import pytest
+
+from yujing.alerting import AlertPolicy, device_warning
+from yujing.cli import main
+from yujing.device.agent import (
+    CELL_RESOLUTION,
+    AgentConfig,
+    DeviceAgent,
+    PacketMessage,
+    TriggerMessage,
+    read_openeew_device,
+    snap_rate_hz,
+)
+from yujing.engine import Engine
+from yujing.geo import distance_km
+from yujing.records import Device, EventUpdate
+from yujing.rejects import Rejects
+from yujing.replay import replay_folder
+from yujing.sources.accel_csv import time_unit_from_step
+from yujing.sources.openeew import load_devices
+from yujing.sources.simulator import daily_pseudonym
+from yujing.traveltime import default_table
+from yujing.wire import encode_alert
+
+EVENT = "2020_1_11"  # M5.1; device 009 is 80 km away and sees a clear P
+DEVICE = "009"
+ISO_Z = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+SECRET = bytes(range(16))
+G_GAL = 980.665
+
+
+def parse_iso(s: str) -> float:
+    assert ISO_Z.match(s), f"not ISO 8601 UTC: {s!r}"
+    t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    assert t.utcoffset().total_seconds() == 0
+    return t.timestamp()
+
+
+def replay_lines(argv, capsys) -> tuple[int, list[dict], str]:
+    """Run ``yujing device replay`` in-process: (exit code, JSON lines written, stderr)."""
+    rc = main(["device", "replay", *argv])
+    err = capsys.readouterr().err
+    out = argv[argv.index("-o") + 1] if "-o" in argv else None
+    lines = [json.loads(x) for x in Path(out).read_text().splitlines()] if out and Path(out).exists() else []
+    return rc, lines, err
+
+
+def _training_script():
+    name = "yujing_train_classifier"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "scripts" / "train_classifier.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
+def random_rotation(rng) -> np.ndarray:
+    """A uniformly random proper rotation, the one the classifier's training uses."""
+    return _training_script()._random_rotation(rng)
+
+
+def write_csv(path: Path, t, xyz, header="t,x,y,z", fmt="{:.6f}") -> None:
+    with open(path, "w") as fh:
+        fh.write(header + "\n")
+        for ti, (a, b, c) in zip(t, xyz):
+            fh.write(f"{ti},{fmt.format(a)},{fmt.format(b)},{fmt.format(c)}\n")
+
+
+def agent(**kw) -> DeviceAgent:
+    cfg = dict(latitude=16.7712, longitude=-99.1234, secret=SECRET)
+    cfg.update(kw)
+    return DeviceAgent(AgentConfig(**cfg))
+
+
+# ------------------------------------------------------------------ a real device
+
+
+@pytest.fixture(scope="module")
+def device_dir(openeew_dir) -> Path:
+    return openeew_dir / "events" / EVENT / DEVICE
+
+
+@pytest.fixture(scope="module")
+def p_arrival_s(openeew_dir) -> float:
+    """iasp91 P time at the device (catalogue origin; SSN gives no depth: 20 km)."""
+    with open(openeew_dir / "catalog.csv", newline="") as fh:
+        row = next(r for r in csv.DictReader(fh) if r["event"] == EVENT)
+    dev = load_devices(openeew_dir / "devices.json")[DEVICE]
+    origin = datetime.fromisoformat(row["origin_time"].replace("Z", "+00:00")).timestamp()
+    dist = float(distance_km(float(row["latitude"]), float(row["longitude"]), dev.latitude, dev.longitude))
+    return origin + float(default_table().p_time_s(dist, float(row["depth_km"] or 20.0)))
+
+
+@pytest.fixture(scope="module")
+def folder_run(device_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("dev") / "triggers.jsonl"
+    assert main(["device", "replay", str(device_dir), "-o", str(out)]) == 0
+    return [json.loads(x) for x in out.read_text().splitlines()]
+
+
+def test_openeew_device_folder_gives_the_p_trigger(folder_run, p_arrival_s, device_dir, openeew_dir, tmp_path):
+    [trig] = folder_run
+    onset = parse_iso(trig["onset_time"])
+    assert abs(onset - trig["onset_time_s"]) < 1e-3
+    assert abs(onset - p_arrival_s) < 1.0
+    assert trig["sent"] and trig["classifier_probability"] >= 0.96
+    # the engine's own picker on the same device (a one-device event folder)
+    (tmp_path / "ev").mkdir()
+    (tmp_path / "ev" / DEVICE).symlink_to(device_dir, target_is_directory=True)
+    devices = load_devices(openeew_dir / "devices.json")
+    engine = replay_folder(tmp_path / "ev", {DEVICE: devices[DEVICE]})
+    [first] = [t for t in engine.triggers if t.device_id == DEVICE]
+    assert abs(onset - first.onset_time_s) < 0.5
+    # what is written is what is sent: pseudonym, cell centre, amplitudes of the last update
+    assert h3.get_resolution(trig["cell"]) == CELL_RESOLUTION
+    assert (trig["latitude"], trig["longitude"]) == pytest.approx(h3.cell_to_latlng(trig["cell"]))
+    assert trig["cell"] == h3.latlng_to_cell(devices[DEVICE].latitude, devices[DEVICE].longitude, CELL_RESOLUTION)
+    assert re.fullmatch(r"[0-9a-f]{16}", trig["device_id"])
+    assert trig["messages"] == trig["update"] + 1 > 50  # amplitude updates over the track
+    assert trig["pga_gal"] > 2 * trig["noise_pga_gal"] > 0
+
+
+def test_same_record_as_a_phone_csv_gives_the_same_onset(folder_run, device_dir, tmp_path, capsys):
+    """m/s^2 with gravity, randomly rotated, sampled at irregular times near 50 Hz, t in ns."""
+    packets, _ = read_openeew_device(device_dir, {DEVICE: Device(DEVICE, 0.0, 0.0)}, Rejects())
+    t = np.concatenate([p.device_time_s - (len(p.x_gal) - 1 - np.arange(len(p.x_gal))) / p.sample_rate_hz for p in packets])
+    x = np.concatenate([np.column_stack([p.x_gal, p.y_gal, p.z_gal]) for p in packets])
+    keep = np.concatenate([[True], np.diff(t) > 0])  # packets overlap by a few ms
+    t, x = t[keep], x[keep]
+    rng = np.random.default_rng(20200111)
+    ti = t[0] + np.cumsum(rng.uniform(0.6, 1.4, size=int((t[-1] - t[0]) * 50)) / 50.0)
+    ti = ti[ti < t[-1]]
+    phone = np.column_stack([np.interp(ti, t, x[:, k]) for k in range(3)])
+    phone[:, 0] += G_GAL  # x is the vertical of the OpenEEW sensors
+    phone = phone @ random_rotation(rng).T / 100.0
+    path = tmp_path / "phone.csv"
+    write_csv(path, np.round(ti * 1e9).astype(np.int64), phone)
+    out = tmp_path / "phone.jsonl"
+    rc, lines, err = replay_lines([str(path), "--lat", "16.77", "--lon", "-99.12", "-o", str(out)], capsys)
+    assert rc == 0, err
+    assert "t in ns, UNIX time" in err and "vertical = running gravity direction" in err
+    [trig] = lines
+    assert trig["sent"]
+    assert abs(parse_iso(trig["onset_time"]) - folder_run[0]["onset_time_s"]) < 0.5
+
+
+def test_agents_triggers_alone_locate_the_quake(openeew_dir):
+    """Every device of the event runs the agent; the engine gets only their trigger
+    messages (cell centres, pseudonyms), as it will from phones, and finds the quake."""
+    devices = load_devices(openeew_dir / "devices.json")
+    msgs = []
+    for folder in sorted((openeew_dir / "events" / EVENT).iterdir()):
+        dev = devices[folder.name]
+        ag = agent(latitude=dev.latitude, longitude=dev.longitude, secret=bytes.fromhex(f"{int(folder.name):032x}"))
+        for p in read_openeew_device(folder, {dev.device_id: dev}, Rejects())[0]:
+            ag.feed_packet(p)
+        ag.flush()
+        msgs += ag.drain()
+    eng = Engine({})
+    updates = []
+    for m in sorted(msgs, key=lambda m: m.trigger.issued_at_s):
+        updates += eng.feed_trigger(m.trigger)
+    updates += eng.flush()
+    assert updates and len({u.event_id for u in updates}) == 1
+    final = updates[-1]
+    assert not final.retracted and abs(final.magnitude - 5.1) < 0.5 and final.n_devices >= 5
+    assert float(distance_km(final.latitude, final.longitude, 16.25, -98.318)) < 20.0  # SSN epicentre
+    assert updates[0].issued_at_s - final.origin_time_s < 25.0
+
+
+def test_human_motion_csv_sends_nothing(tmp_path, capsys):
+    """A watch subject the classifier never saw in training (seglearn, shoulder exercises,
+    8 min): the picker fires, the classifier rejects every trigger."""
+    [(name, acc, sr)] = _training_script().human_streams(watch_subjects=(9,))
+    rng = np.random.default_rng(9)
+    t = np.cumsum(rng.uniform(0.7, 1.3, len(acc)) / sr)  # relative clock, seconds
+    path = tmp_path / "watch.csv"
+    write_csv(path, [f"{v:.5f}" for v in t], acc)
+    out = tmp_path / "watch.jsonl"
+    argv = [str(path), "--lat", "35.0", "--lon", "139.0", "--start-time", "2024-05-01T10:00:00Z", "--all", "-o", str(out)]
+    rc, lines, err = replay_lines(argv, capsys)
+    assert rc == 0, err
+    assert "relative clock" in err
+    assert lines, "the picker should fire on arm exercises"
+    assert all(not r["sent"] and r["reason"] == "classifier" for r in lines)
+    assert all(r["onset_time"].startswith("2024-05-01T10:") for r in lines)
+    # without --all nothing is written
+    rc, lines, _ = replay_lines([str(path), "--lat", "35.0", "--lon", "139.0", "--start-time", "2024-05-01T10:00:00Z", "-o", str(out)], capsys)
+    assert rc == 0 and lines == []
+
+
+# ------------------------------------------------------------------ signal path
+
+
+def test_orientation_gravity_and_rate_from_a_fast_irregular_phone():
+    """A 2 Hz vertical shake of 10 gal on a phone lying at a random attitude, sampled at
+    ~400 Hz with jitter: the agent works at 100 Hz and its vertical holds the shake."""
+    rng = np.random.default_rng(4)
+    t = 1.7e9 + np.cumsum(rng.uniform(0.5, 1.5, 400 * 30) / 400.0)
+    vert = 10.0 * np.sin(2 * np.pi * 2.0 * t)
+    acc = np.column_stack([vert + G_GAL, np.zeros_like(t), np.zeros_like(t)]) @ random_rotation(rng).T / 100.0
+    ag = agent(share_raw=True)
+    ag.feed(t, acc[:, 0], acc[:, 1], acc[:, 2])
+    ag.flush()
+    assert ag.stats.input_rate_hz == pytest.approx(400, rel=0.05)
+    assert ag.stats.rate_hz == 100.0 and ag.stats.orientation == "gravity"
+    pk = [m.packet for m in ag.drain() if isinstance(m, PacketMessage)]
+    late = pk[20:]  # after the gravity estimate settled
+    x = np.concatenate([p.x_gal for p in late])
+    yz = np.concatenate([p.y_gal + p.z_gal for p in late])
+    assert np.sqrt(np.mean(x**2)) == pytest.approx(10.0 / math.sqrt(2), rel=0.05)
+    assert np.sqrt(np.mean(yz**2)) < 0.2
+    assert all(p.sample_rate_hz == 100.0 and len(p.x_gal) == 100 for p in pk[:-1])
+
+
+def test_gaps_restart_and_bad_samples_are_counted():
+    ag = agent(units="gal")
+    t = np.concatenate([np.arange(0, 20, 0.02), np.arange(30, 50, 0.02)]) + 1.7e9
+    x = np.random.default_rng(0).normal(0, 0.3, (len(t), 3))
+    x[5, 1] = np.nan
+    ag.feed(t, x[:, 0], x[:, 1], x[:, 2])
+    ag.feed(t[:10], x[20:30, 0], x[20:30, 1], x[20:30, 2])  # times already seen
+    ag.flush()
+    assert ag.stats.streams == 2
+    assert ag.rejects.notes == {"gap": 1}
+    assert ag.rejects.by_reason() == {"non_monotonic_time": 10, "non_finite": 1}
+    assert ag.stats.samples_in == len(t) - 1
+
+
+def test_rate_snapping():
+    assert snap_rate_hz(49.6) == 50.0 and snap_rate_hz(31.1) == 31.25 and snap_rate_hz(415.0) == 400.0
+    assert snap_rate_hz(75.0) == 75.0
+
+
+# ------------------------------------------------------------------ privacy
+
+
+def _quake_agent(**kw):
+    """An agent fed a clear synthetic P onset on quiet noise (gal, no gravity)."""
+    ag = agent(units="gal", keep_decisions=True, **kw)
+    rng = np.random.default_rng(1)
+    sr = 50.0
+    t = np.arange(0, 60, 1 / sr)
+    x = rng.normal(0, 0.2, (len(t), 3))
+    on = t >= 25.0
+    burst = 30.0 * np.sin(2 * np.pi * 6.0 * t) * np.minimum((t - 25.0) / 0.5, 1.0) * np.exp(-np.maximum(t - 25.0, 0) / 6)
+    x[on] += burst[on, None] * np.array([1.0, 0.3, 0.2])
+    # the onset at 23:59:45 UTC: the amplitude updates run past midnight
+    t0 = datetime.fromisoformat("2024-03-01T23:59:20+00:00").timestamp()
+    ag.feed(t0 + t, x[:, 0], x[:, 1], x[:, 2])
+    ag.flush()
+    return ag
+
+
+def test_what_is_sent_hides_position_and_secret_and_rotates_daily():
+    ag = _quake_agent()
+    msgs = ag.drain()
+    assert msgs and all(isinstance(m, TriggerMessage) for m in msgs)  # no raw packets
+    assert ag.stats.sent == 1 and ag.stats.packet_messages == 0
+    wire = b"".join(msgspec.msgpack.encode(m) for m in msgs) + b"".join(msgspec.json.encode(m) for m in msgs)
+    assert SECRET.hex().encode() not in wire and SECRET not in wire
+    assert b"16.7712" not in wire and b"-99.1234" not in wire
+    lat, lon = h3.cell_to_latlng(ag.cell)
+    assert all(m.trigger.latitude == lat and m.trigger.longitude == lon and m.cell == ag.cell for m in msgs)
+    assert h3.get_resolution(ag.cell) == 7 and h3.latlng_to_cell(16.7712, -99.1234, 7) == ag.cell
+    # the pseudonym rotates at midnight UTC, mid-trigger, and is stable within a day
+    days = {}
+    for m in msgs:
+        day = datetime.fromtimestamp(m.trigger.issued_at_s, tz=timezone.utc).date().isoformat()
+        days.setdefault(day, set()).add(m.trigger.device_id)
+    assert sorted(days) == ["2024-03-01", "2024-03-02"]
+    assert all(len(ids) == 1 for ids in days.values())
+    assert days["2024-03-01"] != days["2024-03-02"]
+    assert days["2024-03-01"] == {daily_pseudonym(SECRET, "2024-03-01")}
+    assert ag.pseudonym(1709337600.0) == ag.pseudonym(1709337600.0 + 86399.0) != ag.pseudonym(1709337600.0 - 1.0)
+    assert [m.trigger.update for m in msgs] == list(range(len(msgs)))
+    assert msgs[0].trigger.window_s >= 2.0  # sent once the classifier's window is complete
+
+
+def test_raw_packets_only_when_opted_in():
+    ag = _quake_agent(share_raw=True)
+    msgs = ag.drain()
+    pk = [m for m in msgs if isinstance(m, PacketMessage)]
+    assert len(pk) == 60 and ag.stats.packet_messages == 60
+    assert all(m.packet.device_id == ag.pseudonym(m.packet.device_time_s) for m in pk)
+    assert sum(isinstance(m, TriggerMessage) for m in msgs) == ag.stats.trigger_messages > 0
+
+
+# ------------------------------------------------------------------ alerts
+
+
+def test_on_alert_matches_device_warning():
+    t0 = 1_700_000_000.0
+    upd = EventUpdate(
+        event_id="yjT", version=1, issued_at_s=t0 + 8.0, origin_time_s=t0, latitude=16.4, longitude=-99.0,
+        depth_km=20.0, magnitude=7.0, magnitude_sigma=0.2, n_devices=6,
+    )  # fmt: skip
+    policy = AlertPolicy(model="bssa14")
+    [alert] = policy.on_update(upd)
+    ag = agent()
+    now = t0 + 9.0
+    w = ag.on_alert(encode_alert(alert), now)
+    ref = device_warning(alert, 16.7712, -99.1234, now)
+    assert (w.mmi, w.tier, w.countdown_s, w.distance_km) == (ref.mmi, ref.tier, ref.seconds_to_s_wave, ref.distance_km)
+    assert w.tier == "take_action" and 0 < w.countdown_s < 15 and w.alert_id == "yjT-alert"
+    assert ag.on_alert(alert, now).mmi == w.mmi  # the record itself works too
+    [cancel] = policy.on_update(msgspec.structs.replace(upd, version=2, issued_at_s=t0 + 12.0, retracted=True))
+    c = ag.on_alert(encode_alert(cancel), t0 + 12.0)
+    assert c.msg_type == "cancel" and c.tier == "" and math.isnan(c.countdown_s)
+    assert ag.on_alert(alert, now).version == 2  # an older message does not undo the cancel
+    assert ag.on_alert(b"\x93garbage", now) is None and ag.rejects.by_reason() == {"bad_alert": 1}
+
+
+# ------------------------------------------------------------------ CSV input
+
+
+def test_time_units_from_the_sample_step():
+    assert [time_unit_from_step(s) for s in (0.02, 20.0, 2e4, 2e7)] == ["s", "ms", "us", "ns"]
+    with pytest.raises(ValueError, match="no unit"):
+        time_unit_from_step(5e9)
+
+
+def test_bad_csv_lines_are_named_counted_and_skipped(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    n = 1500
+    t_ms = 1_700_000_000_000 + np.arange(n) * 20  # UNIX ms, 50 Hz
+    xyz = rng.normal(0, 0.01, (n, 3)) + [0.0, 0.0, 9.81]
+    path = tmp_path / "bad.csv"
+    write_csv(path, t_ms, xyz, header="t,x,y,z,temperature")
+    lines = path.read_text().splitlines()
+    lines[10] = f"{t_ms[9]},abc,0,9.8,20"  # line 11: not a number
+    lines[20] = f"{t_ms[19]},0,nan,9.8,20"  # line 21: NaN
+    lines[30] = f"{t_ms[29]},0,0"  # line 31: too few fields
+    lines[40] = f"{t_ms[10]},0,0,9.8,20"  # line 41: time goes back
+    path.write_text("\n".join(lines) + "\n")
+    rc, out, err = replay_lines([str(path), "--lat", "1", "--lon", "2", "-o", str(tmp_path / "o.jsonl")], capsys)
+    assert rc == 0, err
+    assert "t in ms, UNIX time" in err
+    for reason, line in (("not_a_number", 11), ("non_finite", 21), ("bad_row", 31), ("non_monotonic_time", 41)):
+        assert f"{reason}: 1" in err and f"{path}:{line}:" in err
+    assert f"{n - 4:,} good lines" in err
+
+
+@pytest.mark.parametrize(
+    "text, argv, message",
+    [
+        ("time,x,y\n1,2,3\n", ["--lat", "1", "--lon", "2"], r"header must name the columns t,x,y,z; missing t,z"),
+        ("t,x,y,z\n" + "".join(f"{i * 0.02},0,0,9.8\n" for i in range(5)), ["--lat", "1", "--lon", "2"], r"only 5 good lines"),
+        ("t,x,y,z\n0,0,0,9.8\n", [], r"needs the device's position: pass --lat and --lon"),
+        ("", ["--lat", "1", "--lon", "2"], r"empty file"),
+    ],
+)
+def test_unusable_csv_is_a_clear_error(tmp_path, capsys, text, argv, message):
+    path = tmp_path / "x.csv"
+    path.write_text(text)
+    rc = main(["device", "replay", str(path), *argv])
+    err = capsys.readouterr().err
+    assert rc == 2 and re.search(message, err), err
+    assert str(path) in err or "--lat" in err
+
+
+def test_missing_input_and_missing_position(tmp_path, capsys):
+    assert main(["device", "replay", str(tmp_path / "nope.csv"), "--lat", "1", "--lon", "2"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "a" / "b" / "dev").mkdir(parents=True)
+    assert main(["device", "replay", str(tmp_path / "a" / "b" / "dev")]) == 2
+    assert "pass --lat and --lon" in capsys.readouterr().err
