@@ -117,3 +117,56 @@ def test_announced_with_three_or_four_devices(n):
     ups = feed(Engine(devs), trs)
     assert ups and ups[0].n_devices == 3  # announced as soon as three agree
     assert ups[-1].n_devices == n
+
+
+def test_an_early_false_trigger_far_away_does_not_hold_up_a_quake():
+    """Phones picked up ~200 km away seconds before the quake are still within P move-out
+    of the real triggers. Groups are built from the nearest triggers and judged on the picks
+    that fit, so the quake is announced as soon as without it."""
+    devs = network(30, seed=7, spread_km=60.0)
+    far = [Device("far1", LAT0 + 200.0 / KM_PER_DEG, LON0), Device("far2", LAT0, LON0 + 180.0 / KM_PER_DEG)]
+    quake = dict(devs)
+    for d in far:
+        devs[d.device_id] = d
+    trs = quake_triggers(quake, LAT0, LON0, 10.0, T0, 8)
+
+    def run(triggers):
+        # every device checks in each second: the quiet ones are evidence
+        eng = Engine(devs)
+        msgs = [(t.issued_at_s, 1, t) for t in triggers] + [(T0 + k, 0, d) for k in range(-40, 30) for d in devs]
+        ups = []
+        for when, kind, item in sorted(msgs, key=lambda m: (m[0], m[1])):
+            ups += eng.feed_trigger(item) if kind else eng.feed_heartbeat(item, when)
+        return ups + eng.flush()
+
+    clean = run(trs)
+    noisy = run(trs + [trig(far[0], T0 - 6.0), trig(far[1], T0 - 5.0)])
+    assert clean and noisy
+    assert noisy[0].issued_at_s == pytest.approx(clean[0].issued_at_s)
+    assert not {"far1", "far2"} & set(noisy[-1].device_ids)
+    assert float(distance_km(noisy[-1].latitude, noisy[-1].longitude, LAT0, LON0)) < 10.0
+
+
+def test_false_triggers_among_many_quiet_phones_are_not_an_earthquake():
+    """Three phones picked up within seconds of each other, 20-40 km apart, among 2,000
+    phones lying still and checking in: however the locator places them, the quiet phones
+    closer to that place than the farthest trigger outnumber them (the triggered
+    fraction), so no event is announced."""
+    rng = np.random.default_rng(11)
+    n = 2000
+    lat = LAT0 + rng.uniform(-0.6, 0.6, n)
+    lon = LON0 + rng.uniform(-0.6, 0.6, n)
+    ids = [f"p{i}" for i in range(n)]
+    eng = Engine({})
+    ups = []
+    for k in range(60):
+        ups += eng.feed_heartbeats(ids, lat, lon, T0 + k)
+    picked = [Device(ids[i], lat[i], lon[i]) for i in (3, 500, 1200)]
+    onsets = [T0 + 60.0, T0 + 61.5, T0 + 62.0]
+    falses = sorted((trig(d, t, issued_s=t + 2.5) for d, t in zip(picked, onsets)), key=lambda t: t.issued_at_s)
+    for k in range(60, 75):
+        while falses and falses[0].issued_at_s <= T0 + k:
+            ups += eng.feed_trigger(falses.pop(0))
+        ups += eng.feed_heartbeats(ids, lat, lon, T0 + k)
+    ups += eng.flush()
+    assert ups == [], [(u.event_id, u.n_devices) for u in ups]

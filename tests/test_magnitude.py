@@ -118,3 +118,23 @@ def test_p_only_devices_scale_pgv_before_the_moment_magnitude():
     seen = np.minimum(seen, ts - 0.1)  # P only
     m, _ = event_magnitude(wa, pgv_p, hypo, depth, seen, tp, ts, [True] * 3, float("nan"))
     assert m == pytest.approx(mw, abs=0.1)
+
+
+def test_many_lower_bounds_are_not_read_at_their_largest():
+    """500 phones still seeing a growing amplitude: the largest of 500 station scatters
+    lies ~1 unit above the rest; the network's lower bound must not follow it."""
+    rng = np.random.default_rng(3)
+    lo = 6.0 + 0.35 * rng.standard_normal(500)
+    m, _ = censored_magnitude([], lower=lo)
+    assert 6.2 <= m <= 6.5
+    few = [5.0, 5.4, 5.9]
+    assert censored_magnitude([], lower=few)[0] == pytest.approx(5.9)
+
+
+def test_pgv_next_to_the_fault_says_nothing_about_mw():
+    """Within a few km of a large rupture PGV hardly grows with Mw: such a station gives
+    no moment magnitude rather than a runaway one."""
+    near = pgv_moment_magnitude([200.0], [12.0], 10.0)
+    far = pgv_moment_magnitude([5.0], [150.0], 10.0)
+    assert np.isnan(near[0])
+    assert np.isfinite(far[0])

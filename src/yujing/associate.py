@@ -21,6 +21,7 @@ its picks) is retracted.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -40,11 +41,17 @@ MAG_STEP = 0.1
 BATCH_PICKS = 25
 #: picks used to locate a large event: the earliest half and an even spread of the rest
 MAX_LOCATE_PICKS = 40
+#: triggers tried together for a new event (the seed's nearest consistent ones), and
+#: attempts per engine step: each attempt is one locate
+NEW_EVENT_PICKS = 6
+NEW_EVENT_TRIES = 3
+#: recent triggers whose delays (arrival - onset) set how long ago a quiet phone is known
+#: to have been quiet
+REPORT_DELAY_SAMPLES = 256
 #: a phone that sent a heartbeat within this long is online; its silence counts up to
-#: HEARTBEAT_LATENCY_S before the engine clock (a trigger sent then would have arrived:
-#: 4G/5G delivers most messages within a few hundred ms)
+#: AssociateSettings.phone_report_delay_s before the engine clock (a trigger of a P onset
+#: before that would have arrived)
 HEARTBEAT_WINDOW_S = 90.0
-HEARTBEAT_LATENCY_S = 1.0
 
 
 class Presence:
@@ -99,7 +106,7 @@ class Presence:
         self.last[idx] = np.where(ok, time_s, -np.inf)
         self.started[idx] = np.minimum(self.started[idx], time_s)
 
-    def silent(self, now_s: float, busy: set[str], warmup_s: float):
+    def silent(self, now_s: float, busy: set[str], warmup_s: float, report_delay_s: float = 2.5):
         """Positions and 'quiet up to' times of the live devices not in ``busy``."""
         n = self.n
         last, started, hb = self.last[:n], self.started[:n], self.heartbeat[:n]
@@ -110,7 +117,7 @@ class Presence:
             i = self.index.get(d)
             if i is not None:
                 ok[i] = False
-        seen = np.where(hb, now_s - HEARTBEAT_LATENCY_S, last)
+        seen = np.where(hb, now_s - report_delay_s, last)
         return self.lat[:n][ok], self.lon[:n][ok], seen[ok]
 LOC_STEP_KM = 2.0
 DEPTH_STEP_KM = 10.0
@@ -144,6 +151,11 @@ class Associator:
         self._ids: set[str] = set()
         self.id_prefix = id_prefix
         self.presence = Presence()
+        self._fresh: list[Trigger] = []  # pooled in this engine step, not yet tried
+        self._delays: deque[float] = deque(maxlen=REPORT_DELAY_SAMPLES)  # arrival - onset
+        self._delay_cache: float | None = None
+        self._tries_left = NEW_EVENT_TRIES
+        self._tried: set[int] = set()  # triggers in a failed group in this step
 
     # liveness -------------------------------------------------------------------------
     def note_packet(self, device_id: str, end_time_s: float, reset: bool):
@@ -154,7 +166,42 @@ class Associator:
     def _silent(self, now_s: float, busy: set[str]):
         """Live devices not in ``busy``: their positions and the time up to which each is
         known to have stayed quiet."""
-        return self.presence.silent(now_s, busy, self.s.picker.warmup_s)
+        return self.presence.silent(now_s, busy, self.s.picker.warmup_s, self._report_delay())
+
+    def _report_delay(self) -> float:
+        """How long a trigger takes from its onset to the engine (s): a device that sends
+        triggers is known to be quiet only up to that long ago. Learnt from the triggers
+        themselves (their window and network delay differ by device type)."""
+        if self._delay_cache is None:
+            if self._delays:
+                q = float(np.percentile(np.fromiter(self._delays, dtype=float), 80))
+                self._delay_cache = min(max(q, 0.25), 10.0)
+            else:
+                self._delay_cache = self.s.associate.phone_report_delay_s
+        return self._delay_cache
+
+    def _triggered_fraction(self, loc: Location, picks: list[Trigger], now_s: float) -> float:
+        """Of the devices that should have seen this event's P by now (live, able to
+        detect, closer than its farthest P pick, P due ``silent_grace_s`` before their
+        silence was last confirmed), the fraction that triggered. Counted over every live
+        device, not the locator's nearest few: a cluster of three false triggers can be
+        located far from the quiet phones around it, but not so that those phones lie
+        beyond its own picks."""
+        if not picks:
+            return 0.0
+        lat = np.array([t.latitude for t in picks])
+        lon = np.array([t.longitude for t in picks])
+        reach = float(distance_km(loc.latitude, loc.longitude, lat, lon).max())
+        slat, slon, seen = self._silent(now_s, self._busy())
+        if len(slat) == 0:
+            return 1.0
+        epi = distance_km(loc.latitude, loc.longitude, slat, slon)
+        near = epi < reach
+        if not near.any():
+            return 1.0
+        tp = loc.origin_time_s + default_table().p_time_s(epi[near], loc.depth_km)
+        n_should = int(np.count_nonzero(tp + self.s.locate.silent_grace_s < seen[near]))
+        return len(picks) / (len(picks) + n_should)
 
     # triggers -------------------------------------------------------------------------
     def add(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
@@ -163,6 +210,8 @@ class Associator:
             return []
         if trig.update > 0:
             return self._amplitude(trig, now_s)
+        self._delays.append(trig.issued_at_s - trig.onset_time_s)
+        self._delay_cache = None
         for ev in self._open_events():
             role = self._role(ev, trig)
             if role == "P":
@@ -182,7 +231,11 @@ class Associator:
                 ev.later[trig.device_id] = trig
                 return []
         self.pool.append(trig)
-        return self._try_new_event(trig, now_s)
+        made = self._attempt(trig, now_s)
+        if made is None:
+            self._fresh.append(trig)  # over this step's budget: tried at its end
+            return []
+        return made
 
     def _amplitude(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
         for ev in self._open_events():
@@ -262,22 +315,68 @@ class Associator:
             np.abs(a.onset_time_s - t) <= tmax + self.s.associate.moveout_slack_s
         )
 
-    def _try_new_event(self, newest: Trigger, now_s: float) -> list[EventUpdate]:
+    def _attempt(self, seed: Trigger, now_s: float) -> list[EventUpdate] | None:
+        """Try a new event around ``seed`` if this engine step's budget of
+        ``NEW_EVENT_TRIES`` attempts (a locate each) allows; None when it does not. A
+        trigger that was part of a failed group in this step is not tried again as a
+        seed: its group would be much the same."""
+        if id(seed) in self._tried:
+            return []
+        if self._tries_left <= 0:
+            return None
+        self._tries_left -= 1
+        made, group = self._try_new_event(seed, now_s)
+        if not made:
+            self._tried.update(id(g) for g in group)
+        return made
+
+    def _end_of_step(self, now_s: float) -> list[EventUpdate]:
+        """Triggers pooled after the step's budget ran out are tried now, newest first
+        (the newest are the likeliest to complete a group), within a fresh budget."""
+        fresh, self._fresh = self._fresh, []
+        self._tries_left = NEW_EVENT_TRIES
+        out: list[EventUpdate] = []
+        if fresh:
+            in_pool = {id(p) for p in self.pool}
+            for seed in reversed(fresh):
+                if id(seed) not in in_pool:
+                    continue
+                made = self._attempt(seed, now_s)
+                if made is None:
+                    break
+                if made:
+                    out += made
+                    in_pool = {id(p) for p in self.pool}
+        self._tries_left = NEW_EVENT_TRIES
+        self._tried.clear()
+        return out
+
+    def _try_new_event(self, newest: Trigger, now_s: float) -> tuple[list[EventUpdate], list[Trigger]]:
+        """Try one new event around ``newest``; returns its first update (or nothing) and
+        the group of triggers that was tried."""
         a = self.s.associate
         self.pool = [p for p in self.pool if now_s - p.onset_time_s <= a.candidate_ttl_s]
         if len(self.pool) < a.min_devices:
-            return []
-        # greedy clique around the newest trigger, earliest onsets first; the pairwise
-        # move-out test runs on arrays (a busy pool holds hundreds of phone triggers)
+            return [], []
+        # Greedy clique around the seed, nearest devices first: the triggers of a real
+        # quake cluster in space, while false triggers (a phone picked up, a door) are
+        # scattered; "earliest first" would let one false trigger tens of seconds early and
+        # 200 km away (still within move-out) into every group and spoil the fit.
         cand = [p for p in self.pool if p is not newest and p.device_id != newest.device_id]
         if len(cand) < a.min_devices - 1:
-            return []
+            return [], []
         ok = self._consistent_with(newest, cand)
-        cand = sorted((p for p, k in zip(cand, ok) if k), key=lambda x: x.onset_time_s)
+        cand = [p for p, k in zip(cand, ok) if k]
+        if len(cand) < a.min_devices - 1:
+            return [], []
+        lat = np.fromiter((p.latitude for p in cand), dtype=float, count=len(cand))
+        lon = np.fromiter((p.longitude for p in cand), dtype=float, count=len(cand))
+        near = np.argsort(distance_km(newest.latitude, newest.longitude, lat, lon), kind="stable")
         group = [newest]
         ids = {newest.device_id}
-        for p in cand:
-            if len(group) >= MAX_LOCATE_PICKS:
+        for k in near.tolist():
+            p = cand[k]
+            if len(group) >= NEW_EVENT_PICKS:
                 break
             if p.device_id in ids:
                 continue
@@ -285,25 +384,43 @@ class Associator:
                 group.append(p)
                 ids.add(p.device_id)
         if len(group) < a.min_devices or self._n_sites(group) < a.min_devices:
-            return []
+            return [], group
+        sig = self.s.locate.pick_sigma_s
         loc = self._locate(group, now_s, exclude={g.device_id for g in group})
-        n_p = int((~loc.is_s).sum())
-        if n_p < a.min_devices or loc.rms_s > a.max_rms_s:
-            return []
-        if loc.n_silent_violations > max(1, n_p // 2):
-            return []
-        # picks the locator read as S (or could not fit) stay in the pool
-        picks = {}
-        for g, is_s, r in zip(group, loc.is_s, loc.residual_s):
-            if not is_s and abs(r) <= 3 * self.s.locate.pick_sigma_s:
-                picks[g.device_id] = g
-        if len(picks) < a.min_devices:
-            return []
+        fits = ~loc.is_s & (np.abs(loc.residual_s) <= 3 * sig)
+        members = [g for g, f in zip(group, fits) if f]
+        # Outliers (false triggers, S read as P) are left out of the RMS: the capped misfit
+        # keeps them from moving the epicentre much, but one pick 30 s off would fail the
+        # RMS test of a group whose other picks fit well. Most of the group must fit.
+        n_p = len(members)
+        if n_p < max(a.min_devices, (len(group) + 1) // 2) or self._n_sites(members) < a.min_devices:
+            return [], group
+        rms = float(np.sqrt(np.mean(loc.residual_s[fits] ** 2)))
+        if rms > a.max_rms_s or loc.n_silent_violations > max(1, n_p // 2):
+            return [], group
+        if self._triggered_fraction(loc, members, now_s) < a.min_triggered_fraction:
+            return [], group
+        picks = {g.device_id: g for g in members}
         ev = Event(event_id=self._new_id(loc.origin_time_s), location=loc, picks=picks)
-        taken = {(g.device_id, g.onset_time_s) for g in picks.values()}
+        taken = {(g.device_id, g.onset_time_s) for g in members}
         self.pool = [p for p in self.pool if (p.device_id, p.onset_time_s) not in taken]
         self.events.append(ev)
-        return self._refresh(ev, now_s, force=True)
+        self._adopt_pool(ev)
+        return self._refresh(ev, now_s, force=True), group
+
+    def _adopt_pool(self, ev: Event) -> None:
+        """Pooled P triggers that a newly formed event explains join it (the refresh that
+        follows relocates with them): with thousands of phones, dozens arrive in the step
+        that forms the event. Pooled later phases stay pooled, as they did before."""
+        rest = []
+        for p in self.pool:
+            role = self._role(ev, p)
+            if role == "P" and p.device_id not in ev.picks:
+                ev.picks[p.device_id] = p
+                ev.dirty_location = True
+            else:
+                rest.append(p)
+        self.pool = rest
 
     def _new_id(self, origin_time_s: float) -> str:
         """An id from the first origin-time estimate (UTC, to the second), so that ids stay
@@ -472,7 +589,7 @@ class Associator:
     # clock ----------------------------------------------------------------------------
     def tick(self, now_s: float) -> list[EventUpdate]:
         """Time-driven work: close old events, retract events whose support collapsed."""
-        out = []
+        out = self._end_of_step(now_s)
         a = self.s.associate
         # forget finished events once no late trigger can concern them any more
         self.events = [
@@ -500,7 +617,8 @@ class Associator:
                         half_km=max(60.0, 3 * old.horizontal_error_km),
                     )
                     n_p = len(ev.picks)
-                    if check.n_silent_violations > max(2, n_p):
+                    frac = self._triggered_fraction(check, list(ev.picks.values()), now_s)
+                    if check.n_silent_violations > max(2, n_p) or frac < 0.5 * a.min_triggered_fraction:
                         ev.retracted = True
                         ev.version += 1
                         last = ev.last

@@ -72,6 +72,9 @@ def si_midorikawa_log_pgv(mw, fault_km, depth_km, source_term=-0.02):
 
 
 _MW_GRID = np.round(np.arange(2.0, 9.501, 0.01), 2)
+#: least growth of log10 PGV per unit Mw (at the station's distance) for its PGV to count
+#: as a magnitude estimate (far field: ~0.5)
+MIN_PGV_SLOPE = 0.25
 
 
 def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
@@ -79,7 +82,8 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
 
     The fault distance is approximated by the hypocentral distance less half the rupture
     length of Wells & Coppersmith (1994) (``L = 10^(0.69 M - 3.22)`` km), never below the
-    depth.
+    depth. NaN where the station is too near the fault for PGV to grow with Mw (slope
+    below ``MIN_PGV_SLOPE``) or its PGV exceeds the grid's M9.5.
     """
     pgv = np.atleast_1d(np.asarray(pgv_cm_s, dtype=float))
     r = np.atleast_1d(np.asarray(hypo_km, dtype=float))
@@ -89,8 +93,15 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     obs = np.log10(np.maximum(pgv, 1e-9))[:, None]
     # prediction grows monotonically with Mw: first grid point that reaches the observation
     reached = pred >= obs
-    idx = np.where(reached.any(axis=1), reached.argmax(axis=1), len(_MW_GRID) - 1)
-    return _MW_GRID[idx]
+    found = reached.any(axis=1)
+    idx = np.where(found, reached.argmax(axis=1), len(_MW_GRID) - 1)
+    # Near the fault PGV saturates (the 10^(0.5 Mw) term): log PGV grows by only ~0.1 per
+    # magnitude unit there, so a station's scatter of 0.23 would become 2 units of Mw. Such
+    # stations (and ones beyond the grid) say nothing about Mw.
+    slope = np.gradient(pred, _MW_GRID, axis=1)[np.arange(len(idx)), idx]
+    mw = _MW_GRID[idx].astype(float)
+    mw[~found | (slope < MIN_PGV_SLOPE)] = np.nan
+    return mw
 
 
 _M_GRID = np.round(np.arange(1.0, 9.501, 0.01), 2)
@@ -113,15 +124,15 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
     a Cauchy function of each bound's violation (zero while the bound holds), both
     quadratic near zero with ``OUTLIER_SIGMAS`` as the scale, so that one bad site cannot
     carry the estimate. Returns the best M and its 1-sigma (where the cost
-    rises by 1). With bounds only: the largest
-    lower bound (the magnitude is at least that), else the median of the upper bounds.
+    rises by 1). With bounds only: what the lower bounds say the magnitude is at least
+    (:func:`_lower_bound_magnitude`), else the median of the upper bounds.
     """
     det = _finite(detected)
     up = _finite(upper)
     lo = _finite(lower)
     if len(det) == 0:
         if len(lo):
-            return float(lo.max()), max(STATION_SIGMA, 0.5)
+            return _lower_bound_magnitude(lo), max(STATION_SIGMA, 0.5)
         if len(up):
             return float(np.median(up)), max(STATION_SIGMA, 0.5)
         return float("nan"), float("nan")
@@ -143,6 +154,20 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
     inside = grid[nll <= nll[i] + 1.0]
     half = 0.5 * float(inside[-1] - inside[0]) if len(inside) > 1 else 0.01
     return float(grid[i]), max(half, 0.1)
+
+
+LOWER_BOUND_QUANTILE = 0.84
+
+
+def _lower_bound_magnitude(lo: np.ndarray) -> float:
+    """The magnitude the event has at least, from station lower bounds alone.
+
+    The 84th percentile (one sigma above the median), rounded up to a station's value:
+    the largest bound for up to 7 stations (a growing rupture must not be held at what
+    its weakest station has seen so far), a quantile for many. With hundreds of phones
+    the largest bound is mostly station scatter: the largest of N draws of sigma 0.35
+    lies ~sigma sqrt(2 ln N) above their centre, +1.2 magnitude units for 500 phones."""
+    return float(np.quantile(lo, LOWER_BOUND_QUANTILE, method="higher"))
 
 
 def _huber(z, c: float = OUTLIER_SIGMAS):
@@ -200,6 +225,7 @@ def event_magnitude(
     tp = np.asarray(p_arrival_s, dtype=float)
     ok = np.asarray(usable, dtype=bool)
     s_arr = seen >= ts
+    p_only = ~s_arr
     dur = rupture_duration_s(previous_magnitude)
     complete = np.where(s_arr, seen >= ts + S_WINDOW_S + dur, seen >= tp + max(P_BOUND_WINDOW_S, dur))
     det = ok & complete
@@ -209,11 +235,11 @@ def event_magnitude(
     def network(station_m):
         return censored_magnitude(station_m[det], station_m[upper], station_m[lower])
 
-    ml = local_magnitude(wa, r) + np.where(s_arr, 0.0, P_TO_S_LOG10)
+    ml = local_magnitude(wa, r) + np.where(p_only, P_TO_S_LOG10, 0.0)
     m, sigma = network(ml)
     if m >= ML_SATURATION:
         # a P-only device stands for the S-wave PGV: scale the amplitude, not the magnitude
-        pgv_s = np.asarray(pgv_cm_s, dtype=float) * np.where(s_arr, 1.0, 10.0**P_TO_S_LOG10)
+        pgv_s = np.asarray(pgv_cm_s, dtype=float) * np.where(p_only, 10.0**P_TO_S_LOG10, 1.0)
         mw = pgv_moment_magnitude(pgv_s, r, depth_km)
         m_w, sigma_w = network(mw)
         if m_w > m:

@@ -56,6 +56,18 @@ class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True):
         "travel time between the two devices plus this slack (clock and picking error).")] = 2.0
     max_pair_distance_km: Annotated[float, _d("Longest distance between two devices paired in a new event.")] = 300.0
     max_rms_s: Annotated[float, _d("RMS P residual a located candidate must reach to be announced.")] = 1.5
+    min_triggered_fraction: Annotated[float, _d(
+        "Of the live devices able to detect that lie closer to a candidate's epicentre than "
+        "its farthest P pick and that P should have reached, at least this fraction must have "
+        "triggered. False triggers (phones picked up) are scattered: three of them around "
+        "thousands of quiet phones are not an earthquake, while near a real quake most still "
+        "phones trigger.")] = 0.25
+    phone_report_delay_s: Annotated[float, _d(
+        "How long after its P onset a phone's trigger arrives (the classifier's window "
+        "after the onset, the agent's processing block, the network): a phone counts as "
+        "silent only up to this long before the engine clock. Used until triggers have "
+        "arrived; from then on the 80th percentile of the recent triggers' own delays "
+        "(arrival - onset).")] = 2.5
     candidate_ttl_s: Annotated[float, _d("Unassociated triggers are forgotten after this long.")] = 60.0
     event_ttl_s: Annotated[float, _d("An event stops being updated this long after its origin time.")] = 240.0
 
