@@ -269,6 +269,66 @@ def _settings(args) -> int:
     return 0
 
 
+def _demo(args) -> int:
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import demo, scenarios
+
+    err = Console(stderr=True)
+    if args.scenario not in scenarios.names():
+        err.print(f"error: unknown scenario {args.scenario!r}; choose one of {', '.join(scenarios.names())}", markup=False)
+        return 2
+    if args.phones < 100:
+        err.print("error: --phones must be at least 100", markup=False)
+        return 2
+    out = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 120)
+    sc = scenarios.get(args.scenario)
+    out.print(f"yujing demo: {sc.name}, {args.phones:,} simulated phones, seed {args.seed}")
+    out.print("timeline, seconds after the origin time (simulated time; nothing is sent to real phones):")
+
+    def line(t: float, text: str):
+        if not args.quiet:
+            out.print(f"  t{t:+7.2f} s  {text}")
+
+    res = demo.run(sc, args.phones, seed=args.seed, on_line=line)
+    s = res.summary()
+    t = Table(title="warning time by city (S-wave arrival minus alert delivery)")
+    for col in ("city", "distance", "S arrives", "tier", "phone's MMI", "warning"):
+        t.add_column(col, justify="left" if col in ("city", "tier") else "right")
+    for c in sorted(res.cities, key=lambda c: c.distance_km):
+        w = "-" if not math.isfinite(c.warning_s) else (f"late {-c.warning_s:.1f} s" if c.warning_s < 0 else f"{c.warning_s:.1f} s")
+        mmi = "-" if not math.isfinite(c.mmi_forecast) else f"{c.mmi_forecast:.1f}"
+        t.add_row(c.name, f"{c.distance_km:.0f} km", f"+{c.s_after_origin_s:.1f} s", c.tier or "not alerted", mmi, w)
+    out.print(t)
+    pw = s["phone_warning_s"]
+    for tier, n in s["phones_per_tier"].items():
+        extra = ""
+        if tier in pw:
+            extra = f"; warning median {pw[tier]['median']:.1f} s, {100 * pw[tier]['late_fraction']:.0f} % late"
+        out.print(f"phones alerted, {tier}: {n:,}{extra}")
+
+    def f(v, unit):
+        return "-" if v is None else f"{v}{unit}"
+
+    out.print(
+        f"first alert {f(s['first_alert_s'], ' s')} after origin (M{f(s['first_alert_magnitude'], '')}); final "
+        f"M{f(s['final_magnitude'], '')} (true {sc.magnitude}), epicentre error {f(s['location_error_km'], ' km')}; "
+        f"false events {s['false_events']}"
+    )
+    tm = s["timings_s"]
+    out.print(f"compute: simulate {tm['simulate']:.1f} s, engine {tm['engine']:.1f} s, alerts {tm['alerts']:.1f} s, total {tm['total']:.1f} s")
+    report = Path(args.report)
+    report.write_text(demo.report_html(res), encoding="utf-8")
+    out.print(f"report: {report.resolve()}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(s, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        out.print(f"summary: {Path(args.json).resolve()}")
+    return 0
+
+
 def _device_replay(args) -> int:
     from .device.agent import device_replay
 
@@ -282,6 +342,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"yujing {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+
+    dm = sub.add_parser(
+        "demo",
+        help="simulate a historical earthquake felt by 100,000 phones, end to end",
+        description=(
+            "Simulate an earthquake from the scenario table felt by a network of phones (placed "
+            "where people live), run their triggers and heartbeats through the detection engine and "
+            "the alert policy in simulated time, print the timeline and the warning time per city, "
+            "and write an offline HTML report. No server, no network."
+        ),
+    )
+    dm.add_argument("--scenario", default="luding2022", help="scenario key (default luding2022; see the list below)")
+    dm.add_argument("--phones", type=int, default=100_000, help="number of phones (default 100,000)")
+    dm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    dm.add_argument("--report", default="yujing-demo.html", metavar="PATH.html", help="HTML report (default yujing-demo.html)")
+    dm.add_argument("--json", metavar="SUMMARY.json", help="write the summary as JSON")
+    dm.add_argument("--quiet", "-q", action="store_true", help="no timeline, only the summary")
+    dm.set_defaults(func=_demo)
 
     r = sub.add_parser(
         "replay",

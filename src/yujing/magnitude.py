@@ -87,18 +87,33 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     """
     pgv = np.atleast_1d(np.asarray(pgv_cm_s, dtype=float))
     r = np.atleast_1d(np.asarray(hypo_km, dtype=float))
-    half_len = 0.5 * 10.0 ** (0.69 * _MW_GRID - 3.22)
-    x = np.maximum(r[:, None] - half_len[None, :], max(depth_km, 1.0))
-    pred = si_midorikawa_log_pgv(_MW_GRID[None, :], x, depth_km)
-    obs = np.log10(np.maximum(pgv, 1e-9))[:, None]
-    # prediction grows monotonically with Mw: first grid point that reaches the observation
-    reached = pred >= obs
-    found = reached.any(axis=1)
-    idx = np.where(found, reached.argmax(axis=1), len(_MW_GRID) - 1)
+    obs = np.log10(np.maximum(pgv, 1e-9))
+    dmin = max(depth_km, 1.0)
+
+    def pred(k):  # log10 PGV at grid index k (one per station)
+        m = _MW_GRID[k]
+        return si_midorikawa_log_pgv(m, np.maximum(r - 0.5 * 10.0 ** (0.69 * m - 3.22), dmin), depth_km)
+
+    # The prediction grows monotonically with Mw: bisect for the first grid point that
+    # reaches the observation (a dozen evaluations per station, not the whole grid: a
+    # quake felt by thousands of phones is re-sized every engine step).
+    n = len(_MW_GRID)
+    lo = np.zeros(len(obs), dtype=np.int64)
+    hi = np.full(len(obs), n - 1, dtype=np.int64)
+    found = pred(hi) >= obs
+    for _ in range(int(np.ceil(np.log2(n))) + 1):
+        mid = (lo + hi) // 2
+        up = pred(mid) >= obs
+        hi = np.where(up, mid, hi)
+        lo = np.where(up, lo, mid + 1)
+        if np.all(lo >= hi):
+            break
+    idx = np.where(found, hi, n - 1)
     # Near the fault PGV saturates (the 10^(0.5 Mw) term): log PGV grows by only ~0.1 per
     # magnitude unit there, so a station's scatter of 0.23 would become 2 units of Mw. Such
     # stations (and ones beyond the grid) say nothing about Mw.
-    slope = np.gradient(pred, _MW_GRID, axis=1)[np.arange(len(idx)), idx]
+    a, b = np.maximum(idx - 1, 0), np.minimum(idx + 1, n - 1)
+    slope = (pred(b) - pred(a)) / np.maximum(_MW_GRID[b] - _MW_GRID[a], 1e-9)
     mw = _MW_GRID[idx].astype(float)
     mw[~found | (slope < MIN_PGV_SLOPE)] = np.nan
     return mw
@@ -145,15 +160,26 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
     grid = _M_GRID[(_M_GRID >= allm.min() - 1.0 - 1e-9) & (_M_GRID <= allm.max() + 1.0 + 1e-9)]
     if len(grid) == 0:
         grid = _M_GRID[[0]] if allm.max() < _M_GRID[0] else _M_GRID[[-1]]
-    nll = _huber((det[None, :] - grid[:, None]) / sigma).sum(axis=1)
-    if len(up):
-        nll += _cauchy(np.maximum(0.0, (grid[:, None] - up[None, :]) / sigma)).sum(axis=1)
-    if len(lo):
-        nll += _cauchy(np.maximum(0.0, (lo[None, :] - grid[:, None]) / sigma)).sum(axis=1)
-    i = int(np.argmin(nll))
-    inside = grid[nll <= nll[i] + 1.0]
-    half = 0.5 * float(inside[-1] - inside[0]) if len(inside) > 1 else 0.01
-    return float(grid[i]), max(half, 0.1)
+    def cost(g):
+        nll = _huber((det[None, :] - g[:, None]) / sigma).sum(axis=1)
+        if len(up):
+            nll += _cauchy(np.maximum(0.0, (g[:, None] - up[None, :]) / sigma)).sum(axis=1)
+        if len(lo):
+            nll += _cauchy(np.maximum(0.0, (lo[None, :] - g[:, None]) / sigma)).sum(axis=1)
+        return nll
+
+    # coarse to fine (0.05 then 0.01): thousands of phones times hundreds of grid points
+    # at every engine step would cost more than the rest of the engine
+    coarse = grid[::5]
+    nll_c = cost(coarse)
+    i = int(np.argmin(nll_c))
+    fine = grid[(grid >= coarse[i] - 0.06) & (grid <= coarse[i] + 0.06)]
+    nll_f = cost(fine)
+    j = int(np.argmin(nll_f))
+    best = min(float(nll_f[j]), float(nll_c[i]))
+    inside = np.concatenate([coarse[nll_c <= best + 1.0], fine[nll_f <= best + 1.0]])
+    half = 0.5 * float(inside.max() - inside.min()) if len(inside) > 1 else 0.01
+    return float(fine[j]), max(half, 0.1)
 
 
 LOWER_BOUND_QUANTILE = 0.84
