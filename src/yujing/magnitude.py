@@ -75,6 +75,10 @@ _MW_GRID = np.round(np.arange(2.0, 9.501, 0.01), 2)
 #: least growth of log10 PGV per unit Mw (at the station's distance) for its PGV to count
 #: as a magnitude estimate (far field: ~0.5)
 MIN_PGV_SLOPE = 0.25
+#: a station closer to the hypocentre than this many rupture lengths (of the Mw it would
+#: give) lies along the rupture itself, where the fault distance is unknown (it is taken
+#: as the depth) and the saturation term makes its Mw a guess
+NEAR_FAULT_LENGTHS = 0.5
 
 
 def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
@@ -83,7 +87,8 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     The fault distance is approximated by the hypocentral distance less half the rupture
     length of Wells & Coppersmith (1994) (``L = 10^(0.69 M - 3.22)`` km), never below the
     depth. NaN where the station is too near the fault for PGV to grow with Mw (slope
-    below ``MIN_PGV_SLOPE``) or its PGV exceeds the grid's M9.5.
+    below ``MIN_PGV_SLOPE``, or within half the rupture length of the Mw it would give) or
+    its PGV exceeds the grid's M9.5.
     """
     pgv = np.atleast_1d(np.asarray(pgv_cm_s, dtype=float))
     r = np.atleast_1d(np.asarray(hypo_km, dtype=float))
@@ -115,7 +120,8 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     a, b = np.maximum(idx - 1, 0), np.minimum(idx + 1, n - 1)
     slope = (pred(b) - pred(a)) / np.maximum(_MW_GRID[b] - _MW_GRID[a], 1e-9)
     mw = _MW_GRID[idx].astype(float)
-    mw[~found | (slope < MIN_PGV_SLOPE)] = np.nan
+    near = r < NEAR_FAULT_LENGTHS * 10.0 ** (0.69 * mw - 3.22)
+    mw[~found | (slope < MIN_PGV_SLOPE) | near] = np.nan
     return mw
 
 
