@@ -1,10 +1,18 @@
 """Train the on-device earthquake / human-motion classifier and write its weights.
 
     python scripts/train_classifier.py [--output src/yujing/data/classifier.npz]
+                                       [--window-post-s SECONDS]
 
 Rebuilds ``src/yujing/data/classifier.npz`` from scratch, seeded, in a few minutes on two
-cores. Needs the training extras (scikit-learn, seglearn, sktime) and the OpenEEW
-recordings in ../shared/data/openeew (or ``$YUJING_OPENEEW_DIR``). Nothing is downloaded.
+cores. ``--window-post-s`` (default: ``yujing.device.features.WINDOW_POST_S``, the length
+the device agent waits for) sets how many seconds after the onset the classifier sees.
+Every window is cut and simulated ``CUT_POST_S`` long whatever that length is, and the
+features keep only its first part, so different lengths are trained and measured on the
+same windows, splits and streams. The shipped file must be trained with the default:
+``EarthquakeClassifier.load`` refuses a packaged model whose window differs.
+
+Needs the training extras (scikit-learn, seglearn, sktime) and the OpenEEW recordings in
+../shared/data/openeew (or ``$YUJING_OPENEEW_DIR``). Nothing is downloaded.
 
 Data (see docs/classifier.md for what each holds and its licence):
 
@@ -49,7 +57,7 @@ import numpy as np
 from scipy import signal
 
 from yujing.device.classifier import EarthquakeClassifier
-from yujing.device.features import FEATURE_NAMES, window_features, window_samples
+from yujing.device.features import FEATURE_NAMES, WINDOW_POST_S, window_features, window_samples
 from yujing.geo import distance_km
 from yujing.ingest import IngestedPacket
 from yujing.picker import Picker
@@ -58,6 +66,10 @@ from yujing.sources import openeew
 from yujing.traveltime import default_table
 
 SEED = 20160212  # MyShake's Science Advances paper appeared on 12 Feb 2016
+#: seconds after the onset cut from every recording and simulated: the longest classifier
+#: window (--window-post-s) that can be evaluated. The features crop each window to the
+#: classifier's own length, so the data do not change with it.
+CUT_POST_S = 2.0
 HELDOUT_EVENTS = ("2017_12_15", "2018_9_25", "2020_6_23", "2020_7_2")
 HELDOUT_WATCH_SUBJECTS = (9, 10)
 #: a trigger this close to the iasp91 P time (s) is a P trigger
@@ -95,6 +107,7 @@ class Window:
     label: int  # 1 earthquake, 0 not
     source: str  # e.g. "openeew-P", "watch", "sim-drop"
     group: str  # split/fold unit: event, subject, clip, simulation batch
+    offset_s: float = 0.0  # shift of a real trigger window's onset from the picker's (training copies)
 
 
 # --------------------------------------------------------------------------- the picker
@@ -134,7 +147,7 @@ def picker_onsets(x_gal: np.ndarray, sr: float, end_times=None, packet_n: int | 
 
 def cut(x: np.ndarray, idx: int, sr: float):
     """The classifier window around sample ``idx``, or None if the stream is too short."""
-    pre, post = window_samples(sr)
+    pre, post = window_samples(sr, CUT_POST_S)
     if idx - pre < 0 or idx + post > len(x):
         return None
     return x[idx - pre : idx + post]
@@ -201,7 +214,7 @@ def openeew_windows(streams: list[DeviceStream], offsets_s=(0.0,), quiet_step_s:
     triggers before P and quiet windows every ``quiet_step_s`` before P (not earthquake)."""
     out = []
     for st in streams:
-        pre_s = window_samples(st.sr)[0] / st.sr
+        pre_s = window_samples(st.sr, CUT_POST_S)[0] / st.sr
         group = f"event:{st.event}"
         p_done = False
         for onset in st.onsets:
@@ -219,14 +232,14 @@ def openeew_windows(streams: list[DeviceStream], offsets_s=(0.0,), quiet_step_s:
                 idx = int(np.searchsorted(st.t, onset + off))
                 w = cut(st.x, idx, st.sr)
                 if w is not None:
-                    out.append(Window(w, st.sr, "gal", label, kind, group))
+                    out.append(Window(w, st.sr, "gal", label, kind, group, off))
         # quiet windows: from 30 s after the start to NOISE_BEFORE_P_S before P
         t0 = st.t[0] + 30.0
         while t0 < st.p_time - NOISE_BEFORE_P_S - 2.0:
             idx = int(np.searchsorted(st.t, t0))
             w = cut(st.x, idx, st.sr)
             # a gap inside the window would make it something else
-            if w is not None and st.t[idx + len(w) - 1 - window_samples(st.sr)[0]] - st.t[idx] < 2.5 + pre_s:
+            if w is not None and st.t[idx + len(w) - 1 - window_samples(st.sr, CUT_POST_S)[0]] - st.t[idx] < 2.5 + pre_s:
                 out.append(Window(w, st.sr, "gal", 0, "openeew-quiet", group))
             t0 += quiet_step_s
     return out
@@ -257,7 +270,7 @@ def basic_motions(split: str):
 
 def activity_windows(acc, sr, units, source, group, step_s=ACTIVITY_STEP_S):
     """Windows anchored every ``step_s`` along one recording (a trigger could fall anywhere)."""
-    pre, post = window_samples(sr)
+    pre, post = window_samples(sr, CUT_POST_S)
     step = max(1, int(round(step_s * sr)))
     return [
         Window(acc[i - pre : i + post], sr, units, 0, source, group)
@@ -364,7 +377,7 @@ def sim_quake(rng, noise_bank=None) -> Window:
     real_noise = bool(noise_bank) and rng.random() < REAL_NOISE_P
     bank = noise_bank[int(rng.integers(len(noise_bank)))] if real_noise else None
     sr = bank.sr if real_noise else _sim_rate(rng)
-    pre, post = window_samples(sr)
+    pre, post = window_samples(sr, CUT_POST_S)
     n = pre + post
     jitter = rng.uniform(-0.4, 0.4)  # picker onset error
     t = (np.arange(n) - pre) / sr - jitter
@@ -419,7 +432,7 @@ def sim_human(rng, kind: str, sr: float | None = None, phone: bool = False) -> W
     reads it at rest), then seen by a device whose attitude may change over the window.
     ``sr``: the device's rate (random if None); ``phone``: always m/s^2 with gravity."""
     sr = float(rng.choice([25.0, 50.0, 100.0, 200.0])) if sr is None else float(sr)
-    pre, post = window_samples(sr)
+    pre, post = window_samples(sr, CUT_POST_S)
     n = pre + post
     t = (np.arange(n) - pre) / sr - rng.uniform(-0.4, 0.4)
     a = np.zeros((n, 3))  # world-frame acceleration, gal
@@ -546,8 +559,9 @@ def sim_windows(rng, n_quake, n_human, noise_bank=None, batch=200):
 # --------------------------------------------------------------------------- assembling
 
 
-def featurize(windows) -> np.ndarray:
-    return np.array([window_features(w.acc, w.sr, w.units) for w in windows])
+def featurize(windows, post_s: float = WINDOW_POST_S) -> np.ndarray:
+    """Feature rows of the windows, over ``post_s`` seconds after each onset."""
+    return np.array([window_features(w.acc, w.sr, w.units, post_s) for w in windows])
 
 
 def heldout_windows(data_dir: Path, with_sim: bool = True):
@@ -630,7 +644,7 @@ def _family(source: str) -> str:
 ACTIVITY_FAMILIES = ("watch", "basicmotions", "sim-human")
 
 
-def fit_mlp(X, y, w, seed):
+def fit_mlp(X, y, w, seed, post_s: float = WINDOW_POST_S):
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.neural_network import MLPClassifier
 
@@ -649,7 +663,7 @@ def fit_mlp(X, y, w, seed):
         # a fold model may stop at max_iter a hair above tol; its predictions are fine
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit((X - mean) / scale, y, sample_weight=w)
-    return EarthquakeClassifier(mean, scale, clf.coefs_, [b for b in clf.intercepts_], threshold=0.5)
+    return EarthquakeClassifier(mean, scale, clf.coefs_, [b for b in clf.intercepts_], threshold=0.5, window_post_s=post_s)
 
 
 def choose_threshold(p_oof, windows) -> float:
@@ -700,13 +714,25 @@ def main(argv=None) -> int:
     ap.add_argument("--output", type=Path, default=root / "src/yujing/data/classifier.npz")
     ap.add_argument("--data", type=Path, default=openeew.default_data_dir())
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument(
+        "--window-post-s",
+        type=float,
+        default=WINDOW_POST_S,
+        help=f"seconds after the onset the classifier sees (default {WINDOW_POST_S:g}, the agent's; at most {CUT_POST_S:g})",
+    )
     args = ap.parse_args(argv)
+    post_s = float(args.window_post_s)
+    if not 0.5 <= post_s <= CUT_POST_S:
+        ap.error(f"--window-post-s must lie in [0.5, {CUT_POST_S:g}]")
+    if abs(post_s - WINDOW_POST_S) > 1e-9:
+        print(f"note: window {post_s:g} s after the onset, but WINDOW_POST_S is {WINDOW_POST_S:g} s: "
+              "the package will not load this file as its shipped model", flush=True)
     t_start = time.time()
     rng = np.random.default_rng(SEED)
 
     print("building training windows ...", flush=True)
     train = training_windows(args.data, rng)
-    Xtr = featurize(train)
+    Xtr = featurize(train, post_s)
     ytr = np.array([w.label for w in train])
     wtr = sample_weights(train)
     print(f"  {len(train)} windows ({ytr.sum()} earthquake) in {time.time() - t_start:.0f} s")
@@ -720,20 +746,23 @@ def main(argv=None) -> int:
     p_oof = np.zeros(len(train))
     fold_models = []
     for k in range(args.folds):
-        m = fit_mlp(Xtr[folds != k], ytr[folds != k], wtr[folds != k], SEED + k)
+        m = fit_mlp(Xtr[folds != k], ytr[folds != k], wtr[folds != k], SEED + k, post_s)
         p_oof[folds == k] = m.probability_from_features(Xtr[folds == k])
         fold_models.append(m)
     threshold = choose_threshold(p_oof, train)
     print(f"threshold from out-of-fold training predictions: {threshold:.4f}")
     oof = rates_by_source(p_oof, train, threshold)
+    # the real P windows at the picker's own onset (the held-out split's kind), out of fold
+    at_pick = [i for i, w in enumerate(train) if w.source == "openeew-P" and w.offset_s == 0.0]
+    oof_p_at_pick = {"windows": len(at_pick), "called_earthquake": int(np.sum(p_oof[at_pick] >= threshold))}
     t_fit = time.time()
-    model = fit_mlp(Xtr, ytr, wtr, SEED)
+    model = fit_mlp(Xtr, ytr, wtr, SEED, post_s)
     model.threshold = threshold
     print(f"final fit in {time.time() - t_fit:.1f} s")
 
     print("building held-out windows ...", flush=True)
     held, streams = heldout_windows(args.data)
-    Xte = featurize(held)
+    Xte = featurize(held, post_s)
     p_te = model.probability_from_features(Xte)
     te = rates_by_source(p_te, held, threshold)
     chain = chain_false_triggers(model, streams)
@@ -763,6 +792,7 @@ def main(argv=None) -> int:
 
     summary = {
         "seed": SEED,
+        "window_post_s": post_s,
         "features": list(FEATURE_NAMES),
         "hidden_layers": list(HIDDEN),
         "threshold": threshold,
@@ -789,6 +819,7 @@ def main(argv=None) -> int:
             "simulated": [dict(zip(("name", "hours", "picker_triggers", "passed"), c)) for c in chain_sim],
         },
         "out_of_fold_training": oof,
+        "out_of_fold_openeew_P_at_picker_onset": oof_p_at_pick,
         "training_windows": len(train),
         "training_seconds": round(time.time() - t_start, 1),
     }
@@ -809,6 +840,7 @@ def _print_counts(windows):
 
 def _report(s, path):
     h = s["heldout"]
+    print(f"\nclassifier window: {s['window_post_s']:g} s after the onset")
     print("\nheld-out split (events %s; watch subjects %s; BasicMotions TEST; simulations, own seed)"
           % (", ".join(s["heldout_events"]), ", ".join(map(str, s["heldout_watch_subjects"]))))
     print(f"{'source':28s} {'label':>5s} {'windows':>8s} {'-> quake':>8s} {'rate':>7s}")
@@ -819,6 +851,9 @@ def _report(s, path):
     for src in ("openeew-P", "openeew-late", "sim-quake", "watch", "basicmotions-standing", "openeew-noise-trigger"):
         if src in o:
             print(f"  {src:26s} {o[src]['called_earthquake']:5d} of {o[src]['windows']:5d} called earthquake")
+    a = s["out_of_fold_openeew_P_at_picker_onset"]
+    print(f"  {'openeew-P, picker onset':26s} {a['called_earthquake']:5d} of {a['windows']:5d} called earthquake "
+          "(the other copies are shifted by up to 0.3 s)")
     print(f"\nearthquake recall (OpenEEW P triggers, held-out events): {100 * h['earthquake_recall_openeew_P']:.1f} % "
           f"of {h['earthquake_P_windows']}  (need >= 95 %)")
     print(f"false triggers per activity window (real human motion): {100 * h['false_trigger_rate_per_activity_window']:.2f} % "

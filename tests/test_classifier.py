@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from yujing.device.classifier import EarthquakeClassifier
-from yujing.device.features import FEATURE_NAMES, window_features, window_samples
+from yujing.device.features import FEATURE_NAMES, WINDOW_POST_S, window_features, window_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_classifier.py"
@@ -111,10 +111,23 @@ def test_window_checks():
         window_features(x, 50.0, units="mg")
     with pytest.raises(ValueError, match="too short"):
         window_features(x[:100], 50.0)
+    with pytest.raises(ValueError, match="too short"):
+        window_features(x[:-1], 50.0)  # one sample short of WINDOW_POST_S after the onset
     bad = x.copy()
     bad[5, 1] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         window_features(bad, 50.0)
+
+
+def test_a_longer_window_gives_the_features_of_the_shorter_one():
+    """The training script cuts every window 2 s after the onset and lets the features
+    crop it; that must equal cutting the shorter window directly."""
+    for sr in (31.25, 50.0):
+        pre, post2 = window_samples(sr, 2.0)
+        _, post1 = window_samples(sr, 1.0)
+        x = np.random.default_rng(2).normal(0.0, 1.0, (pre + post2, 3)) + np.array([3.0, -2.0, 1.0])
+        np.testing.assert_array_equal(window_features(x, sr, "gal", 1.0), window_features(x[: pre + post1], sr, "gal", 1.0))
+        assert not np.allclose(window_features(x, sr, "gal", 1.0), window_features(x, sr, "gal", 2.0))
 
 
 # --------------------------------------------------------------------------- the shipped model
@@ -126,11 +139,21 @@ def test_shipped_weights_are_small_and_load_from_the_package():
     assert 0.5 <= model.threshold < 1.0
     meta = model.meta_dict
     assert meta["features"] == list(FEATURE_NAMES)
+    # trained on the window the device agent waits for
+    assert model.window_post_s == meta["window_post_s"] == WINDOW_POST_S
     assert meta["heldout"]["earthquake_recall_openeew_P"] >= 0.95
     assert meta["heldout"]["false_trigger_rate_per_activity_window"] <= 0.01
     # deterministic
     x = quake_like(50.0, amp_gal=3.0, seed=3)
     assert model.probability(x, 50.0) == model.probability(x, 50.0)
+
+
+def test_packaged_model_must_match_the_agents_window(monkeypatch):
+    import yujing.device.classifier as C
+
+    monkeypatch.setattr(C, "WINDOW_POST_S", WINDOW_POST_S + 0.5)
+    with pytest.raises(ValueError, match="WINDOW_POST_S"):
+        C._load_packaged.__wrapped__(C.DEFAULT_MODEL_FILE)
 
 
 def test_inference_needs_no_scikit_learn():
@@ -149,7 +172,7 @@ def test_save_and_load_round_trip(tmp_path):
     model.save(tmp_path / "c.npz")
     again = EarthquakeClassifier.from_npz(tmp_path / "c.npz")
     x = quake_like(31.25, amp_gal=2.0, seed=5)
-    assert again.threshold == model.threshold
+    assert again.threshold == model.threshold and again.window_post_s == model.window_post_s
     assert abs(again.probability(x, 31.25) - model.probability(x, 31.25)) < 1e-6
 
 
@@ -161,7 +184,7 @@ def heldout(openeew_dir):
     T = _training_script()
     windows, streams = T.heldout_windows(openeew_dir, with_sim=False)
     model = EarthquakeClassifier.load()
-    p = model.probability_from_features(T.featurize(windows))
+    p = model.probability_from_features(T.featurize(windows, model.window_post_s))
     return T, model, windows, streams, p
 
 

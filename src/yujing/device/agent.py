@@ -31,11 +31,11 @@ into what the device shows:
 * **Trigger.** The engine's own picker (:class:`yujing.picker.Picker`: STA/LTA, AIC
   onset, PGA/PGV/Pd/tau_c/Wood-Anderson tracks) steps the rotated stream in blocks of
   ``packet_s`` (1 s).
-* **Classifier.** When the data reach ``WINDOW_POST_S`` (2 s) after a trigger's onset,
+* **Classifier.** When the data reach ``WINDOW_POST_S`` (1.5 s) after a trigger's onset,
   the raw window (gal, gravity and orientation as recorded, the form the classifier was
-  trained on) from 2 s before to 2 s after the onset goes to
+  trained on) from ``WINDOW_PRE_S`` (2 s) before to ``WINDOW_POST_S`` after the onset goes to
   :class:`~yujing.device.classifier.EarthquakeClassifier`. A trigger it passes is sent at
-  once (update 0, the amplitudes of its first 2 s), then every amplitude update of the
+  once (update 0, the amplitudes of the data so far), then every amplitude update of the
   picker's track (one per block, for the picker's ``track_s``); a rejected one is dropped
   with all its updates.
 * **What is sent** (:class:`TriggerMessage`): the :class:`~yujing.records.Trigger` with
@@ -195,8 +195,8 @@ class PacketMessage(msgspec.Struct, frozen=True, tag="packet", tag_field="kind")
 class Decision:
     """What the agent made of one picker trigger. ``reason``: ``""`` (sent),
     ``"classifier"`` (probability below the threshold) or ``"incomplete_window"`` (the
-    stream ended or broke before 2 s after the onset). ``trigger``: the picker's message at
-    decision time, with pseudonym and cell centre."""
+    stream ended or broke before ``WINDOW_POST_S`` after the onset). ``trigger``: the
+    picker's message at decision time, with pseudonym and cell centre."""
 
     onset_time_s: float
     probability: float
@@ -592,7 +592,7 @@ class DeviceAgent:
             if not tr.sent and not tr.rejected:
                 i = int(np.searchsorted(self._buf_t, onset - 0.5 / rate))
                 if len(self._buf_t) - i < post:
-                    continue  # wait for 2 s after the onset
+                    continue  # wait for WINDOW_POST_S after the onset
                 if i < pre:
                     self._decide(onset, tr, math.nan, "incomplete_window")
                     continue

@@ -14,6 +14,9 @@ the held-out numbers and how the threshold was chosen).
 * ``W0, b0, W1, b1, ...`` — dense layers, ReLU between them, a logistic output;
 * ``threshold`` — probability at and above which a window is called an earthquake
   (chosen on the training split);
+* ``window_post_s`` — seconds after the onset the features were computed over; the
+  packaged model must match :data:`yujing.device.features.WINDOW_POST_S`, the length
+  the device agent waits for (checked on load);
 * ``meta`` — JSON text: provenance, training summary and held-out numbers.
 """
 
@@ -25,7 +28,7 @@ from importlib import resources
 
 import numpy as np
 
-from .features import FEATURE_NAMES, window_features
+from .features import FEATURE_NAMES, WINDOW_POST_S, window_features
 
 __all__ = ["EarthquakeClassifier", "DEFAULT_MODEL_FILE"]
 
@@ -35,7 +38,10 @@ DEFAULT_MODEL_FILE = "classifier.npz"
 class EarthquakeClassifier:
     """A small multilayer perceptron: standardise, (dense + ReLU) x k, dense + logistic."""
 
-    def __init__(self, mean, scale, weights, biases, threshold: float, meta: str = ""):
+    def __init__(
+        self, mean, scale, weights, biases, threshold: float, meta: str = "", window_post_s: float = WINDOW_POST_S
+    ):
+        self.window_post_s = float(window_post_s)
         self.mean = np.asarray(mean, dtype=np.float64)
         self.scale = np.asarray(scale, dtype=np.float64)
         self.weights = [np.asarray(w, dtype=np.float64) for w in weights]
@@ -61,6 +67,8 @@ class EarthquakeClassifier:
                     f"{path}: weights were trained on features {names}, "
                     f"this code computes {FEATURE_NAMES}; retrain with scripts/train_classifier.py"
                 )
+            if "window_post_s" not in z.files:
+                raise ValueError(f"{path}: no window_post_s; retrain with scripts/train_classifier.py")
             n = int(z["n_layers"])
             return cls(
                 z["mean"],
@@ -69,6 +77,7 @@ class EarthquakeClassifier:
                 [z[f"b{i}"] for i in range(n)],
                 float(z["threshold"]),
                 str(z["meta"]) if "meta" in z.files else "",
+                float(z["window_post_s"]),
             )
 
     @classmethod
@@ -83,6 +92,7 @@ class EarthquakeClassifier:
             "scale": self.scale,
             "n_layers": np.array(len(self.weights)),
             "threshold": np.array(self.threshold),
+            "window_post_s": np.array(self.window_post_s),
             "meta": np.array(self.meta),
         }
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
@@ -115,8 +125,9 @@ class EarthquakeClassifier:
 
     def probability(self, acc, sample_rate_hz: float, units: str = "gal") -> float:
         """Earthquake probability of one trigger window (see
-        :func:`yujing.device.features.window_features` for ``acc`` and ``units``)."""
-        return float(self.probability_from_features(window_features(acc, sample_rate_hz, units)))
+        :func:`yujing.device.features.window_features` for ``acc`` and ``units``); the
+        window must reach :attr:`window_post_s` after the onset."""
+        return float(self.probability_from_features(window_features(acc, sample_rate_hz, units, self.window_post_s)))
 
     def is_earthquake(self, acc, sample_rate_hz: float, units: str = "gal") -> bool:
         """True when the window's probability reaches the shipped threshold."""
@@ -127,4 +138,10 @@ class EarthquakeClassifier:
 def _load_packaged(name: str) -> EarthquakeClassifier:
     ref = resources.files("yujing").joinpath("data", name)
     with resources.as_file(ref) as path:
-        return EarthquakeClassifier.from_npz(path)
+        model = EarthquakeClassifier.from_npz(path)
+    if abs(model.window_post_s - WINDOW_POST_S) > 1e-9:
+        raise ValueError(
+            f"yujing/data/{name} was trained on {model.window_post_s:g} s after the onset, but "
+            f"WINDOW_POST_S is {WINDOW_POST_S:g} s; retrain with scripts/train_classifier.py"
+        )
+    return model
