@@ -30,7 +30,9 @@ into what the device shows:
   convention.
 * **Trigger.** The engine's own picker (:class:`yujing.picker.Picker`: STA/LTA, AIC
   onset, PGA/PGV/Pd/tau_c/Wood-Anderson tracks) steps the rotated stream in blocks of
-  ``packet_s`` (1 s).
+  ``packet_s`` (0.25 s, the engine's step: a trigger waits at most that long after its
+  classifier window has passed; longer blocks cost less CPU on a gateway and delay every
+  trigger by half a block on average).
 * **Classifier.** When the data reach ``WINDOW_POST_S`` (1.5 s) after a trigger's onset,
   the raw window (gal, gravity and orientation as recorded, the form the classifier was
   trained on) from ``WINDOW_PRE_S`` (2 s) before to ``WINDOW_POST_S`` after the onset goes to
@@ -145,10 +147,11 @@ class AgentConfig:
     vertical: str = "auto"
     sample_rate_hz: float | None = None
     max_rate_hz: float = 100.0
-    packet_s: float = 1.0
+    packet_s: float = 0.25
     max_gap_s: float = 5.0  # as the engine's ingest: longer gaps restart the filters
     gravity_tau_s: float = 5.0
     share_raw: bool = False
+    raw_packet_s: float = 1.0
     vs30_m_s: float = 760.0
     picker: PickerSettings = field(default_factory=PickerSettings)
     keep_decisions: bool = False
@@ -330,6 +333,8 @@ class DeviceAgent:
         self._last_in_t = -math.inf
         self._block_t: list[np.ndarray] = []
         self._block_x: list[np.ndarray] = []
+        self._raw: list[np.ndarray] = []  # processed samples waiting for a raw packet
+        self._raw_end = math.nan
         # the stream as the picker sees it
         self._rate = math.nan
         self._last_end = -math.inf
@@ -489,6 +494,8 @@ class DeviceAgent:
             if len(t):
                 self._process(float(t[-1]), np.concatenate(self._block_x), self._resampler.rate)
             self._block_t, self._block_x = [], []
+        if self._raw:
+            self._send_raw(self._resampler.rate)
         for onset, tr in list(self._tracks.items()):
             if not tr.sent and not tr.rejected:
                 self._decide(onset, tr, math.nan, "incomplete_window")
@@ -530,7 +537,24 @@ class DeviceAgent:
             self._on_picker(trig)
         self._classify_ready(end_s, rate)
         if self.config.share_raw:
-            self._send_packet(end_s, rate, rotated)
+            # raw packets keep the OpenEEW size (raw_packet_s) whatever the picker's block
+            self._raw.append(rotated)
+            self._raw_end = end_s
+            n = max(1, int(round(self.config.raw_packet_s * rate)))
+            if sum(len(r) for r in self._raw) >= n:
+                buf = np.concatenate(self._raw)
+                k = len(buf) // n * n
+                for i in range(0, k, n):
+                    self._send_packet(end_s - (len(buf) - i - n) / rate, rate, buf[i : i + n])
+                self._raw = [buf[k:]] if k < len(buf) else []
+
+    def _send_raw(self, rate: float) -> None:
+        """The last, shorter raw packet of a stream."""
+        if self._raw:
+            buf = np.concatenate(self._raw)
+            if len(buf):
+                self._send_packet(self._raw_end, rate, buf)
+            self._raw = []
 
     def _start_stream(self, acc_gal: np.ndarray, rate: float) -> None:
         self._reset_next = False

@@ -64,7 +64,7 @@ threshold / amplitude. The reported onset is on the device's clock: most phones 
 
 **What the trigger says.** The first message goes out ``trigger_window_s`` after the onset
 (the classifier's window after the onset, ``device.features.WINDOW_POST_S``, plus on average
-half of the device agent's 1 s processing block), then an update each ``update_interval_s`` until
+half of the device agent's 0.25 s processing block), then an update each ``update_interval_s`` until
 ``update_duration_s`` (the device agent tracks the shaking), each with the peak amplitudes
 since onset: the P amplitude grows from 30 % to its peak over ``rise_p`` (max(1 s, a quarter
 of the rupture duration)), the S amplitude likewise over ``rise_s`` (max(2 s, half the
@@ -122,6 +122,10 @@ from ..scenarios import Scenario
 from ..shaking import G_CM_S2, forecast, rupture_length_km, total_sigma_ln
 from ..traveltime import default_table
 from ..device.features import WINDOW_POST_S
+
+#: the device agent's processing block (s), :class:`yujing.device.agent.AgentConfig`
+#: ``packet_s`` (not imported: the agent pulls in the picker and the classifier)
+AGENT_BLOCK_S = 0.25
 
 __all__ = [
     "SimSettings",
@@ -185,8 +189,8 @@ class SimSettings:
     clock_sigma_s: float = 0.05
     clock_bad_fraction: float = 0.03
     clock_bad_sigma_s: float = 3.0
-    # the classifier's window after the onset, plus half of the device agent's 1 s block
-    trigger_window_s: float = WINDOW_POST_S + 0.5
+    # the classifier's window after the onset, plus half of the device agent's block
+    trigger_window_s: float = WINDOW_POST_S + 0.5 * AGENT_BLOCK_S
     update_interval_s: float = 1.0
     update_duration_s: float = 45.0
     update_min_growth: float = 0.0
