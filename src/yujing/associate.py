@@ -376,7 +376,9 @@ class Associator:
         ids = {newest.device_id}
         for k in near.tolist():
             p = cand[k]
-            if len(group) >= NEW_EVENT_PICKS:
+            # the smallest group that can stand (min_devices sites and one to spare): a
+            # larger one reaches past the quake's own triggers when few have arrived yet
+            if len(group) >= NEW_EVENT_PICKS or self._n_sites(group) > a.min_devices:
                 break
             if p.device_id in ids:
                 continue
@@ -490,11 +492,14 @@ class Associator:
         ev.location = self._locate(
             trs, now_s, center=(old.latitude, old.longitude), half_km=max(60.0, 3 * old.horizontal_error_km)
         )
-        # picks the new solution reads as S are later phases, not P
-        for t, is_s, r in zip(trs, ev.location.is_s, ev.location.residual_s):
-            if is_s or abs(r) > 3 * self.s.locate.pick_sigma_s:
-                if len(ev.picks) > self.s.associate.min_devices:
-                    ev.later[t.device_id] = ev.picks.pop(t.device_id)
+        # picks the new solution reads as S are later phases, not P (while the event is
+        # small: in a large one a misfit pick is capped anyway, and demoting picks of the
+        # locate subset one relocation after another lets the solution drift)
+        if len(ev.picks) < BATCH_PICKS:
+            for t, is_s, r in zip(trs, ev.location.is_s, ev.location.residual_s):
+                if is_s or abs(r) > 3 * self.s.locate.pick_sigma_s:
+                    if len(ev.picks) > self.s.associate.min_devices:
+                        ev.later[t.device_id] = ev.picks.pop(t.device_id)
         ev.dirty_location = False
 
     def _magnitude(self, ev: Event, now_s: float):
