@@ -353,7 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
             "and write an offline HTML report. No server, no network."
         ),
     )
-    dm.add_argument("--scenario", default="luding2022", help="scenario key (default luding2022; see the list below)")
+    from .scenarios import names as _scenario_names
+
+    dm.add_argument(
+        "--scenario",
+        default="luding2022",
+        help=f"scenario key, one of {', '.join(_scenario_names())} (default luding2022)",
+    )
     dm.add_argument("--phones", type=int, default=100_000, help="number of phones (default 100,000)")
     dm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     dm.add_argument("--report", default="yujing-demo.html", metavar="PATH.html", help="HTML report (default yujing-demo.html)")
