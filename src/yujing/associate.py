@@ -376,9 +376,10 @@ class Associator:
         ids = {newest.device_id}
         for k in near.tolist():
             p = cand[k]
-            # the smallest group that can stand (min_devices sites and one to spare): a
-            # larger one reaches past the quake's own triggers when few have arrived yet
-            if len(group) >= NEW_EVENT_PICKS or self._n_sites(group) > a.min_devices:
+            # the smallest group that can stand (min_devices sites): a larger one reaches
+            # past the quake's own triggers to false ones far away while few have arrived,
+            # and one false pick 30 s early can carry the origin time and the epicentre
+            if len(group) >= NEW_EVENT_PICKS or self._n_sites(group) >= a.min_devices:
                 break
             if p.device_id in ids:
                 continue
