@@ -77,3 +77,12 @@ def test_cli_writes_report_and_json(tmp_path):
 def test_cli_rejects_unknown_scenario(capsys):
     assert main(["demo", "--scenario", "atlantis", "-q"]) == 2
     assert "unknown scenario" in capsys.readouterr().err
+
+
+def test_timeline_orders_trigger_detection_and_alert(luding):
+    texts = [(t, text) for t, text in luding.timeline]
+    first_trig = next(t for t, x in texts if x.startswith("first trigger from the quake"))
+    detected = next(t for t, x in texts if " detected: " in x)
+    alert = next(t for t, x in texts if x.startswith("ALERT alert"))
+    assert 0.0 < first_trig <= detected <= alert
+    assert alert == pytest.approx(luding.first_alert_s)
