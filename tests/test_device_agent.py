@@ -203,7 +203,11 @@ def test_human_motion_csv_sends_nothing(tmp_path, capsys):
     assert rc == 0, err
     assert "relative clock" in err
     assert lines, "the picker should fire on arm exercises"
-    assert all(not r["sent"] and r["reason"] == "classifier" for r in lines)
+    # the wrist moves before every trigger: the stillness gate drops them all, and the
+    # classifier alone rejects every one of them too
+    threshold = EarthquakeClassifier.load().threshold
+    assert all(not r["sent"] and r["reason"] == "moving" for r in lines)
+    assert all(r["classifier_probability"] < threshold for r in lines)
     assert all(r["onset_time"].startswith("2024-05-01T10:") for r in lines)
     # without --all nothing is written
     rc, lines, _ = replay_lines([str(path), "--lat", "35.0", "--lon", "139.0", "--start-time", "2024-05-01T10:00:00Z", "-o", str(out)], capsys)
@@ -251,6 +255,71 @@ def test_gaps_restart_and_bad_samples_are_counted():
 def test_rate_snapping():
     assert snap_rate_hz(49.6) == 50.0 and snap_rate_hz(31.1) == 31.25 and snap_rate_hz(415.0) == 400.0
     assert snap_rate_hz(75.0) == 75.0
+
+
+# ------------------------------------------------------------------ stillness gate
+
+
+def _phone_with_quake(motion_gal: float, **kw) -> DeviceAgent:
+    """A phone lying at rest (gravity on x, 1 gal sensor noise, 50 Hz) that is handled
+    (a 1.8 Hz sway of ``motion_gal`` with its harmonic) until 3 s before a clear 100 gal
+    P onset at 25 s; the agent has run to 60 s."""
+    ag = agent(units="gal", keep_decisions=True, **kw)
+    rng = np.random.default_rng(1)
+    sr = 50.0
+    t = np.arange(0, 60, 1 / sr)
+    x = rng.normal(0, 1.0, (len(t), 3))
+    sway = motion_gal * (np.sin(2 * np.pi * 1.8 * t) + 0.5 * np.sin(2 * np.pi * 3.6 * t + 1.0)) * (t < 22.0)
+    x[:, 0] += sway + G_GAL
+    x[:, 1] += 0.4 * sway
+    on = t >= 25.0
+    burst = 100.0 * np.sin(2 * np.pi * 6.0 * t) * np.minimum((t - 25.0) / 0.5, 1.0) * np.exp(-np.maximum(t - 25.0, 0) / 6)
+    x[on] += burst[on, None] * np.array([1.0, 0.3, 0.2])
+    ag.feed(1.7e9 + t, x[:, 0], x[:, 1], x[:, 2])
+    ag.flush()
+    return ag
+
+
+def test_still_phone_trigger_passes_the_stillness_gate():
+    ag = _phone_with_quake(0.0)
+    [d] = ag.decisions
+    assert d.sent and d.reason == "" and abs(d.onset_time_s - (1.7e9 + 25.0)) < 0.5
+    assert d.still_rms_gal < 2.0  # sensor noise: sqrt(3) x 1 gal
+    assert ag.stats.sent == 1 and ag.stats.rejected_moving == 0
+    assert ag.is_still and ag.still_rms_gal < ag.config.still_max_gal
+
+
+def test_trigger_after_handling_is_gated_as_moving():
+    """The classifier passes the P onset, but the phone was being moved 3 s before it:
+    the gate drops the trigger (reason "moving") and nothing is sent. Without the gate
+    (``still_max_gal=inf``) the same trigger is sent."""
+    ag = _phone_with_quake(20.0)
+    [d] = ag.decisions
+    assert d.probability >= ag.classifier.threshold
+    assert not d.sent and d.reason == "moving" and d.still_rms_gal > ag.config.still_max_gal
+    assert ag.stats.rejected_moving == 1 and ag.stats.sent == 0
+    assert not any(isinstance(m, TriggerMessage) for m in ag.drain())
+    off = _phone_with_quake(20.0, still_max_gal=math.inf)
+    assert [x.sent for x in off.decisions] == [True] and off.stats.sent == 1
+
+
+def test_is_still_follows_the_newest_seconds():
+    ag = agent(units="gal")
+    assert not ag.is_still  # no data yet
+    rng = np.random.default_rng(3)
+    t = 1.7e9 + np.arange(0, 30, 0.02)
+    x = rng.normal(0, 1.0, (len(t), 3))
+    x[:, 2] += G_GAL
+    ag.feed(t, x[:, 0], x[:, 1], x[:, 2])
+    assert ag.is_still
+    t2 = t[-1] + np.arange(1, 251) * 0.02  # 5 s of walking-like motion
+    walk = 300.0 * np.sin(2 * np.pi * 1.8 * t2)
+    ag.feed(t2, x[:250, 0] + walk, x[:250, 1], x[:250, 2])
+    assert not ag.is_still and ag.still_rms_gal > 100.0
+    with pytest.raises(ValueError, match="still_max_gal"):
+        agent(still_max_gal=0.0)
+    with pytest.raises(ValueError, match="still_before_s"):
+        agent(still_before_s=math.nan)
 
 
 # ------------------------------------------------------------------ privacy

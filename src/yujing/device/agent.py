@@ -40,6 +40,14 @@ into what the device shows:
   once (update 0, the amplitudes of the data so far), then every amplitude update of the
   picker's track (one per block, for the picker's ``track_s``); a rejected one is dropped
   with all its updates.
+* **Stillness gate.** As in MyShake (Kong et al. 2016), a phone detects only while it lies
+  still: a trigger is considered only if the device was still during the
+  ``still_before_s`` (10 s) ending ``still_guard_s`` (0.5 s) before its onset, i.e. the
+  RMS of the acceleration about its own mean over that stretch (gravity and any fixed
+  tilt removed, the three axes combined) is at most ``still_max_gal``. A trigger of a
+  phone that was carried or handled is dropped (reason ``"moving"``) whatever the
+  classifier says. :attr:`DeviceAgent.is_still` is the same test on the newest
+  ``still_before_s``: the ``ready`` flag of a heartbeat.
 * **What is sent** (:class:`TriggerMessage`): the :class:`~yujing.records.Trigger` with
   ``device_id`` = today's pseudonym and ``latitude``/``longitude`` = the centre of the
   device's H3 resolution-7 cell, the cell itself and the classifier's probability. The
@@ -138,6 +146,13 @@ class AgentConfig:
     ``"x"``/``"y"``/``"z"``. ``sample_rate_hz``: the grid rate for :meth:`feed`; None =
     decided from the first ``RATE_PROBE_S`` of data. ``share_raw``: the owner agreed to
     upload raw packets (default off).
+
+    Stillness gate (MyShake's rule: only a phone lying still detects): ``still_before_s``
+    (s) is the stretch judged, ending ``still_guard_s`` (s) before a trigger's onset (an
+    emergent P may start that much before the picked onset); ``still_max_gal`` (gal,
+    cm/s^2) is the largest RMS of the acceleration about its mean over that stretch (the
+    three axes combined) that still counts as lying still. ``still_max_gal=inf`` turns
+    the gate off. The defaults are chosen from data in ``docs/device.md``.
     """
 
     latitude: float
@@ -155,6 +170,9 @@ class AgentConfig:
     vs30_m_s: float = 760.0
     picker: PickerSettings = field(default_factory=PickerSettings)
     keep_decisions: bool = False
+    still_before_s: float = 10.0
+    still_guard_s: float = 0.5
+    still_max_gal: float = 5.0
 
     def __post_init__(self):
         if not (math.isfinite(self.latitude) and -90.0 <= self.latitude <= 90.0):
@@ -169,6 +187,12 @@ class AgentConfig:
             raise ValueError(f"vertical must be auto, gravity, x, y or z, not {self.vertical!r}")
         if self.sample_rate_hz is not None and not self.sample_rate_hz > 0:
             raise ValueError("sample_rate_hz must be positive")
+        if not (math.isfinite(self.still_before_s) and self.still_before_s > 0):
+            raise ValueError("still_before_s must be a positive number of seconds")
+        if not (math.isfinite(self.still_guard_s) and self.still_guard_s >= 0):
+            raise ValueError("still_guard_s must be zero or more seconds")
+        if not self.still_max_gal > 0:
+            raise ValueError("still_max_gal must be positive (gal; inf turns the gate off)")
 
 
 class TriggerMessage(msgspec.Struct, frozen=True, tag="trigger", tag_field="kind"):
@@ -197,15 +221,19 @@ class PacketMessage(msgspec.Struct, frozen=True, tag="packet", tag_field="kind")
 @dataclass(frozen=True)
 class Decision:
     """What the agent made of one picker trigger. ``reason``: ``""`` (sent),
-    ``"classifier"`` (probability below the threshold) or ``"incomplete_window"`` (the
-    stream ended or broke before ``WINDOW_POST_S`` after the onset). ``trigger``: the
-    picker's message at decision time, with pseudonym and cell centre."""
+    ``"moving"`` (the device was not still before the onset, see
+    :attr:`AgentConfig.still_max_gal`), ``"classifier"`` (probability below the
+    threshold) or ``"incomplete_window"`` (the stream ended or broke before
+    ``WINDOW_POST_S`` after the onset). ``trigger``: the picker's message at decision
+    time, with pseudonym and cell centre. ``still_rms_gal``: the RMS (gal) the stillness
+    gate judged (NaN if not judged)."""
 
     onset_time_s: float
     probability: float
     sent: bool
     reason: str
     trigger: Trigger
+    still_rms_gal: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -237,6 +265,7 @@ class AgentStats:
     orientation: str = ""
     triggers: int = 0
     sent: int = 0
+    rejected_moving: int = 0  # the device was not still before the onset
     rejected_classifier: int = 0
     rejected_incomplete: int = 0
     trigger_messages: int = 0
@@ -591,10 +620,12 @@ class DeviceAgent:
         return np.array([g, h, np.cross(g, h)])
 
     def _remember(self, t: np.ndarray, acc_gal: np.ndarray, rate: float) -> None:
-        """Keep the raw samples the classifier may still need: its window around an onset
-        found up to ``onset_lookback_s`` before the newest block."""
-        s = self.config.picker
-        keep = int(math.ceil((s.onset_lookback_s + WINDOW_PRE_S + WINDOW_POST_S + 2 * self.config.packet_s + 1.0) * rate))
+        """Keep the raw samples the classifier and the stillness gate may still need:
+        their windows around an onset found up to ``onset_lookback_s`` before the newest
+        block."""
+        s, c = self.config.picker, self.config
+        before = max(WINDOW_PRE_S, c.still_before_s + c.still_guard_s)
+        keep = int(math.ceil((s.onset_lookback_s + before + WINDOW_POST_S + 2 * c.packet_s + 1.0) * rate))
         self._buf_t = np.concatenate([self._buf_t, t])[-keep:]
         self._buf_x = np.concatenate([self._buf_x, acc_gal])[-keep:]
 
@@ -621,25 +652,60 @@ class DeviceAgent:
                     self._decide(onset, tr, math.nan, "incomplete_window")
                     continue
                 p = self.classifier.probability(self._buf_x[i - pre : i + post], rate, "gal")
-                ok = p >= self.classifier.threshold
-                self._decide(onset, tr, p, "" if ok else "classifier")
+                end = onset - self.config.still_guard_s
+                rms = self._motion_rms(end - self.config.still_before_s, end)
+                if not rms <= self.config.still_max_gal:
+                    reason = "moving"
+                else:
+                    reason = "" if p >= self.classifier.threshold else "classifier"
+                self._decide(onset, tr, p, reason, rms)
             # tracks live as long as the picker's; forget them after that
             if now_s - onset > self.config.picker.track_s + 2 * self.config.packet_s:
                 del self._tracks[onset]
 
-    def _decide(self, onset: float, tr: _Track, p: float, reason: str) -> None:
+    def _motion_rms(self, start_s: float, end_s: float) -> float:
+        """RMS (gal) of the acceleration about its own mean between ``start_s`` and
+        ``end_s`` (device s), the three axes combined: sqrt of the sum of the axes'
+        variances. The mean removes gravity and a fixed tilt; what is left is motion and
+        sensor noise. A stretch cut short by the stream's start is judged on what there
+        is; with less than 1 s of it the device does not count as still (inf)."""
+        a, b = np.searchsorted(self._buf_t, [start_s, end_s], side="right")
+        seg = self._buf_x[a:b]
+        if len(seg) < 2 or self._buf_t[b - 1] - self._buf_t[a] < 1.0:
+            return math.inf
+        return float(math.sqrt(np.var(seg, axis=0).sum()))
+
+    @property
+    def still_rms_gal(self) -> float:
+        """The stillness RMS (gal) of the newest ``still_before_s`` of processed data
+        (inf before there is 1 s of it)."""
+        if not len(self._buf_t):
+            return math.inf
+        end = float(self._buf_t[-1])
+        return self._motion_rms(end - self.config.still_before_s, end + 1.0)
+
+    @property
+    def is_still(self) -> bool:
+        """True when the device lay still during the newest ``still_before_s``
+        (:attr:`still_rms_gal` at most ``still_max_gal``): it could detect an
+        earthquake now. This is the ``ready`` flag of a heartbeat."""
+        return self.still_rms_gal <= self.config.still_max_gal
+
+    def _decide(self, onset: float, tr: _Track, p: float, reason: str, rms: float = math.nan) -> None:
         tr.probability = p
         st = self.stats
         if reason:
             tr.rejected = True
             if reason == "classifier":
                 st.rejected_classifier += 1
+            elif reason == "moving":
+                st.rejected_moving += 1
             else:
                 st.rejected_incomplete += 1
         else:
             st.sent += 1
         if self.config.keep_decisions:
-            self.decisions.append(Decision(onset, p, not reason, reason, self._as_sent(tr.latest, 0)))
+            self.decisions.append(Decision(onset, p, not reason, reason, self._as_sent(tr.latest, 0), rms))
         if not reason:
             self._send(tr)
 
@@ -915,7 +981,8 @@ def _print_summary(agent: DeviceAgent, rejects: Rejects, lines: list[str], args,
     if math.isfinite(st.first_time_s):
         print(f"cell {agent.cell} (H3 res {CELL_RESOLUTION}); pseudonym {agent.pseudonym(st.first_time_s)} on {utc_day(st.first_time_s)}", file=err)
     print(
-        f"triggers: {st.triggers} found, {st.sent} sent, {st.rejected_classifier} rejected by the classifier "
+        f"triggers: {st.triggers} found, {st.sent} sent, {st.rejected_moving} dropped as moving, "
+        f"{st.rejected_classifier} rejected by the classifier "
         f"(threshold {agent.classifier.threshold:.3f}), {st.rejected_incomplete} incomplete; "
         f"{st.trigger_messages} messages with updates",
         file=err,
