@@ -81,6 +81,11 @@ MIN_PGV_SLOPE = 0.25
 NEAR_FAULT_LENGTHS = 0.5
 
 
+def _rupture_length_km(m):
+    """Wells & Coppersmith (1994) surface rupture length, all mechanisms (km)."""
+    return 10.0 ** (0.69 * np.asarray(m, dtype=float) - 3.22)
+
+
 def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     """Invert Si & Midorikawa (1999) for Mw, device by device (vectorised over devices).
 
@@ -97,7 +102,7 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
 
     def pred(k):  # log10 PGV at grid index k (one per station)
         m = _MW_GRID[k]
-        return si_midorikawa_log_pgv(m, np.maximum(r - 0.5 * 10.0 ** (0.69 * m - 3.22), dmin), depth_km)
+        return si_midorikawa_log_pgv(m, np.maximum(r - 0.5 * _rupture_length_km(m), dmin), depth_km)
 
     # The prediction grows monotonically with Mw: bisect for the first grid point that
     # reaches the observation (a dozen evaluations per station, not the whole grid: a
@@ -120,7 +125,7 @@ def pgv_moment_magnitude(pgv_cm_s, hypo_km, depth_km):
     a, b = np.maximum(idx - 1, 0), np.minimum(idx + 1, n - 1)
     slope = (pred(b) - pred(a)) / np.maximum(_MW_GRID[b] - _MW_GRID[a], 1e-9)
     mw = _MW_GRID[idx].astype(float)
-    near = r < NEAR_FAULT_LENGTHS * 10.0 ** (0.69 * mw - 3.22)
+    near = r < NEAR_FAULT_LENGTHS * _rupture_length_km(mw)
     mw[~found | (slope < MIN_PGV_SLOPE) | near] = np.nan
     return mw
 
@@ -221,7 +226,7 @@ def rupture_duration_s(magnitude: float) -> float:
     ``L = 10^(0.69 M - 3.22)`` km, unilateral at 2.5 km/s."""
     if not math.isfinite(magnitude):
         return 0.0
-    return 10.0 ** (0.69 * magnitude - 3.22) / 2.5
+    return _rupture_length_km(magnitude) / 2.5
 
 
 def event_magnitude(
@@ -257,7 +262,6 @@ def event_magnitude(
     tp = np.asarray(p_arrival_s, dtype=float)
     ok = np.asarray(usable, dtype=bool)
     s_arr = seen >= ts
-    p_only = ~s_arr
     dur = rupture_duration_s(previous_magnitude)
     complete = np.where(s_arr, seen >= ts + S_WINDOW_S + dur, seen >= tp + max(P_BOUND_WINDOW_S, dur))
     det = ok & complete
@@ -267,11 +271,11 @@ def event_magnitude(
     def network(station_m):
         return censored_magnitude(station_m[det], station_m[upper], station_m[lower])
 
-    ml = local_magnitude(wa, r) + np.where(p_only, P_TO_S_LOG10, 0.0)
+    ml = local_magnitude(wa, r) + np.where(s_arr, 0.0, P_TO_S_LOG10)
     m, sigma = network(ml)
     if m >= ML_SATURATION:
         # a P-only device stands for the S-wave PGV: scale the amplitude, not the magnitude
-        pgv_s = np.asarray(pgv_cm_s, dtype=float) * np.where(p_only, 10.0**P_TO_S_LOG10, 1.0)
+        pgv_s = np.asarray(pgv_cm_s, dtype=float) * np.where(s_arr, 1.0, 10.0**P_TO_S_LOG10)
         mw = pgv_moment_magnitude(pgv_s, r, depth_km)
         m_w, sigma_w = network(mw)
         if m_w > m:

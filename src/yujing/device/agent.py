@@ -88,7 +88,7 @@ from ..settings import PickerSettings
 from ..sources.simulator import daily_pseudonym
 from ..wire import decode_alert
 from .classifier import EarthquakeClassifier
-from .features import UNITS_TO_GAL, WINDOW_POST_S, WINDOW_PRE_S, window_samples
+from .features import AGENT_BLOCK_S, UNITS_TO_GAL, WINDOW_POST_S, WINDOW_PRE_S, window_samples
 
 __all__ = [
     "AgentConfig",
@@ -162,7 +162,7 @@ class AgentConfig:
     vertical: str = "auto"
     sample_rate_hz: float | None = None
     max_rate_hz: float = 100.0
-    packet_s: float = 0.25
+    packet_s: float = AGENT_BLOCK_S
     max_gap_s: float = 5.0  # as the engine's ingest: longer gaps restart the filters
     gravity_tau_s: float = 5.0
     share_raw: bool = False

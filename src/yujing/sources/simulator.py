@@ -121,11 +121,7 @@ from ..records import Trigger
 from ..scenarios import Scenario
 from ..shaking import G_CM_S2, forecast, rupture_length_km, total_sigma_ln
 from ..traveltime import default_table
-from ..device.features import WINDOW_POST_S
-
-#: the device agent's processing block (s), :class:`yujing.device.agent.AgentConfig`
-#: ``packet_s`` (not imported: the agent pulls in the picker and the classifier)
-AGENT_BLOCK_S = 0.25
+from ..device.features import AGENT_BLOCK_S, WINDOW_POST_S
 
 __all__ = [
     "SimSettings",
