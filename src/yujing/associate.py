@@ -180,18 +180,36 @@ class Associator:
                 self._delay_cache = self.s.associate.phone_report_delay_s
         return self._delay_cache
 
-    def _triggered_fraction(self, loc: Location, picks: list[Trigger], now_s: float) -> float:
+    def _triggered_fraction(self, loc: Location, picks: list[Trigger], now_s: float, worst: bool = False) -> float:
         """Of the devices that should have seen this event's P by now (live, able to
         detect, closer than its farthest P pick, P due ``silent_grace_s`` before their
         silence was last confirmed), the fraction that triggered. Counted over every live
         device, not the locator's nearest few: a cluster of three false triggers can be
         located far from the quiet phones around it, but not so that those phones lie
-        beyond its own picks."""
+        beyond its own picks. Triggered are ``picks`` and the pooled triggers within that
+        reach whose onsets fit the P time there.
+
+        ``worst``: the fraction if every quiet device within reach whose report is not
+        due yet stays quiet. Three phones in a city that trigger by chance within a
+        second of each other fit a source deep under them, whose P reaches the thousands
+        of phones around them at the same moment: the fraction cannot fail until their
+        reports are due, while the worst case shows it may."""
         if not picks:
             return 0.0
         lat = np.array([t.latitude for t in picks])
         lon = np.array([t.longitude for t in picks])
         reach = float(distance_km(loc.latitude, loc.longitude, lat, lon).max())
+        tab = default_table()
+        k = len(picks)
+        ids = {t.device_id for t in picks}
+        pooled = [p for p in self.pool if p.device_id not in ids]
+        if pooled:
+            plat = np.fromiter((p.latitude for p in pooled), dtype=float, count=len(pooled))
+            plon = np.fromiter((p.longitude for p in pooled), dtype=float, count=len(pooled))
+            pt = np.fromiter((p.onset_time_s for p in pooled), dtype=float, count=len(pooled))
+            pe = distance_km(loc.latitude, loc.longitude, plat, plon)
+            fit = np.abs(pt - loc.origin_time_s - tab.p_time_s(pe, loc.depth_km)) <= self.s.associate.moveout_slack_s + 0.01 * pe
+            k += len({p.device_id for p, f in zip(pooled, (pe < reach) & fit) if f})
         slat, slon, seen = self._silent(now_s, self._busy())
         if len(slat) == 0:
             return 1.0
@@ -199,9 +217,11 @@ class Associator:
         near = epi < reach
         if not near.any():
             return 1.0
-        tp = loc.origin_time_s + default_table().p_time_s(epi[near], loc.depth_km)
+        if worst:
+            return k / (k + int(np.count_nonzero(near)))
+        tp = loc.origin_time_s + tab.p_time_s(epi[near], loc.depth_km)
         n_should = int(np.count_nonzero(tp + self.s.locate.silent_grace_s < seen[near]))
-        return len(picks) / (len(picks) + n_should)
+        return k / (k + n_should)
 
     # triggers -------------------------------------------------------------------------
     def add(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
@@ -403,6 +423,8 @@ class Associator:
             return [], group
         if self._triggered_fraction(loc, members, now_s) < a.min_triggered_fraction:
             return [], group
+        if self._triggered_fraction(loc, members, now_s, worst=True) < a.min_triggered_fraction:
+            return [], group  # undecided: tried again when the next trigger arrives
         picks = {g.device_id: g for g in members}
         ev = Event(event_id=self._new_id(loc.origin_time_s), location=loc, picks=picks)
         taken = {(g.device_id, g.onset_time_s) for g in members}

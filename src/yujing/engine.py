@@ -6,9 +6,13 @@ live service run the same code, and a replay is deterministic.
 
 Packets are gathered into steps of ``step_s`` seconds of arrival time and each step goes
 through the stages together (which is what lets the picker vectorise across devices). A
-step is processed when the first packet of the next step arrives (or at :meth:`flush`);
-the updates it produces carry the arrival time of the newest packet in the step as
-``issued_at_s``, so no packet is used before it arrived.
+step opens with its first message and closes ``step_s`` later, when a live server's timer
+would fire; a replay sees that moment when the first message after it arrives. The
+updates a step produces carry its closing time as ``issued_at_s``: a message cannot be
+used before it arrived, and an update cannot be issued before the step that made it was
+due. Two things close a step early, as a live server would: a device's first trigger of
+an onset (update 0; phones send few, and each may be the one that completes an event, so
+it is worth a step of its own, at once) and a heartbeat batch (:meth:`feed_heartbeats`).
 """
 
 from __future__ import annotations
@@ -63,11 +67,14 @@ class Engine:
 
     def feed_trigger(self, trig: Trigger) -> list[EventUpdate]:
         """Take a trigger computed on a device (phones run the picker themselves), in
-        arrival order (``issued_at_s`` is its arrival). Triggers are stepped like packets."""
+        arrival order (``issued_at_s`` is its arrival). Amplitude updates are stepped like
+        packets; a first trigger (update 0) closes its step at once, at its arrival."""
         out = self._advance(trig.issued_at_s, trig.device_id)
         if out is None:
             return []
         self._pending.append(trig)
+        if trig.update == 0:
+            out += self._run_step(trig.issued_at_s)
         return out
 
     def _advance(self, t: float, device_id: str) -> list[EventUpdate] | None:
@@ -82,7 +89,7 @@ class Engine:
             return None
         out: list[EventUpdate] = []
         if t >= self._step_end and self._pending:
-            out = self._run_step()
+            out = self._run_step(self._step_end)
         if not self._pending:
             self._step_end = t + self.step_s
         self.clock_s = t
@@ -102,21 +109,24 @@ class Engine:
     def feed_heartbeats(self, device_ids, latitudes, longitudes, time_s: float, ready=None) -> list[EventUpdate]:
         """Many heartbeats at once (a million phones check in every minute); ``ready``
         marks phones able to detect now (lying still): the others are alive, not witnesses."""
-        out = self.flush()
+        out = self._run_step(min(time_s, self._step_end)) if self._pending else []
         self.clock_s = max(self.clock_s, time_s)
         self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready)
         return out + self.assoc.tick(self.clock_s)
 
     def flush(self) -> list[EventUpdate]:
-        """Process whatever is pending (end of a replay, or a live timer firing)."""
-        return self._run_step() if self._pending else []
+        """Process whatever is pending (end of a replay, or a live timer firing), as of
+        the pending step's closing time."""
+        return self._run_step(self._step_end) if self._pending else []
 
     # one step -------------------------------------------------------------------------
-    def _run_step(self) -> list[EventUpdate]:
+    def _run_step(self, close_s: float) -> list[EventUpdate]:
+        """Run the pending messages through the stages as of ``close_s`` (UNIX s), the
+        moment the step is processed: no earlier than its newest message's arrival."""
         pending, self._pending = self._pending, []
         batch = [p for p in pending if not isinstance(p, Trigger)]
         device_triggers = [p for p in pending if isinstance(p, Trigger)]
-        now = max([p.arrival_time_s for p in batch] + [t.issued_at_s for t in device_triggers])
+        now = max([close_s] + [p.arrival_time_s for p in batch] + [t.issued_at_s for t in device_triggers])
         self.n_packets += len(batch)
         for p in batch:
             self.assoc.note_packet(p.device_id, p.end_time_s, p.reset)
