@@ -170,3 +170,28 @@ def test_false_triggers_among_many_quiet_phones_are_not_an_earthquake():
         ups += eng.feed_heartbeats(ids, lat, lon, T0 + k)
     ups += eng.flush()
     assert ups == [], [(u.event_id, u.n_devices) for u in ups]
+
+
+def test_updates_are_stamped_when_their_step_is_processed():
+    """A first trigger (update 0) is processed on arrival: the event it completes carries
+    that arrival. Amplitude updates wait in their step, whose updates carry the step's
+    closing time (a live server's timer), never the arrival of an earlier message."""
+    import msgspec
+
+    devs = network(20, seed=1)
+    trs = quake_triggers(devs, LAT0 + 0.1, LON0 - 0.2, 20.0, T0, 6)
+    eng = Engine(devs)
+    ups = []
+    for t in trs[:3]:
+        ups += eng.feed_trigger(t)
+    assert ups and ups[0].version == 1
+    assert ups[0].issued_at_s == trs[2].issued_at_s  # the third trigger formed it, at once
+    # a bigger amplitude from the first device: batched, stamped when the step closes
+    amp = msgspec.structs.replace(
+        trs[0], update=1, pga_gal=50.0, pgv_cm_s=1.0, pd_cm=0.1, wa_horizontal_nm=2e6, wa_vertical_nm=1e6,
+        window_s=3.0, issued_at_s=trs[2].issued_at_s + 0.05,
+    )
+    assert eng.feed_trigger(amp) == []
+    step_end = amp.issued_at_s + eng.step_s
+    later = eng.feed_heartbeat("d19", step_end + 1.0)  # the next message comes after the step's end
+    assert later and all(u.issued_at_s == step_end for u in later)
