@@ -141,6 +141,20 @@ def test_openeew_device_folder_gives_the_p_trigger(folder_run, p_arrival_s, devi
     assert trig["pga_gal"] > 2 * trig["noise_pga_gal"] > 0
 
 
+def test_late_amplitude_updates_are_not_new_triggers(openeew_dir):
+    """The picker's last amplitude updates of a track can come a packet (1 s here) after
+    the agent has forgotten the track: they are not new triggers. OpenEEW 2018_1_8,
+    device 008 has one P trigger and nothing else."""
+    devs = load_devices(openeew_dir / "devices.json")
+    packets, _ = read_openeew_device(openeew_dir / "events" / "2018_1_8" / "008", devs, Rejects())
+    ag = agent(units="gal", keep_decisions=True)
+    for p in packets:
+        ag.feed_packet(p)
+    ag.flush()
+    assert ag.stats.triggers == 1 and ag.stats.sent == 1 and ag.stats.rejected_incomplete == 0
+    assert [d.reason for d in ag.decisions] == [""]
+
+
 def test_same_record_as_a_phone_csv_gives_the_same_onset(folder_run, device_dir, tmp_path, capsys):
     """m/s^2 with gravity, randomly rotated, sampled at irregular times near 50 Hz, t in ns."""
     packets, _ = read_openeew_device(device_dir, {DEVICE: Device(DEVICE, 0.0, 0.0)}, Rejects())
@@ -260,18 +274,20 @@ def test_rate_snapping():
 # ------------------------------------------------------------------ stillness gate
 
 
-def _phone_with_quake(motion_gal: float, **kw) -> DeviceAgent:
+def _phone_with_quake(motion_gal: float, turn_deg: float = 0.0, **kw) -> DeviceAgent:
     """A phone lying at rest (gravity on x, 1 gal sensor noise, 50 Hz) that is handled
     (a 1.8 Hz sway of ``motion_gal`` with its harmonic) until 3 s before a clear 100 gal
-    P onset at 25 s; the agent has run to 60 s."""
+    P onset at 25 s, and turned by ``turn_deg`` (gravity swings from x towards y) over the
+    second from 25.2 s, as a hand picking it up would; the agent has run to 60 s."""
     ag = agent(units="gal", keep_decisions=True, **kw)
     rng = np.random.default_rng(1)
     sr = 50.0
     t = np.arange(0, 60, 1 / sr)
     x = rng.normal(0, 1.0, (len(t), 3))
     sway = motion_gal * (np.sin(2 * np.pi * 1.8 * t) + 0.5 * np.sin(2 * np.pi * 3.6 * t + 1.0)) * (t < 22.0)
-    x[:, 0] += sway + G_GAL
-    x[:, 1] += 0.4 * sway
+    angle = np.radians(turn_deg) * np.clip(t - 25.2, 0.0, 1.0)
+    x[:, 0] += sway + G_GAL * np.cos(angle)
+    x[:, 1] += 0.4 * sway + G_GAL * np.sin(angle)
     on = t >= 25.0
     burst = 100.0 * np.sin(2 * np.pi * 6.0 * t) * np.minimum((t - 25.0) / 0.5, 1.0) * np.exp(-np.maximum(t - 25.0, 0) / 6)
     x[on] += burst[on, None] * np.array([1.0, 0.3, 0.2])
@@ -285,6 +301,11 @@ def test_still_phone_trigger_passes_the_stillness_gate():
     [d] = ag.decisions
     assert d.sent and d.reason == "" and abs(d.onset_time_s - (1.7e9 + 25.0)) < 0.5
     assert d.still_rms_gal < 2.0  # sensor noise: sqrt(3) x 1 gal
+    assert d.tilt_deg < 1.0  # 100 gal of 6 Hz shaking averages out over the last second
+    # the block holding the window's last sample ends there: the trigger leaves at once,
+    # not at the end of a 0.25 s block
+    first = next(m for m in ag.outbox if isinstance(m, TriggerMessage))
+    assert WINDOW_POST_S - 0.03 <= first.trigger.issued_at_s - first.trigger.onset_time_s <= WINDOW_POST_S
     assert ag.stats.sent == 1 and ag.stats.rejected_moving == 0
     assert ag.is_still and ag.still_rms_gal < ag.config.still_max_gal
 
@@ -301,6 +322,29 @@ def test_trigger_after_handling_is_gated_as_moving():
     assert not any(isinstance(m, TriggerMessage) for m in ag.drain())
     off = _phone_with_quake(20.0, still_max_gal=math.inf)
     assert [x.sent for x in off.decisions] == [True] and off.stats.sent == 1
+
+
+def test_phone_picked_up_at_the_onset_is_gated_as_turned():
+    """A still phone that starts to move and turns by 30 degrees within the classifier's
+    window is a pick-up, not a P wave: dropped as "turned". The tilt compares the mean
+    acceleration before the onset with the mean over the window's last second, while the
+    turn is still under way: 23 degrees here. Without the tilt gate the same window goes
+    on to the classifier (which rejects this one too: the swinging gravity is nothing
+    like a P wave)."""
+    ag = _phone_with_quake(0.0, turn_deg=30.0)
+    [d] = ag.decisions
+    assert not d.sent and d.reason == "turned"
+    assert 15.0 < d.tilt_deg < 30.0 and d.still_rms_gal < 2.0
+    assert ag.stats.rejected_turned == 1 and ag.stats.sent == 0
+    off = _phone_with_quake(0.0, turn_deg=30.0, tilt_max_deg=math.inf)
+    [d_off] = off.decisions
+    assert d_off.reason != "turned" and abs(d_off.tilt_deg - d.tilt_deg) < 1e-9
+    # a small turn (a phone nudged on the table) stays under the 10 degree limit
+    small = _phone_with_quake(0.0, turn_deg=5.0)
+    [d_small] = small.decisions
+    assert d_small.reason != "turned" and d_small.tilt_deg < 5.0
+    with pytest.raises(ValueError, match="tilt_max_deg"):
+        agent(tilt_max_deg=0.0)
 
 
 def test_is_still_follows_the_newest_seconds():

@@ -44,6 +44,7 @@ __all__ = [
     "WINDOW_PRE_S",
     "WINDOW_POST_S",
     "AGENT_BLOCK_S",
+    "AGENT_DECISION_LAG_S",
     "BAND_HIGH_HZ",
     "FEATURE_NAMES",
     "UNITS_TO_GAL",
@@ -61,10 +62,13 @@ WINDOW_PRE_S = 2.0
 #: weakest P onsets (docs/classifier.md compares 1, 1.5 and 2 s). The shipped weights
 #: record the length they were trained on.
 WINDOW_POST_S = 1.5
-#: The device agent's processing block (s), the default of ``AgentConfig.packet_s``: a
-#: trigger leaves on average half a block after its window has passed (the simulator
-#: times phone triggers by both constants).
+#: The device agent's processing block (s), the default of ``AgentConfig.packet_s``.
 AGENT_BLOCK_S = 0.25
+#: How long after its classifier window's last sample a trigger leaves the agent (s). The
+#: agent ends a block at that sample, so what is left is the sensor handing the sample to
+#: the app and the classifier's few milliseconds; 0.05 s is allowed for both (the
+#: simulator times phone triggers by WINDOW_POST_S + this).
+AGENT_DECISION_LAG_S = 0.05
 #: Top of the band kept (Hz): anti-alias corner below the common rate's Nyquist (12.5 Hz).
 BAND_HIGH_HZ = 10.0
 #: Conversion to gal (cm/s^2) for the accepted units.

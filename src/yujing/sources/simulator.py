@@ -63,8 +63,8 @@ threshold / amplitude. The reported onset is on the device's clock: most phones 
 ``clock_sigma_s`` of NTP, ``clock_bad_fraction`` are off by N(0, ``clock_bad_sigma_s``).
 
 **What the trigger says.** The first message goes out ``trigger_window_s`` after the onset
-(the classifier's window after the onset, ``device.features.WINDOW_POST_S``, plus on average
-half of the device agent's 0.25 s processing block), then an update each ``update_interval_s`` until
+(the classifier's window after the onset, ``device.features.WINDOW_POST_S``, plus the
+agent's ``AGENT_DECISION_LAG_S`` after the window's last sample), then an update each ``update_interval_s`` until
 ``update_duration_s`` (the device agent tracks the shaking), each with the peak amplitudes
 since onset: the P amplitude grows from 30 % to its peak over ``rise_p`` (max(1 s, a quarter
 of the rupture duration)), the S amplitude likewise over ``rise_s`` (max(2 s, half the
@@ -121,7 +121,7 @@ from ..records import Trigger
 from ..scenarios import Scenario
 from ..shaking import G_CM_S2, forecast, rupture_length_km, total_sigma_ln
 from ..traveltime import default_table
-from ..device.features import AGENT_BLOCK_S, WINDOW_POST_S
+from ..device.features import AGENT_DECISION_LAG_S, WINDOW_POST_S
 
 __all__ = [
     "SimSettings",
@@ -185,8 +185,8 @@ class SimSettings:
     clock_sigma_s: float = 0.05
     clock_bad_fraction: float = 0.03
     clock_bad_sigma_s: float = 3.0
-    # the classifier's window after the onset, plus half of the device agent's block
-    trigger_window_s: float = WINDOW_POST_S + 0.5 * AGENT_BLOCK_S
+    # the classifier's window after the onset, plus the agent's lag after it
+    trigger_window_s: float = WINDOW_POST_S + AGENT_DECISION_LAG_S
     update_interval_s: float = 1.0
     update_duration_s: float = 45.0
     update_min_growth: float = 0.0
