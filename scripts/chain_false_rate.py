@@ -79,6 +79,7 @@ DROP_P = 0.002  # lost samples
 LSB_MS2 = (0.0006, 0.01)  # accelerometer LSB, log-uniform
 T0 = 1.75e9  # UNIX s of the first phone's first sample
 FEED_S = 10.0  # seconds of samples per feed() call
+PICKUPS = ("turn", "level")  # see phone_stream
 
 
 # --------------------------------------------------------------------------- recordings
@@ -124,25 +125,42 @@ def augment_segment(rng, acc, sr_in, has_gravity, sr_out):
     return out, len(out) / sr_out
 
 
-def still_spell(rng, sr, seconds):
-    g = tc._random_rotation(rng) @ np.array([0.0, 0.0, G_MS2])
+def still_spell(rng, sr, seconds, gravity=None):
+    """The phone lying still for ``seconds``: gravity (m/s^2, a random attitude if None)
+    and sensor noise."""
+    g = tc._random_rotation(rng) @ np.array([0.0, 0.0, G_MS2]) if gravity is None else gravity
     n = max(2, int(round(seconds * sr)))
     return g + rng.normal(0.0, STILL_NOISE_MS2, size=(n, 3))
 
 
-def phone_stream(rng, pool, hours, sr):
+def phone_stream(rng, pool, hours, sr, pickup="turn"):
     """A phone carrying random segments of ``pool`` for ``hours`` of motion.
-    Returns (acc m/s^2 (n, 3), motion seconds, still seconds, [(start s, segment name)])."""
+
+    ``pickup``: how a still spell meets the next segment. ``"turn"``: the phone rests at
+    a random attitude and the 1 s cross-fade turns it to the segment's (a pick-up turns a
+    phone, by 90 degrees on average here). ``"level"``: the phone rests at the attitude
+    the segment starts in (gravity along the mean of its first second), so nothing turns
+    at the join and only the motion's own turning is left: the hard case for the agent's
+    tilt gate. Returns (acc m/s^2 (n, 3), motion seconds, still seconds,
+    [(start s, segment name)])."""
+    if pickup not in PICKUPS:
+        raise ValueError(f"pickup must be one of {PICKUPS}, not {pickup!r}")
     pieces, spans, motion_s, still_s, at = [], [], 0.0, 0.0, 0.0
     fade = 1.0
     while motion_s < hours * 3600.0:
+        rest = 0.0
         if pieces and rng.random() < STILL_P:
-            s = rng.uniform(*STILL_S)
-            pieces.append(still_spell(rng, sr, s))
-            still_s += s
-            at += s - fade
+            rest = rng.uniform(*STILL_S)
+            if pickup == "turn":
+                pieces.append(still_spell(rng, sr, rest))
         name, acc, sr_in, grav = pool[int(rng.integers(len(pool)))]
         seg, dur = augment_segment(rng, acc, sr_in, grav, sr)
+        if rest and pickup == "level":
+            g = seg[: max(1, int(sr))].mean(axis=0)
+            pieces.append(still_spell(rng, sr, rest, g / max(np.linalg.norm(g), 1e-9) * G_MS2))
+        if rest:
+            still_s += rest
+            at += rest - fade
         pieces.append(seg)
         spans.append((max(0.0, at), name))
         motion_s += dur
@@ -214,7 +232,7 @@ def job(spec):
         rng = np.random.default_rng([spec["seed"], {"augmented": 1, "simulated": 2}[kind], {"heldout": 1, "training": 2, "": 3}[pool_name], idx])
         sr = PHONE_RATES_HZ[int(rng.integers(len(PHONE_RATES_HZ)))]
         if kind == "augmented":
-            acc, motion_s, still_s, spans = phone_stream(rng, POOLS[pool_name], spec["hours"], sr)
+            acc, motion_s, still_s, spans = phone_stream(rng, POOLS[pool_name], spec["hours"], sr, spec["pickup"])
         else:
             acc = tc.sim_phone_stream(rng, spec["hours"], sr)
             motion_s, still_s = len(acc) / sr, 0.0
@@ -236,6 +254,8 @@ def job(spec):
         "picker_triggers": int(triggers),
         "passed": int(passed),
         "incomplete": int(st.rejected_incomplete),
+        "rejected_moving": int(st.rejected_moving),
+        "rejected_turned": int(st.rejected_turned),
         "passed_at": [_passed_at(spans, o - t0) for o in onsets],
         "cpu_s": cpu,
     }
@@ -249,14 +269,14 @@ def _init_pools(pools):
     POOLS.update(pools)
 
 
-def plan(seed, hours, phone_hours, sim_hours, real):
+def plan(seed, hours, phone_hours, sim_hours, real, pickup="turn"):
     """The streams to run: real ones, augmented phones of each pool, simulated phones."""
     specs = []
     for i, (pool, name, acc, sr) in enumerate(real):
         specs.append({"kind": "real", "pool": pool, "index": i, "name": name, "acc": acc, "rate": sr})
     for pool in ("heldout", "training"):
         n = max(1, math.ceil(hours / phone_hours)) if hours > 0 else 0
-        specs += [{"kind": "augmented", "pool": pool, "index": i, "hours": hours / n, "seed": seed} for i in range(n)]
+        specs += [{"kind": "augmented", "pool": pool, "index": i, "hours": hours / n, "seed": seed, "pickup": pickup} for i in range(n)]
     n = max(1, math.ceil(sim_hours / phone_hours)) if sim_hours > 0 else 0
     specs += [{"kind": "simulated", "pool": "", "index": i, "hours": sim_hours / n, "seed": seed} for i in range(n)]
     return specs
@@ -267,6 +287,8 @@ def summarise(rows):
     one-sided 95 % Poisson upper bound."""
     hours = sum(r["motion_hours"] for r in rows)
     trig = sum(r["picker_triggers"] for r in rows)
+    moving = sum(r["rejected_moving"] for r in rows)
+    turned = sum(r["rejected_turned"] for r in rows)
     passed = sum(r["passed"] for r in rows)
     cpu = sum(r["cpu_s"] for r in rows)
     per_day = 24.0 / hours if hours > 0 else math.nan
@@ -275,6 +297,8 @@ def summarise(rows):
         "motion_hours": hours,
         "still_hours": sum(r["still_hours"] for r in rows),
         "picker_triggers": trig,
+        "rejected_moving": moving,
+        "rejected_turned": turned,
         "passed": passed,
         "triggers_per_day": trig * per_day,
         "passed_per_day": passed * per_day,
@@ -296,10 +320,10 @@ GROUPS = (
 )
 
 
-def measure(seed=SEED, hours=24.0, phone_hours=2.0, sim_hours=6.0, jobs=1, with_real=True, pools=None):
+def measure(seed=SEED, hours=24.0, phone_hours=2.0, sim_hours=6.0, jobs=1, with_real=True, pools=None, pickup="turn"):
     pools = pools if pools is not None else recording_pools()
     real = real_streams() if with_real else []
-    specs = plan(seed, hours, phone_hours, sim_hours, real)
+    specs = plan(seed, hours, phone_hours, sim_hours, real, pickup)
     wall = time.time()
     if jobs > 1:
         with ProcessPoolExecutor(jobs, initializer=_init_pools, initargs=(pools,)) as ex:
@@ -324,6 +348,7 @@ def measure(seed=SEED, hours=24.0, phone_hours=2.0, sim_hours=6.0, jobs=1, with_
             "phone_rates_hz": list(PHONE_RATES_HZ),
             "still_p": STILL_P,
             "still_s": list(STILL_S),
+            "pickup": pickup,
             "clock_error": CLOCK_ERR,
             "jitter_fraction": JITTER,
             "lost_samples": DROP_P,
@@ -336,10 +361,12 @@ def measure(seed=SEED, hours=24.0, phone_hours=2.0, sim_hours=6.0, jobs=1, with_
 
 
 def _report(res):
-    print(f"{'streams':48s} {'motion h':>8s} {'triggers':>8s} {'passed':>6s} {'trig/day':>8s} "
+    print(f"pick-ups: {res['augmentation']['pickup']}")
+    print(f"{'streams':48s} {'motion h':>8s} {'triggers':>8s} {'moving':>6s} {'turned':>6s} {'passed':>6s} {'trig/day':>8s} "
           f"{'pass/day':>8s} {'95% ub/day':>10s} {'h/CPU s':>8s}")
     for label, g in res["groups"].items():
-        print(f"{label:48s} {g['motion_hours']:8.2f} {g['picker_triggers']:8d} {g['passed']:6d} "
+        print(f"{label:48s} {g['motion_hours']:8.2f} {g['picker_triggers']:8d} {g['rejected_moving']:6d} "
+              f"{g['rejected_turned']:6d} {g['passed']:6d} "
               f"{g['triggers_per_day']:8.0f} {g['passed_per_day']:8.2f} {g['passed_per_day_upper95']:10.2f} "
               f"{g['hours_per_cpu_s']:8.3f}")
     passes = [(r["name"], p) for r in res["streams"] for p in r["passed_at"]]
@@ -357,10 +384,13 @@ def main(argv=None) -> int:
     ap.add_argument("--hours", type=float, default=24.0, help="augmented motion hours per pool (held-out, training)")
     ap.add_argument("--phone-hours", type=float, default=2.0, help="motion hours per simulated phone")
     ap.add_argument("--sim-hours", type=float, default=6.0, help="hours of the simulated busy phone")
+    ap.add_argument("--pickup", choices=PICKUPS, default="turn",
+                    help="turn: a pick-up after a rest turns the phone (random attitudes); level: the phone "
+                         "rests in the attitude its next motion starts in (the tilt gate's hard case)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    res = measure(args.seed, args.hours, args.phone_hours, args.sim_hours, args.jobs)
+    res = measure(args.seed, args.hours, args.phone_hours, args.sim_hours, args.jobs, pickup=args.pickup)
     _report(res)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -93,6 +93,12 @@ REAL_NOISE_P = 0.3
 #: relative weight of the real (OpenEEW) earthquake windows within their families
 REAL_QUAKE_WEIGHT = 2.0
 
+#: pick-ups: copies of each human-motion recording started from rest (pickup_windows)
+PICKUP_VARIANTS = 4
+PICKUP_REST_S = 20.0  # longer than the picker's warm-up (15 s)
+PICKUP_TURN_DEG = 20.0  # the rest attitude differs from the motion's first by up to this
+PICKUP_KEEP_S = 4.0  # triggers up to this long after the fade starts are pick-up windows
+
 N_SIM_QUAKE = 4000
 N_SIM_HUMAN = 4000
 N_SIM_TEST = 1000
@@ -319,6 +325,68 @@ def stream_trigger_windows(name, acc_ms2, sr, group):
         if w is not None:
             out.append(Window(w, sr, "m/s2", 0, f"{name.split('-')[0]}-trigger", group))
     return out, len(onsets)
+
+
+def _turn(v: np.ndarray, deg: float, rng) -> np.ndarray:
+    """``v`` turned by ``deg`` degrees about a random axis perpendicular to it."""
+    u = v / np.linalg.norm(v)
+    a = np.cross(u, rng.normal(size=3))
+    a /= np.linalg.norm(a)
+    th = math.radians(deg)
+    return np.linalg.norm(v) * (u * math.cos(th) + np.cross(a, u) * math.sin(th))
+
+
+def pickup_windows(rng, recordings, variants: int = PICKUP_VARIANTS):
+    """Windows at the picker's triggers where a phone that lay still starts to move: the
+    moments the agent's stillness gate lets through, and the commonest false trigger left
+    once it does (docs/classifier.md). ``recordings``: [(source, group, acc m/s^2 (n, 3),
+    rate, holds gravity)], 10 or 50 Hz. Each copy: the recording's first 10 s, its motion
+    about the mean scaled by a lognormal factor (sigma 0.2), gravity added if missing,
+    turned to a random attitude; before it the phone lies still for PICKUP_REST_S (1 gal
+    noise) at the attitude the motion starts in turned by 0-PICKUP_TURN_DEG degrees, and
+    the motion fades in over 0.2-1.5 s. 50 Hz, values quantised to a phone's LSB. Windows
+    at triggers from 0.5 s before the fade to PICKUP_KEEP_S after it; label 0."""
+    out = []
+    sr = PHONE_RATE_HZ
+    for source, group, acc, sr_in, has_gravity in recordings:
+        acc = np.asarray(acc, dtype=np.float64)
+        if sr_in != sr:
+            acc = signal.resample_poly(acc, int(sr // sr_in), 1, axis=0)
+        acc = acc[: int(10 * sr)]
+        for _ in range(variants):
+            mean = acc.mean(axis=0)
+            seg = (acc - mean) * math.exp(rng.normal(0.0, 0.2))
+            if not has_gravity:
+                mean = mean + np.array([0.0, 0.0, G_GAL / 100.0])
+            seg = (seg + mean) @ _random_rotation(rng).T
+            g0 = seg[: int(0.5 * sr)].mean(axis=0)
+            g0 = g0 / np.linalg.norm(g0) * G_GAL / 100.0
+            g_rest = _turn(g0, rng.uniform(0.0, PICKUP_TURN_DEG), rng)
+            rest = g_rest + rng.normal(0.0, 0.01, size=(int(PICKUP_REST_S * sr), 3))
+            fade = rng.uniform(0.2, 1.5)
+            stream = concatenate([rest, seg], sr, fade)
+            lsb = _loguniform(rng, 0.0006, 0.01)
+            stream = np.round(stream / lsb) * lsb
+            join = PICKUP_REST_S - fade
+            for onset in picker_onsets(stream * 100.0, sr):
+                if join - 0.5 <= onset <= join + PICKUP_KEEP_S:
+                    w = cut(stream, int(round(onset * sr)), sr)
+                    if w is not None:
+                        out.append(Window(w, sr, "m/s2", 0, f"pickup-{source}", group))
+    return out
+
+
+def pickup_recordings(heldout: bool):
+    """The recordings pick-ups are made of: the training split's (watch subjects 1-8,
+    BasicMotions TRAIN) or the held-out one's (watch 9-10, BasicMotions TEST)."""
+    recs = []
+    for subj, i, acc, sr in watch_recordings():
+        if (subj in HELDOUT_WATCH_SUBJECTS) == heldout:
+            recs.append(("watch", f"watch:{subj}", acc, sr, True))
+    split = "test" if heldout else "train"
+    for i, lab, acc, sr in basic_motions(split):
+        recs.append(("basicmotions", f"bm-{split}:{i}", acc, sr, False))
+    return recs
 
 
 # --------------------------------------------------------------------------- simulation
@@ -603,6 +671,7 @@ def training_windows(data_dir: Path, rng):
         group = f"watch:{name.rsplit('-', 1)[1]}" if name.startswith("watch") else "bm-train:stream"
         windows += stream_trigger_windows(name, acc, sr, group)[0]
     windows += sim_windows(rng, N_SIM_QUAKE, N_SIM_HUMAN, quiet)
+    windows += pickup_windows(np.random.default_rng([SEED, 4]), pickup_recordings(heldout=False))
     return windows
 
 
@@ -630,6 +699,8 @@ def _family(source: str) -> str:
     """The family a window's source belongs to, for weights and the threshold rule."""
     if source.startswith("sim-") and source != "sim-quake":
         return "sim-human"
+    if source.startswith("pickup-"):
+        return "pickup"
     if source.startswith("basicmotions"):
         return "basicmotions"
     if source.startswith("watch"):
@@ -766,6 +837,10 @@ def main(argv=None) -> int:
     p_te = model.probability_from_features(Xte)
     te = rates_by_source(p_te, held, threshold)
     chain = chain_false_triggers(model, streams)
+    # pick-ups of the held-out recordings: not activity windows, reported on their own
+    held_pickup = pickup_windows(np.random.default_rng([SEED, 5]), pickup_recordings(heldout=True))
+    p_pick = model.probability_from_features(featurize(held_pickup, post_s)) if held_pickup else np.zeros(0)
+    pickup_te = rates_by_source(p_pick, held_pickup, threshold)
     # the training subjects' streams, each through the fold model that never saw the subject
     chain_oof = []
     train_subjects = sorted({s for s, *_ in watch_recordings()} - set(HELDOUT_WATCH_SUBJECTS))
@@ -818,6 +893,7 @@ def main(argv=None) -> int:
             "all_real_false_triggers_per_day_upper95": poisson_upper_95(passed_all) / hours_all * 24.0,
             "simulated": [dict(zip(("name", "hours", "picker_triggers", "passed"), c)) for c in chain_sim],
         },
+        "heldout_pickups": pickup_te,
         "out_of_fold_training": oof,
         "out_of_fold_openeew_P_at_picker_onset": oof_p_at_pick,
         "training_windows": len(train),
@@ -848,7 +924,10 @@ def _report(s, path):
         print(f"{src:28s} {r['label']:5d} {r['windows']:8d} {r['called_earthquake']:8d} {100 * r['rate']:6.1f}%")
     o = s["out_of_fold_training"]
     print("\nout of fold on the training split (folds by event/subject/clip/batch), same threshold:")
-    for src in ("openeew-P", "openeew-late", "sim-quake", "watch", "basicmotions-standing", "openeew-noise-trigger"):
+    for src, r in s.get("heldout_pickups", {}).items():
+        print(f"{src + ' (held out)':28s} {r['label']:5d} {r['windows']:8d} {r['called_earthquake']:8d} {100 * r['rate']:6.1f}%")
+    for src in ("openeew-P", "openeew-late", "sim-quake", "watch", "basicmotions-standing", "pickup-watch",
+                "pickup-basicmotions", "openeew-noise-trigger"):
         if src in o:
             print(f"  {src:26s} {o[src]['called_earthquake']:5d} of {o[src]['windows']:5d} called earthquake")
     a = s["out_of_fold_openeew_P_at_picker_onset"]

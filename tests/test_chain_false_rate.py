@@ -57,6 +57,36 @@ def test_phone_stream_holds_what_it_reports(cfr):
     assert starts == sorted(starts) and starts[0] == 0.0
 
 
+def _attitudes_at_joins(acc, spans, sr):
+    """(gravity direction over the 2 s before each join, over the 0.3 s after its 1 s
+    cross-fade): unit vectors, for the segments that follow a still spell."""
+    out = []
+    for start, _ in spans[1:]:
+        i = int(round(start * sr))
+        before, after = acc[i - int(2 * sr) : i], acc[i + int(sr) : i + int(1.3 * sr)]
+        if len(before) and np.std(before, axis=0).sum() < 0.05:  # a still spell ends here
+            u, v = before.mean(axis=0), after.mean(axis=0)
+            out.append((u / np.linalg.norm(u), v / np.linalg.norm(v)))
+    return out
+
+
+def test_level_pickups_rest_in_the_next_segments_attitude(cfr):
+    """``pickup="level"``: the phone rests in the attitude its next motion starts in, so
+    gravity does not turn across the join; ``"turn"`` (random attitudes) turns it by
+    90 degrees on average."""
+    sr = 100.0
+    angles = {}
+    for mode in ("level", "turn"):
+        acc, _, _, spans = cfr.phone_stream(np.random.default_rng(11), _pool(), 0.1, sr, pickup=mode)
+        pairs = _attitudes_at_joins(acc, spans, sr)
+        assert len(pairs) >= 5
+        angles[mode] = [math.degrees(math.acos(np.clip(u @ v, -1, 1))) for u, v in pairs]
+    assert np.median(angles["level"]) < 10.0
+    assert np.median(angles["turn"]) > 30.0
+    with pytest.raises(ValueError, match="pickup"):
+        cfr.phone_stream(np.random.default_rng(1), _pool(), 0.01, sr, pickup="sideways")
+
+
 def test_augment_segment_rate_stretch_and_amplitude(cfr):
     name, wrist, sr, grav = _pool()[0]
     durations = []
@@ -78,11 +108,14 @@ def test_phone_times_increase_and_drop_few(cfr):
 
 def test_summarise_counts_and_bounds(cfr):
     rows = [
-        {"motion_hours": 6.0, "still_hours": 1.0, "stream_hours": 7.0, "picker_triggers": 30, "passed": 0, "cpu_s": 10.0},
-        {"motion_hours": 2.0, "still_hours": 0.0, "stream_hours": 2.0, "picker_triggers": 10, "passed": 0, "cpu_s": 8.0},
+        {"motion_hours": 6.0, "still_hours": 1.0, "stream_hours": 7.0, "picker_triggers": 30, "passed": 0, "cpu_s": 10.0,
+         "rejected_moving": 20, "rejected_turned": 3},
+        {"motion_hours": 2.0, "still_hours": 0.0, "stream_hours": 2.0, "picker_triggers": 10, "passed": 0, "cpu_s": 8.0,
+         "rejected_moving": 9, "rejected_turned": 0},
     ]
     s = cfr.summarise(rows)
     assert s["motion_hours"] == 8.0 and s["picker_triggers"] == 40 and s["passed"] == 0
+    assert s["rejected_moving"] == 29 and s["rejected_turned"] == 3
     assert s["triggers_per_day"] == pytest.approx(120.0)
     assert s["passed_per_day"] == 0.0
     assert s["passed_per_day_upper95"] == pytest.approx(-math.log(0.05) * 3.0)  # 2.996 events in 8 h
