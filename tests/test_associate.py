@@ -192,6 +192,7 @@ def test_updates_are_stamped_when_their_step_is_processed():
         window_s=3.0, issued_at_s=trs[2].issued_at_s + 0.05,
     )
     assert eng.feed_trigger(amp) == []
-    step_end = amp.issued_at_s + eng.step_s
+    step_end = eng._step_end  # the closing time of the step that holds it
+    assert amp.issued_at_s < step_end <= amp.issued_at_s + eng.step_s
     later = eng.feed_heartbeat("d19", step_end + 1.0)  # the next message comes after the step's end
     assert later and all(u.issued_at_s == step_end for u in later)

@@ -106,8 +106,9 @@ class Presence:
         self.last[idx] = np.where(ok, time_s, -np.inf)
         self.started[idx] = np.minimum(self.started[idx], time_s)
 
-    def silent(self, now_s: float, busy: set[str], warmup_s: float, report_delay_s: float = 2.5):
-        """Positions and 'quiet up to' times of the live devices not in ``busy``."""
+    def silent(self, now_s: float, busy: set[str], warmup_s: float, report_delay_s: float = 2.5, kinds: bool = False):
+        """Positions and 'quiet up to' times of the live devices not in ``busy`` (and,
+        with ``kinds``, which of them are phones)."""
         n = self.n
         last, started, hb = self.last[:n], self.started[:n], self.heartbeat[:n]
         stream_ok = ~hb & (now_s - last <= 5.0) & (last - started >= warmup_s)
@@ -118,6 +119,8 @@ class Presence:
             if i is not None:
                 ok[i] = False
         seen = np.where(hb, now_s - report_delay_s, last)
+        if kinds:
+            return self.lat[:n][ok], self.lon[:n][ok], seen[ok], hb[ok]
         return self.lat[:n][ok], self.lon[:n][ok], seen[ok]
 LOC_STEP_KM = 2.0
 DEPTH_STEP_KM = 10.0
@@ -154,6 +157,7 @@ class Associator:
         self._fresh: list[Trigger] = []  # pooled in this engine step, not yet tried
         self._delays: deque[float] = deque(maxlen=REPORT_DELAY_SAMPLES)  # arrival - onset
         self._delay_cache: float | None = None
+        self._delay_sorted: np.ndarray | None = None
         self._tries_left = NEW_EVENT_TRIES
         self._tried: set[int] = set()  # triggers in a failed group in this step
 
@@ -180,20 +184,32 @@ class Associator:
                 self._delay_cache = self.s.associate.phone_report_delay_s
         return self._delay_cache
 
-    def _triggered_fraction(self, loc: Location, picks: list[Trigger], now_s: float, worst: bool = False) -> float:
-        """Of the devices that should have seen this event's P by now (live, able to
-        detect, closer than its farthest P pick, P due ``silent_grace_s`` before their
-        silence was last confirmed), the fraction that triggered. Counted over every live
-        device, not the locator's nearest few: a cluster of three false triggers can be
-        located far from the quiet phones around it, but not so that those phones lie
-        beyond its own picks. Triggered are ``picks`` and the pooled triggers within that
-        reach whose onsets fit the P time there.
+    def _report_share(self, dt_s: np.ndarray) -> np.ndarray:
+        """Share of device triggers that reach the engine within ``dt_s`` seconds of their
+        onset: the empirical distribution of the recent triggers' delays (before any has
+        arrived, a step at ``phone_report_delay_s``)."""
+        if not self._delays:
+            return (dt_s >= self.s.associate.phone_report_delay_s).astype(float)
+        if self._delay_sorted is None:
+            self._delay_sorted = np.sort(np.fromiter(self._delays, dtype=float))
+        d = self._delay_sorted
+        return np.searchsorted(d, dt_s, side="right") / len(d)
 
-        ``worst``: the fraction if every quiet device within reach whose report is not
-        due yet stays quiet. Three phones in a city that trigger by chance within a
-        second of each other fit a source deep under them, whose P reaches the thousands
-        of phones around them at the same moment: the fraction cannot fail until their
-        reports are due, while the worst case shows it may."""
+    def _triggered_fraction(self, loc: Location, picks: list[Trigger], now_s: float) -> float:
+        """Of the devices that should have seen this event's P by now (live, able to
+        detect, closer than its farthest P pick), the fraction that triggered. Counted
+        over every live device, not the locator's nearest few: a cluster of three false
+        triggers can be located far from the quiet phones around it, but not so that those
+        phones lie beyond its own picks. Triggered are ``picks`` and the pooled triggers
+        within that reach whose onsets fit the P time there.
+
+        A quiet streaming sensor counts once its data run ``silent_grace_s`` past its P
+        time. A quiet phone counts by the share of phones' reports that would have arrived
+        by now had it triggered at its P time (the learnt report delays): three phones in a
+        city that trigger by chance within a second of each other fit a source deep under
+        them, whose P reaches the thousands of phones around them at the same moment; a
+        yes-or-no "due" test would count none of those phones until their reports were
+        all due, and the event would already be out."""
         if not picks:
             return 0.0
         lat = np.array([t.latitude for t in picks])
@@ -210,18 +226,19 @@ class Associator:
             pe = distance_km(loc.latitude, loc.longitude, plat, plon)
             fit = np.abs(pt - loc.origin_time_s - tab.p_time_s(pe, loc.depth_km)) <= self.s.associate.moveout_slack_s + 0.01 * pe
             k += len({p.device_id for p, f in zip(pooled, (pe < reach) & fit) if f})
-        slat, slon, seen = self._silent(now_s, self._busy())
+        a = self.s
+        slat, slon, seen, phone = self.presence.silent(now_s, self._busy(), a.picker.warmup_s, self._report_delay(), kinds=True)
         if len(slat) == 0:
             return 1.0
         epi = distance_km(loc.latitude, loc.longitude, slat, slon)
         near = epi < reach
         if not near.any():
             return 1.0
-        if worst:
-            return k / (k + int(np.count_nonzero(near)))
-        tp = loc.origin_time_s + tab.p_time_s(epi[near], loc.depth_km)
-        n_should = int(np.count_nonzero(tp + self.s.locate.silent_grace_s < seen[near]))
-        return k / (k + n_should)
+        tp = loc.origin_time_s + tab.p_time_s(epi[near], loc.depth_km) + a.locate.silent_grace_s
+        ph = phone[near]
+        n_streams = int(np.count_nonzero(~ph & (tp < seen[near])))
+        n_phones = float(self._report_share(now_s - tp[ph]).sum()) if ph.any() else 0.0
+        return k / (k + n_streams + n_phones)
 
     # triggers -------------------------------------------------------------------------
     def add(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
@@ -232,6 +249,7 @@ class Associator:
             return self._amplitude(trig, now_s)
         self._delays.append(trig.issued_at_s - trig.onset_time_s)
         self._delay_cache = None
+        self._delay_sorted = None
         for ev in self._open_events():
             role = self._role(ev, trig)
             if role == "P":
@@ -423,8 +441,6 @@ class Associator:
             return [], group
         if self._triggered_fraction(loc, members, now_s) < a.min_triggered_fraction:
             return [], group
-        if self._triggered_fraction(loc, members, now_s, worst=True) < a.min_triggered_fraction:
-            return [], group  # undecided: tried again when the next trigger arrives
         picks = {g.device_id: g for g in members}
         ev = Event(event_id=self._new_id(loc.origin_time_s), location=loc, picks=picks)
         taken = {(g.device_id, g.onset_time_s) for g in members}

@@ -10,9 +10,10 @@ step opens with its first message and closes ``step_s`` later, when a live serve
 would fire; a replay sees that moment when the first message after it arrives. The
 updates a step produces carry its closing time as ``issued_at_s``: a message cannot be
 used before it arrived, and an update cannot be issued before the step that made it was
-due. Two things close a step early, as a live server would: a device's first trigger of
-an onset (update 0; phones send few, and each may be the one that completes an event, so
-it is worth a step of its own, at once) and a heartbeat batch (:meth:`feed_heartbeats`).
+due. A device's first trigger of an onset (update 0) is associated on arrival, since
+each may be the one that completes an event, which is then announced at once; the
+step's time-driven work (relocating the events it joined) waits for the step's end. A
+heartbeat batch (:meth:`feed_heartbeats`) closes a step early.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Engine:
         self.clock_s = -math.inf
         self._step_end = -math.inf
         self._pending: list = []
+        self._step_open = False  # a first trigger was taken in this step: tick at its end
         self.n_packets = 0
         self.n_triggers = 0
         self.triggers: list[Trigger] = []  # first triggers (update 0), for reports
@@ -72,9 +74,15 @@ class Engine:
         out = self._advance(trig.issued_at_s, trig.device_id)
         if out is None:
             return []
-        self._pending.append(trig)
         if trig.update == 0:
-            out += self._run_step(trig.issued_at_s)
+            # associated on arrival: an event it completes is announced at once; the
+            # step's time-driven work (relocations of the events it joined) waits for
+            # the step's end, so a thousand triggers do not cost a thousand steps
+            self._step_open = True
+            self.n_triggers += 1
+            self.triggers.append(trig)
+            return out + self.assoc.add(trig, trig.issued_at_s)
+        self._pending.append(trig)
         return out
 
     def _advance(self, t: float, device_id: str) -> list[EventUpdate] | None:
@@ -88,9 +96,9 @@ class Engine:
             )
             return None
         out: list[EventUpdate] = []
-        if t >= self._step_end and self._pending:
+        if t >= self._step_end and (self._pending or self._step_open):
             out = self._run_step(self._step_end)
-        if not self._pending:
+        if not (self._pending or self._step_open):
             self._step_end = t + self.step_s
         self.clock_s = t
         return out
@@ -109,7 +117,7 @@ class Engine:
     def feed_heartbeats(self, device_ids, latitudes, longitudes, time_s: float, ready=None) -> list[EventUpdate]:
         """Many heartbeats at once (a million phones check in every minute); ``ready``
         marks phones able to detect now (lying still): the others are alive, not witnesses."""
-        out = self._run_step(min(time_s, self._step_end)) if self._pending else []
+        out = self._run_step(min(time_s, self._step_end)) if (self._pending or self._step_open) else []
         self.clock_s = max(self.clock_s, time_s)
         self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready)
         return out + self.assoc.tick(self.clock_s)
@@ -117,13 +125,14 @@ class Engine:
     def flush(self) -> list[EventUpdate]:
         """Process whatever is pending (end of a replay, or a live timer firing), as of
         the pending step's closing time."""
-        return self._run_step(self._step_end) if self._pending else []
+        return self._run_step(self._step_end) if (self._pending or self._step_open) else []
 
     # one step -------------------------------------------------------------------------
     def _run_step(self, close_s: float) -> list[EventUpdate]:
         """Run the pending messages through the stages as of ``close_s`` (UNIX s), the
         moment the step is processed: no earlier than its newest message's arrival."""
         pending, self._pending = self._pending, []
+        self._step_open = False
         batch = [p for p in pending if not isinstance(p, Trigger)]
         device_triggers = [p for p in pending if isinstance(p, Trigger)]
         now = max([close_s] + [p.arrival_time_s for p in batch] + [t.issued_at_s for t in device_triggers])
@@ -131,7 +140,7 @@ class Engine:
         for p in batch:
             self.assoc.note_packet(p.device_id, p.end_time_s, p.reset)
         out: list[EventUpdate] = []
-        for trig in self.picker.process(batch, now, self.devices) + device_triggers:
+        for trig in (self.picker.process(batch, now, self.devices) if batch else []) + device_triggers:
             if trig.update == 0:
                 self.n_triggers += 1
                 self.triggers.append(trig)
