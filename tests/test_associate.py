@@ -196,3 +196,19 @@ def test_updates_are_stamped_when_their_step_is_processed():
     assert amp.issued_at_s < step_end <= amp.issued_at_s + eng.step_s
     later = eng.feed_heartbeat("d19", step_end + 1.0)  # the next message comes after the step's end
     assert later and all(u.issued_at_s == step_end for u in later)
+
+
+def test_a_heartbeat_batch_behind_the_clock_does_not_backdate_an_update():
+    """A heartbeat batch stamped before the newest trigger closes the step no earlier than
+    the engine clock: an update that uses that trigger is never issued before it arrived."""
+    devs = network(60, seed=3, spread_km=60.0)
+    trs = sorted(quake_triggers(devs, LAT0, LON0, 10.0, T0, 45), key=lambda t: t.issued_at_s)
+    eng = Engine(devs)
+    for t in trs[:-1]:
+        eng.feed_trigger(t)
+    eng.flush()
+    last = trs[-1]
+    eng.feed_trigger(last)
+    out = eng.feed_heartbeats(["zz"], [LAT0 + 3.0], [LON0 + 3.0], last.issued_at_s - 0.2)
+    assert out, "the batch closes the step that holds the last trigger"
+    assert all(u.issued_at_s >= last.issued_at_s for u in out)

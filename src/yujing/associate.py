@@ -205,7 +205,8 @@ class Associator:
 
         A quiet streaming sensor counts once its data run ``silent_grace_s`` past its P
         time. A quiet phone counts by the share of phones' reports that would have arrived
-        by now had it triggered at its P time (the learnt report delays): three phones in a
+        by now had its onset been picked ``silent_grace_s`` after its P time (the learnt
+        report delays run from the picked onset, which can be that late): three phones in a
         city that trigger by chance within a second of each other fit a source deep under
         them, whose P reaches the thousands of phones around them at the same moment; a
         yes-or-no "due" test would count none of those phones until their reports were

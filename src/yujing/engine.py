@@ -70,7 +70,8 @@ class Engine:
     def feed_trigger(self, trig: Trigger) -> list[EventUpdate]:
         """Take a trigger computed on a device (phones run the picker themselves), in
         arrival order (``issued_at_s`` is its arrival). Amplitude updates are stepped like
-        packets; a first trigger (update 0) closes its step at once, at its arrival."""
+        packets; a first trigger (update 0) is associated at once, at its arrival, and an
+        event it completes is announced then; its step still closes at its end."""
         out = self._advance(trig.issued_at_s, trig.device_id)
         if out is None:
             return []
@@ -117,7 +118,10 @@ class Engine:
     def feed_heartbeats(self, device_ids, latitudes, longitudes, time_s: float, ready=None) -> list[EventUpdate]:
         """Many heartbeats at once (a million phones check in every minute); ``ready``
         marks phones able to detect now (lying still): the others are alive, not witnesses."""
-        out = self._run_step(min(time_s, self._step_end)) if (self._pending or self._step_open) else []
+        # a batch behind the clock closes the step no earlier than the clock: the step may
+        # hold a first trigger that arrived after the batch's time
+        close = max(self.clock_s, min(time_s, self._step_end))
+        out = self._run_step(close) if (self._pending or self._step_open) else []
         self.clock_s = max(self.clock_s, time_s)
         self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready)
         return out + self.assoc.tick(self.clock_s)

@@ -91,8 +91,8 @@ class Trigger(msgspec.Struct, frozen=True):
 class EventUpdate(msgspec.Struct, frozen=True):
     """One announcement of an earthquake: the first (version 1) or a revision.
 
-    ``issued_at_s`` is the engine clock (arrival time of the newest packet) when the update
-    was made. ``magnitude_sigma`` is one standard deviation in magnitude units;
+    ``issued_at_s`` is the engine clock when the update was made: the closing time of the
+    engine step that made it, or the arrival of the first trigger that completed the event. ``magnitude_sigma`` is one standard deviation in magnitude units;
     ``horizontal_error_km`` the 1-sigma radius of the epicentre. ``retracted`` marks an
     event the engine no longer believes in (its devices turned out to be noise).
     """

@@ -378,6 +378,7 @@ class DeviceAgent:
         self.decisions: list[Decision] = []
         self.warnings: dict[str, LocalWarning] = {}
         self._tracks: dict[float, _Track] = {}  # by onset time: the picker's track key
+        self._block_s = 0.0  # length of the newest block processed (s)
         # feed(): rate probe, resampler, samples waiting for a full block
         self._probe: list[tuple[np.ndarray, np.ndarray]] = []
         self._resampler: _Resampler | None = None
@@ -573,6 +574,7 @@ class DeviceAgent:
         """Run one block (n, 3) of gal samples, the last at ``end_s``, through gravity
         removal, rotation, picker and classifier."""
         n = len(acc_gal)
+        self._block_s = n / rate
         reset = self._reset_next
         if reset:
             self._start_stream(acc_gal, rate)
@@ -704,8 +706,9 @@ class DeviceAgent:
                 else:
                     reason = "" if p >= self.classifier.threshold else "classifier"
                 self._decide(onset, tr, p, reason, rms, tilt)
-            # tracks live as long as the picker's; forget them after that
-            if now_s - onset > self.config.picker.track_s + 2 * self.config.packet_s:
+            # tracks live as long as the picker's; forget them after that (two blocks
+            # later: OpenEEW packets are 1 s blocks, longer than packet_s)
+            if now_s - onset > self.config.picker.track_s + 2 * max(self.config.packet_s, self._block_s):
                 del self._tracks[onset]
 
     def _segment(self, start_s: float, end_s: float, min_s: float) -> np.ndarray | None:
@@ -733,9 +736,10 @@ class DeviceAgent:
         (``after_a``..``after_b``): the change of the mean acceleration vector, as the
         tilt that moves a 1 g vector that far (2 asin(|dm| / 2 g)). The mean over a second
         averages shaking out; what is left is a turn of gravity in the device's axes, or
-        a lasting push. A stream without gravity shows only the push. inf if either stretch
-        is missing (less than half its length recorded)."""
-        still = self._segment(still_a, still_b, 0.5 * (still_b - still_a))
+        a lasting push. A stream without gravity shows only the push. The still stretch is
+        judged on what there is, as the stillness gate does; inf if less than 1 s of it, or
+        less than half of the later stretch, was recorded."""
+        still = self._segment(still_a, still_b, min(1.0, still_b - still_a))
         after = self._segment(after_a, after_b, 0.5 * (after_b - after_a))
         if still is None or after is None:
             return math.inf
