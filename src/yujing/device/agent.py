@@ -54,8 +54,8 @@ into what the device shows:
   acceleration over the last ``TILT_AFTER_S`` (1 s) of the classifier window is compared
   with the mean over the still stretch; their difference, as the tilt that would move a
   1 g vector that far, above ``tilt_max_deg`` (10 degrees) drops the trigger (reason
-  ``"turned"``). Shaking averages out of a 1 s mean: the 70 OpenEEW P onsets show at most
-  0.04 degrees, 3,000 simulated P onsets up to 300 gal at most 6.
+  ``"turned"``). Shaking averages out of a 1 s mean: the 57 OpenEEW P triggers show at
+  most 0.04 degrees, 3,000 simulated P onsets up to 300 gal at most 5.7 (docs/device.md).
 * **What is sent** (:class:`TriggerMessage`): the :class:`~yujing.records.Trigger` with
   ``device_id`` = today's pseudonym and ``latitude``/``longitude`` = the centre of the
   device's H3 resolution-7 cell, the cell itself and the classifier's probability. The
