@@ -1,8 +1,8 @@
 """Grid-search locator (yujing.locate) on synthetic, seeded networks.
 
 Onsets are made with the same iasp91 table the locator uses, plus Gaussian pick noise, so
-any error here comes from the search (grid, robust origin time, S reading, silent-device
-and first-device terms), not from a velocity-model mismatch.
+any error here comes from the search (grid, robust origin time, S reading, silent-device,
+first-device and depth-prior terms), not from a velocity-model mismatch.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from yujing.geo import KM_PER_DEG, distance_km
-from yujing.locate import Location, locate
+import yujing.locate as locate_module
+from yujing.locate import Location, depth_prior, locate
+from yujing.settings import LocateSettings
 from yujing.traveltime import default_table
 
 LAT0, LON0 = 16.5, -98.5  # Guerrero / Oaxaca coast, where the OpenEEW devices are
@@ -221,3 +223,64 @@ def test_deterministic():
     a = locate(lat, lon, t, now_s=float(t.max()) + 1.0)
     b = locate(lat, lon, t, now_s=float(t.max()) + 1.0)
     assert (a.latitude, a.longitude, a.depth_km, a.origin_time_s) == (b.latitude, b.longitude, b.depth_km, b.origin_time_s)
+
+
+# ------------------------------------------------------------------------- depth prior
+
+
+def test_depth_prior_shape():
+    """Flat-bottomed in the crust with a mild centre, quadratic below the free zone."""
+    s = LocateSettings()
+    d = np.array(s.depths_km)
+    cost = depth_prior(d, s)
+    crust = d <= s.depth_prior_free_km
+    assert d[np.argmin(cost)] in (10.0, 20.0)
+    assert cost[crust].max() <= locate_module.DEPTH_TIE_COST + 1e-12  # ties only, in the crust
+    deep = ~crust
+    expect = locate_module.DEPTH_TIE_COST + ((d[deep] - s.depth_prior_free_km) / s.depth_prior_scale_km) ** 2
+    assert np.allclose(cost[deep], expect)
+    assert np.all(np.diff(cost[d >= s.depth_prior_typical_km]) >= 0)
+    # soft: an intraslab depth costs what a few well-placed picks outweigh, not a wall
+    assert cost[d == 100.0][0] < 10.0
+
+
+def _shallow_few_pick_cases(n_picks: int, depth_km: float = 10.0, n_cases: int = 20):
+    """The earliest ``n_picks`` of seeded 20-device networks above a shallow event, with
+    phone-like pick noise (0.5 s, the locator's own sigma)."""
+    for seed in range(n_cases):
+        lat, lon = network(seed)
+        rng = np.random.default_rng(500 + seed)
+        elat, elon = LAT0 + rng.uniform(-0.5, 0.5), LON0 + rng.uniform(-0.5, 0.5)
+        t = p_onsets(lat, lon, elat, elon, depth_km, rng, sigma=0.5)
+        k = np.argsort(t)[:n_picks]
+        yield lat[k], lon[k], t[k], float(t[k].max()) + 1.0
+
+
+@pytest.mark.parametrize("n_picks", [3, 4])
+def test_few_noisy_picks_keep_a_shallow_event_shallow(n_picks, monkeypatch):
+    """With 3-4 picks depth trades off against origin time, and noise alone used to put a
+    10 km event anywhere down to 100 km (and its magnitude far too high). The depth prior
+    keeps it in the crust."""
+    depths = [locate(la, lo, t, now_s=now).depth_km for la, lo, t, now in _shallow_few_pick_cases(n_picks)]
+    assert max(depths) <= 30.0, depths
+    if n_picks == 3:  # the test has teeth: without the prior, many of these go deep
+        monkeypatch.setattr(locate_module, "DEPTH_TIE_COST", 0.0)
+        off = LocateSettings(depth_prior_free_km=1000.0)
+        free = [locate(la, lo, t, now_s=now, settings=off).depth_km for la, lo, t, now in _shallow_few_pick_cases(3)]
+        assert sum(d > 30.0 for d in free) >= 5, free
+
+
+@pytest.mark.parametrize("depth", [60.0, 80.0, 100.0])
+@pytest.mark.parametrize("seed", [3, 7, 9])
+def test_dense_network_resolves_an_intraslab_depth_despite_the_prior(seed, depth):
+    """Twelve picks of a 60-100 km deep event under the network, 0.3 s noise: the picks
+    near the epicentre resolve the depth and outweigh the prior (the nearest trial depth,
+    or its neighbour)."""
+    lat, lon = network(seed)
+    rng = np.random.default_rng(2000 + seed)
+    elat, elon = LAT0 + 0.05, LON0 - 0.05
+    t = p_onsets(lat, lon, elat, elon, depth, rng, sigma=0.3)
+    k = np.argsort(t)[:12]
+    loc = locate(lat[k], lon[k], t[k], now_s=float(t[k].max()) + 1.0)
+    assert abs(loc.depth_km - depth) <= 20.0, f"depth {loc.depth_km} km for a {depth} km source"
+    assert epi_error_km(loc, elat, elon) < 10.0

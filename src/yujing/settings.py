@@ -90,6 +90,28 @@ class LocateSettings(msgspec.Struct, frozen=True, kw_only=True):
         "cost (d/scale)^2. Three picks leave a curve of equally good solutions; this picks "
         "the part near the first device, as ElarmS' first-station start does. About the "
         "spacing of a sparse regional network.")] = 100.0
+    depth_prior_typical_km: Annotated[float, _d(
+        "Depth the locator settles on when the picks cannot tell crustal depths apart: the "
+        "mild centre of the depth prior, which costs 0.5 chi-square units at "
+        "depth_prior_free_km and less in between (0.056 at 10 and 20 km, 0.22 at 5 km). "
+        "Quakes large enough to warn for nucleate near the base of the seismogenic crust, "
+        "10-20 km (Sibson 1982), interface quakes deeper; EEW practice starts shallow "
+        "(ElarmS/EPIC fix 8 km, JMA starts at 10 km). Midway between the trial depths 10 "
+        "and 20 km, it leaves that choice to the picks.")] = 15.0
+    depth_prior_free_km: Annotated[float, _d(
+        "Down to this depth the prior adds only its mild centre. A few picks leave depth and "
+        "origin time trading off (3-10 simulated phone picks of a 16 km quake scored 5-100 km "
+        "within ~1.5 chi-square units), and without a prior the best trial depth was "
+        "arbitrary, often 45-100 km, which lengthened every hypocentral distance and "
+        "inflated the magnitude. Most damaging quakes are shallower than about 30 km.")] = 30.0
+    depth_prior_scale_km: Annotated[float, _d(
+        "Below depth_prior_free_km a trial depth d also costs ((d - free)/scale)^2 "
+        "chi-square units, the units of the pick residuals: the whole prior is 0.75 at "
+        "45 km, 1.5 at 60, 3.3 at 80, 5.9 at 100 (odds of ~1:20 against 100 km: M6+ "
+        "hypocentres per km of depth are an order of magnitude rarer there than in the crust). Subduction interface quakes (15-50 km) stay cheap; "
+        "intraslab depths (60-100 km) need picks that resolve them, as devices within about "
+        "the depth of the epicentre do (a wrong shallow depth then costs tens of units)."),
+        msgspec.Meta(gt=0)] = 30.0
 
 
 class MagnitudeSettings(msgspec.Struct, frozen=True, kw_only=True):
