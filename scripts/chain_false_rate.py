@@ -187,8 +187,8 @@ def quantise(rng, acc):
 
 def run_agent(t, acc, feed_s=FEED_S):
     """The shipped agent over one stream. Returns (picker triggers, passed, onsets of the
-    passed triggers, CPU s, agent stats)."""
-    agent = DeviceAgent(AgentConfig(latitude=30.66, longitude=104.07, secret=b"chain-false-rate"))
+    passed triggers, CPU s, agent stats, the agent's decisions on the passed ones)."""
+    agent = DeviceAgent(AgentConfig(latitude=30.66, longitude=104.07, secret=b"chain-false-rate", keep_decisions=True))
     onsets = []
     cpu = time.process_time()
     i0 = 0
@@ -201,7 +201,7 @@ def run_agent(t, acc, feed_s=FEED_S):
     onsets += [m.trigger.onset_time_s for m in agent.drain() if isinstance(m, TriggerMessage) and m.trigger.update == 0]
     cpu = time.process_time() - cpu
     st = agent.stats
-    return st.triggers, st.sent, onsets, cpu, st
+    return st.triggers, st.sent, onsets, cpu, st, [d for d in agent.decisions if d.sent]
 
 
 def _segment_at(spans, t_rel):
@@ -214,9 +214,13 @@ def _segment_at(spans, t_rel):
     return name, since
 
 
-def _passed_at(spans, t_rel):
+def _passed_at(spans, t_rel, d=None):
     name, since = _segment_at(spans, t_rel)
-    return {"t_s": round(t_rel, 2), "segment": name, "s_after_segment_start": None if math.isnan(since) else round(since, 2)}
+    out = {"t_s": round(t_rel, 2), "segment": name, "s_after_segment_start": None if math.isnan(since) else round(since, 2)}
+    if d is not None:  # what the agent judged: the deciding window, its model's probability, the turn
+        out.update(window_s=d.window_s, probability=round(d.probability, 5), tilt_deg=round(d.tilt_deg, 2),
+                   pga_gal=round(d.trigger.pga_gal, 1), peak_gal=round(d.peak_gal, 1))
+    return out
 
 
 def job(spec):
@@ -240,7 +244,8 @@ def job(spec):
         t, keep = phone_times(rng, len(acc), sr, t0)
         acc = acc[keep]
         name = f"{kind}-{pool_name or 'sim'}-{idx}"
-    triggers, passed, onsets, cpu, st = run_agent(t, acc)
+    triggers, passed, onsets, cpu, st, sent = run_agent(t, acc)
+    by_onset = {d.onset_time_s: d for d in sent}
     return {
         "kind": kind,
         "pool": pool_name,
@@ -253,10 +258,12 @@ def job(spec):
         "stream_hours": (t[-1] - t[0]) / 3600.0,
         "picker_triggers": int(triggers),
         "passed": int(passed),
+        "passed_early": int(st.sent_early),
         "incomplete": int(st.rejected_incomplete),
         "rejected_moving": int(st.rejected_moving),
         "rejected_turned": int(st.rejected_turned),
-        "passed_at": [_passed_at(spans, o - t0) for o in onsets],
+        "rejected_strong": int(st.rejected_strong),
+        "passed_at": [_passed_at(spans, o - t0, by_onset.get(o)) for o in onsets],
         "cpu_s": cpu,
     }
 
@@ -289,7 +296,9 @@ def summarise(rows):
     trig = sum(r["picker_triggers"] for r in rows)
     moving = sum(r["rejected_moving"] for r in rows)
     turned = sum(r["rejected_turned"] for r in rows)
+    strong = sum(r.get("rejected_strong", 0) for r in rows)
     passed = sum(r["passed"] for r in rows)
+    early = sum(r.get("passed_early", 0) for r in rows)
     cpu = sum(r["cpu_s"] for r in rows)
     per_day = 24.0 / hours if hours > 0 else math.nan
     return {
@@ -299,7 +308,9 @@ def summarise(rows):
         "picker_triggers": trig,
         "rejected_moving": moving,
         "rejected_turned": turned,
+        "rejected_strong": strong,
         "passed": passed,
+        "passed_early": early,
         "triggers_per_day": trig * per_day,
         "passed_per_day": passed * per_day,
         "passed_per_day_upper95": tc.poisson_upper_95(passed) * per_day,
@@ -362,11 +373,11 @@ def measure(seed=SEED, hours=24.0, phone_hours=2.0, sim_hours=6.0, jobs=1, with_
 
 def _report(res):
     print(f"pick-ups: {res['augmentation']['pickup']}")
-    print(f"{'streams':48s} {'motion h':>8s} {'triggers':>8s} {'moving':>6s} {'turned':>6s} {'passed':>6s} {'trig/day':>8s} "
+    print(f"{'streams':48s} {'motion h':>8s} {'triggers':>8s} {'moving':>6s} {'turned':>6s} {'strong':>6s} {'passed':>6s} {'early':>5s} {'trig/day':>8s} "
           f"{'pass/day':>8s} {'95% ub/day':>10s} {'h/CPU s':>8s}")
     for label, g in res["groups"].items():
         print(f"{label:48s} {g['motion_hours']:8.2f} {g['picker_triggers']:8d} {g['rejected_moving']:6d} "
-              f"{g['rejected_turned']:6d} {g['passed']:6d} "
+              f"{g['rejected_turned']:6d} {g['rejected_strong']:6d} {g['passed']:6d} {g['passed_early']:5d} "
               f"{g['triggers_per_day']:8.0f} {g['passed_per_day']:8.2f} {g['passed_per_day_upper95']:10.2f} "
               f"{g['hours_per_cpu_s']:8.3f}")
     passes = [(r["name"], p) for r in res["streams"] for p in r["passed_at"]]
@@ -374,7 +385,10 @@ def _report(res):
         print("\npassed triggers (false triggers sent):")
         for name, p in passes:
             since = "" if p["s_after_segment_start"] is None else f", {p['s_after_segment_start']:.2f} s after it starts"
-            print(f"  {name:28s} t = {p['t_s']:9.2f} s  segment {p['segment'] or '-'}{since}")
+            judged = ""
+            if "window_s" in p:
+                judged = f"; {p['window_s']:g} s window, p {p['probability']:.4f}, turned {p['tilt_deg']:.1f} deg, peak {p['peak_gal']:.0f} gal"
+            print(f"  {name:28s} t = {p['t_s']:9.2f} s  segment {p['segment'] or '-'}{since}{judged}")
     print(f"\nper 24 h of motion; upper bound: one-sided 95 % Poisson. Wall time {res['wall_s']:.0f} s.")
 
 

@@ -131,6 +131,6 @@ def test_agent_counts_a_quiet_phone_as_nothing(cfr):
     rng = np.random.default_rng(5)
     acc = cfr.still_spell(rng, 100.0, 120.0)
     t, keep = cfr.phone_times(rng, len(acc), 100.0, 1.7e9)
-    triggers, passed, onsets, cpu, stats = cfr.run_agent(t, acc[keep])
-    assert (triggers, passed, onsets) == (0, 0, [])
+    triggers, passed, onsets, cpu, stats, sent = cfr.run_agent(t, acc[keep])
+    assert (triggers, passed, onsets, sent) == (0, 0, [], [])
     assert stats.rate_hz == 100.0 and stats.samples_in == len(t)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from yujing.device.classifier import EarthquakeClassifier
-from yujing.device.features import FEATURE_NAMES, WINDOW_POST_S, window_features, window_samples
+from yujing.device.features import EARLY_WINDOW_POST_S, FEATURE_NAMES, WINDOW_POST_S, window_features, window_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_classifier.py"
@@ -148,12 +148,14 @@ def test_shipped_weights_are_small_and_load_from_the_package():
     assert model.probability(x, 50.0) == model.probability(x, 50.0)
 
 
-def test_packaged_model_must_match_the_agents_window(monkeypatch):
+def test_packaged_models_must_match_the_agents_windows(monkeypatch):
     import yujing.device.classifier as C
 
-    monkeypatch.setattr(C, "WINDOW_POST_S", WINDOW_POST_S + 0.5)
-    with pytest.raises(ValueError, match="WINDOW_POST_S"):
-        C._load_packaged.__wrapped__(C.DEFAULT_MODEL_FILE)
+    for name, window in ((C.DEFAULT_MODEL_FILE, WINDOW_POST_S), (C.EARLY_MODEL_FILE, EARLY_WINDOW_POST_S)):
+        assert C._load_packaged.__wrapped__(name).window_post_s == window
+        monkeypatch.setitem(C._PACKAGED_WINDOW_S, name, window + 0.5)
+        with pytest.raises(ValueError, match="retrain"):
+            C._load_packaged.__wrapped__(name)
 
 
 def test_inference_needs_no_scikit_learn():
@@ -212,3 +214,30 @@ def test_picker_plus_classifier_on_continuous_human_motion(heldout):
     passed = sum(r[3] for r in rows)
     assert hours > 0.3 and triggers > 10  # the picker does fire on human motion
     assert passed / hours * 24.0 <= 1.0, f"{passed} false triggers in {hours:.2f} h"
+
+
+def test_the_two_stage_decision_keeps_the_heldout_numbers(heldout):
+    """The agent sends a window that the early model (EARLY_WINDOW_POST_S) or the full model
+    passes. Together they must still meet the targets on the held-out split, and the early
+    model's stored numbers are the ones this code computes."""
+    T, model, windows, _, p = heldout
+    early = EarthquakeClassifier.load_early()
+    assert early.window_post_s == EARLY_WINDOW_POST_S and early.threshold > model.threshold
+    pe = early.probability_from_features(T.featurize(windows, early.window_post_s))
+    quake = np.array([w.source == "openeew-P" for w in windows])
+    activity = np.array([w.label == 0 and not w.source.startswith(("sim-", "openeew")) for w in windows])
+    either = (p >= model.threshold) | (pe >= early.threshold)
+    assert either[quake].mean() >= 0.95 and either[activity].mean() <= 0.01
+    meta = early.meta_dict["heldout"]
+    assert abs(meta["earthquake_recall_openeew_P"] - float(np.mean(pe[quake] >= early.threshold))) < 1e-9
+    assert abs(meta["false_trigger_rate_per_activity_window"] - float(np.mean(pe[activity] >= early.threshold))) < 1e-9
+    assert early.meta_dict["stage"] == "early"
+
+
+def test_early_model_answers_alike_across_phone_rates():
+    """The early model over its 1 s window calls the analytic onset an earthquake and the
+    walking window not, at every phone and sensor rate from 25 Hz up."""
+    early = EarthquakeClassifier.load_early()
+    for sr in (25.0, 31.25, 50.0, 100.0, 200.0):
+        assert early.is_earthquake(quake_like(sr), sr, "gal"), sr
+        assert not early.is_earthquake(walking_like(sr), sr, "m/s2"), sr

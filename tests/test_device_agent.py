@@ -21,7 +21,7 @@ import pytest
 from yujing.alerting import AlertPolicy, device_warning
 from yujing.cli import main
 from yujing.device.classifier import EarthquakeClassifier
-from yujing.device.features import WINDOW_POST_S
+from yujing.device.features import EARLY_WINDOW_POST_S, WINDOW_POST_S
 from yujing.device.agent import (
     CELL_RESOLUTION,
     AgentConfig,
@@ -408,7 +408,8 @@ def test_what_is_sent_hides_position_and_secret_and_rotates_daily():
     assert days["2024-03-01"] == {daily_pseudonym(SECRET, "2024-03-01")}
     assert ag.pseudonym(1709337600.0) == ag.pseudonym(1709337600.0 + 86399.0) != ag.pseudonym(1709337600.0 - 1.0)
     assert [m.trigger.update for m in msgs] == list(range(len(msgs)))
-    assert msgs[0].trigger.window_s >= WINDOW_POST_S  # sent once the classifier's window is complete
+    # sent once a classifier's window is complete: the early model's at the soonest
+    assert msgs[0].trigger.window_s >= EARLY_WINDOW_POST_S
 
 
 def test_raw_packets_only_when_opted_in():

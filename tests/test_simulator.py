@@ -164,7 +164,7 @@ def test_a_span_across_midnight_utc_rotates_the_pseudonym():
     sc = scenarios.custom(6.5, 29.59, 102.08, 16.0, origin_time_s=midnight - 20.0)
     net = simulate(sc, 10_000, seed=2)
     s = net.settings
-    sent = net.trig_onset_true_s[net.msg_trigger] + s.trigger_window_s + net.msg_update * s.update_interval_s
+    sent = net.trig_onset_true_s[net.msg_trigger] + net.trig_window_s[net.msg_trigger] + net.msg_update * s.update_interval_s
     ids: dict[tuple[int, bool], set] = {}
     for t, ph, after in zip(net.trigger_messages(), net.trig_phone[net.msg_trigger].tolist(), (sent >= midnight).tolist()):
         ids.setdefault((ph, after), set()).add(t.device_id)
@@ -295,7 +295,10 @@ def test_updates_grow_and_come_once_a_second(luding):
             assert b.window_s > a.window_s
             assert b.pga_gal >= a.pga_gal and b.pgv_cm_s >= a.pgv_cm_s and b.wa_horizontal_nm >= a.wa_horizontal_nm
         w = [m.window_s for m in msgs]
-        assert w[0] >= s.trigger_window_s and w[-1] <= s.update_duration_s + 1e-9
+        # the first message may be lost: whole update intervals after the trigger's window
+        k = (w[0] - net.trig_window_s[j]) / s.update_interval_s
+        assert k > -1e-9 and abs(k - round(k)) < 1e-9 and w[-1] <= s.update_duration_s + 1e-9
+        assert net.trig_window_s[j] in (s.early_window_s, s.trigger_window_s)
         n_checked += 1
     assert n_checked > 20
     k_max = int((s.update_duration_s - s.trigger_window_s) / s.update_interval_s) + 1
@@ -329,7 +332,7 @@ def test_messages_come_in_arrival_order_and_never_before_their_data(luding):
     # causality: a message arrives after the data it reports were recorded
     s = net.settings
     rows = np.arange(len(net.msg_arrival_s))
-    recorded = net.trig_onset_true_s[net.msg_trigger] + s.trigger_window_s + net.msg_update * s.update_interval_s
+    recorded = net.trig_onset_true_s[net.msg_trigger] + net.trig_window_s[net.msg_trigger] + net.msg_update * s.update_interval_s
     assert np.all(net.msg_arrival_s[rows] > recorded)
 
 
@@ -377,3 +380,42 @@ def test_100k_phones_simulate_in_a_few_seconds():
     elapsed = time.perf_counter() - t
     assert net.n_phones == 100_000 and len(first) > 1000
     assert elapsed < 8.0, f"{elapsed:.1f} s"
+
+
+def test_early_sends_follow_the_measured_shares():
+    """The early model's sends: only P triggers, at early_window_s, about the measured share
+    of them; none when the table is empty, and then every trigger keeps its full window."""
+    sc = scenarios.get("luding2022")
+    net = simulate(sc, 20_000, seed=3)
+    s = net.settings
+    early = net.trig_window_s == s.early_window_s
+    assert np.all(net.trig_kind[early] == KIND_P)
+    assert np.all(net.trig_window_s[~early] == s.trigger_window_s)
+    p = net.trig_kind == KIND_P
+    share = early[p].mean()
+    lo, hi = min(f for _, f in s.early_pass_by_peak_gal), max(f for _, f in s.early_pass_by_peak_gal)
+    assert lo - 0.05 <= share <= hi + 0.05 and early.sum() > 50
+    off = simulate(sc, 20_000, seed=3, settings=SimSettings(early_pass_by_peak_gal=()))
+    assert np.all(off.trig_window_s == s.trigger_window_s)
+    # the same phones trigger at the same onsets: only the send time moves
+    np.testing.assert_array_equal(off.trig_onset_true_s, net.trig_onset_true_s)
+    with pytest.raises(ValueError, match="early_pass_by_peak_gal"):
+        SimSettings(early_pass_by_peak_gal=((10.0, 0.5), (5.0, 0.5)))
+    with pytest.raises(ValueError, match="early_window_s"):
+        SimSettings(early_window_s=2.0)
+
+
+def test_the_strength_gate_drops_the_strongest_windows():
+    """With the agent's strength gate set low, the phones whose window peaks above it send
+    nothing; with it off, all send. The rest of the simulation does not change."""
+    sc = scenarios.get("luding2022")
+    base = simulate(sc, 20_000, seed=4, settings=SimSettings(peak_max_gal=math.inf, early_pass_by_peak_gal=()))
+    low = simulate(sc, 20_000, seed=4, settings=SimSettings(peak_max_gal=20.0, early_pass_by_peak_gal=()))
+    assert base.n_too_strong == 0 and low.n_too_strong > 10
+    kept_real = (low.trig_kind != KIND_FALSE).sum()
+    assert kept_real == (base.trig_kind != KIND_FALSE).sum() - low.n_too_strong
+    # the phones dropped are the strongest of the full run
+    gone = np.setdiff1d(base.trig_phone[base.trig_kind != KIND_FALSE], low.trig_phone[low.trig_kind != KIND_FALSE])
+    stay = low.trig_phone[low.trig_kind != KIND_FALSE]
+    assert len(gone) == low.n_too_strong and base.pga_gal[gone].min() > np.median(base.pga_gal[stay])
+    np.testing.assert_array_equal(low.pga_gal, base.pga_gal)

@@ -34,6 +34,12 @@ into what the device shows:
   updates). While a trigger waits for its classifier window, the block that holds the
   window's last sample ends at that sample, so the decision waits for no block (samples
   fed through :meth:`DeviceAgent.feed`; OpenEEW packets are taken whole).
+* **Early decision.** When the data reach ``EARLY_WINDOW_POST_S`` (1 s) after the onset,
+  a second model trained on that shorter window (:meth:`EarthquakeClassifier.load_early`,
+  a stricter threshold) is asked first; if it is sure and both gates below pass, the
+  trigger is sent then, 0.5 s earlier. Otherwise the trigger waits for the full window
+  below: the early stage only sends sooner, it never rejects a trigger the full window
+  could send (``early_decision=False`` turns it off).
 * **Classifier.** When the data reach ``WINDOW_POST_S`` (1.5 s) after a trigger's onset,
   the raw window (gal, gravity and orientation as recorded, the form the classifier was
   trained on) from ``WINDOW_PRE_S`` (2 s) before to ``WINDOW_POST_S`` after the onset goes to
@@ -56,6 +62,13 @@ into what the device shows:
   1 g vector that far, above ``tilt_max_deg`` (10 degrees) drops the trigger (reason
   ``"turned"``). Shaking averages out of a 1 s mean: the 57 OpenEEW P triggers show at
   most 0.04 degrees, 3,000 simulated P onsets up to 300 gal at most 5.7 (docs/device.md).
+* **Strength gate.** A trigger whose data since the onset peak above ``peak_max_gal``
+  (500 gal, the three axes' vector about the mean of the 2 s before the onset) is
+  dropped (reason
+  ``"too_strong"``): a phone lying loose slides on its table above about half a g, so it
+  cannot record more as ground motion, and no earthquake window the classifier learnt
+  from peaks above ~500 gal (its verdict there would be extrapolation), while a hand or
+  wrist moving a phone often does (docs/device.md, step 7c).
 * **What is sent** (:class:`TriggerMessage`): the :class:`~yujing.records.Trigger` with
   ``device_id`` = today's pseudonym and ``latitude``/``longitude`` = the centre of the
   device's H3 resolution-7 cell, the cell itself and the classifier's probability. The
@@ -96,7 +109,7 @@ from ..settings import PickerSettings
 from ..sources.simulator import daily_pseudonym
 from ..wire import decode_alert
 from .classifier import EarthquakeClassifier
-from .features import AGENT_BLOCK_S, UNITS_TO_GAL, WINDOW_POST_S, WINDOW_PRE_S, window_samples
+from .features import AGENT_BLOCK_S, EARLY_WINDOW_POST_S, UNITS_TO_GAL, WINDOW_POST_S, WINDOW_PRE_S, window_samples
 
 __all__ = [
     "AgentConfig",
@@ -167,7 +180,11 @@ class AgentConfig:
     the gate off. Tilt gate: ``tilt_max_deg`` (degrees) is the largest turn of the
     device between that still stretch and the end of the classifier window that can
     still be an earthquake (``inf`` turns it off). The defaults are chosen from data in
-    ``docs/device.md``.
+    ``docs/device.md``. ``peak_max_gal`` (gal): the strongest peak since the onset (up to
+    the decision), as the three axes' vector about the mean of the ``WINDOW_PRE_S`` before
+    the onset, that can still be a phone lying loose on the ground's motion (``inf`` turns
+    the strength gate off). ``early_decision``: ask the early model at
+    ``EARLY_WINDOW_POST_S`` (s) after the onset and send at once a trigger it is sure of.
     """
 
     latitude: float
@@ -189,6 +206,8 @@ class AgentConfig:
     still_guard_s: float = 0.5
     still_max_gal: float = 5.0
     tilt_max_deg: float = 10.0
+    peak_max_gal: float = 500.0
+    early_decision: bool = True
 
     def __post_init__(self):
         if not (math.isfinite(self.latitude) and -90.0 <= self.latitude <= 90.0):
@@ -211,6 +230,8 @@ class AgentConfig:
             raise ValueError("still_max_gal must be positive (gal; inf turns the gate off)")
         if not self.tilt_max_deg > 0:
             raise ValueError("tilt_max_deg must be positive (degrees; inf turns the tilt gate off)")
+        if not self.peak_max_gal > 0:
+            raise ValueError("peak_max_gal must be positive (gal; inf turns the strength gate off)")
 
 
 class TriggerMessage(msgspec.Struct, frozen=True, tag="trigger", tag_field="kind"):
@@ -241,12 +262,16 @@ class Decision:
     """What the agent made of one picker trigger. ``reason``: ``""`` (sent),
     ``"moving"`` (the device was not still before the onset, see
     :attr:`AgentConfig.still_max_gal`), ``"turned"`` (it turned by more than
-    :attr:`AgentConfig.tilt_max_deg` after the onset), ``"classifier"`` (probability below the
+    :attr:`AgentConfig.tilt_max_deg` after the onset), ``"too_strong"`` (the data since the onset peaked
+    above :attr:`AgentConfig.peak_max_gal`), ``"classifier"`` (probability below the
     threshold) or ``"incomplete_window"`` (the stream ended or broke before
     ``WINDOW_POST_S`` after the onset). ``trigger``: the picker's message at decision
     time, with pseudonym and cell centre. ``still_rms_gal``: the RMS (gal) the stillness
     gate judged; ``tilt_deg``: the turn (degrees) the tilt gate judged (NaN if not
-    judged, inf if a stretch was missing)."""
+    judged, inf if a stretch was missing); ``window_s``: seconds after the onset the
+    deciding window reached (``EARLY_WINDOW_POST_S`` for an early send, else
+    ``WINDOW_POST_S``; NaN for an incomplete window). ``probability`` is that window's
+    model's. ``peak_gal``: the peak since the onset the strength gate judged (gal)."""
 
     onset_time_s: float
     probability: float
@@ -255,6 +280,8 @@ class Decision:
     trigger: Trigger
     still_rms_gal: float = math.nan
     tilt_deg: float = math.nan
+    window_s: float = math.nan
+    peak_gal: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -286,8 +313,10 @@ class AgentStats:
     orientation: str = ""
     triggers: int = 0
     sent: int = 0
+    sent_early: int = 0  # of sent: at EARLY_WINDOW_POST_S, by the early model
     rejected_moving: int = 0  # the device was not still before the onset
     rejected_turned: int = 0  # the device turned between rest and the window's end
+    rejected_strong: int = 0  # the data since the onset peaked above peak_max_gal
     rejected_classifier: int = 0
     rejected_incomplete: int = 0
     trigger_messages: int = 0
@@ -357,18 +386,27 @@ class _Track:
     probability: float = math.nan
     sent: int = 0  # messages sent so far (0: undecided or rejected)
     rejected: bool = False
+    early_done: bool = False  # the early model has been asked (or is off)
 
 
 class DeviceAgent:
     """The on-device pipeline: :meth:`feed` (or :meth:`feed_packet`) samples, read the
     messages to send from :attr:`outbox`; :meth:`on_alert` for incoming alerts.
 
-    ``classifier``: defaults to the shipped :meth:`EarthquakeClassifier.load`.
+    ``classifier``: defaults to the shipped :meth:`EarthquakeClassifier.load`;
+    ``early_classifier`` (used when ``config.early_decision``) to
+    :meth:`EarthquakeClassifier.load_early`.
     """
 
-    def __init__(self, config: AgentConfig, classifier: EarthquakeClassifier | None = None):
+    def __init__(
+        self,
+        config: AgentConfig,
+        classifier: EarthquakeClassifier | None = None,
+        early_classifier: EarthquakeClassifier | None = None,
+    ):
         self.config = config
         self.classifier = classifier or EarthquakeClassifier.load()
+        self.early_classifier = (early_classifier or EarthquakeClassifier.load_early()) if config.early_decision else None
         self.cell = h3.latlng_to_cell(config.latitude, config.longitude, CELL_RESOLUTION)
         self.cell_latitude, self.cell_longitude = h3.cell_to_latlng(self.cell)
         self.picker = Picker(config.picker)
@@ -515,7 +553,12 @@ class DeviceAgent:
         """Time (device s) of the last sample of the earliest classifier window still
         awaited, or None when no trigger waits."""
         post = window_samples(rate)[1]
-        due = [onset + (post - 1) / rate for onset, tr in self._tracks.items() if not tr.sent and not tr.rejected]
+        post_early = window_samples(rate, EARLY_WINDOW_POST_S)[1]
+        due = [
+            onset + ((post if tr.early_done else post_early) - 1) / rate
+            for onset, tr in self._tracks.items()
+            if not tr.sent and not tr.rejected
+        ]
         return min(due) if due else None
 
     # input: packets -------------------------------------------------------------------
@@ -674,7 +717,7 @@ class DeviceAgent:
         tr = self._tracks.get(key)
         if trig.update == 0:
             self.stats.triggers += 1
-            self._tracks[key] = _Track(latest=trig)
+            self._tracks[key] = _Track(latest=trig, early_done=self.early_classifier is None)
             return
         if tr is None:
             # an update of a track already forgotten: the picker's last updates can come up
@@ -686,30 +729,61 @@ class DeviceAgent:
 
     def _classify_ready(self, now_s: float, rate: float) -> None:
         pre, post = window_samples(rate)
+        post_early = window_samples(rate, EARLY_WINDOW_POST_S)[1]
+        c = self.config
         for onset, tr in list(self._tracks.items()):
             if not tr.sent and not tr.rejected:
                 i = int(np.searchsorted(self._buf_t, onset - 0.5 / rate))
-                if len(self._buf_t) - i < post:
+                have = len(self._buf_t) - i
+                if not tr.early_done:
+                    if have < post_early:
+                        continue  # wait for EARLY_WINDOW_POST_S after the onset
+                    tr.early_done = True
+                    if i >= pre and self._judge(onset, tr, i, pre, post_early, EARLY_WINDOW_POST_S, self.early_classifier, rate, early=True):
+                        continue
+                if have < post:
                     continue  # wait for WINDOW_POST_S after the onset
                 if i < pre:
                     self._decide(onset, tr, math.nan, "incomplete_window")
                     continue
-                p = self.classifier.probability(self._buf_x[i - pre : i + post], rate, "gal")
-                c = self.config
-                end = onset - c.still_guard_s
-                rms = self._motion_rms(end - c.still_before_s, end)
-                tilt = self._tilt_deg(end - c.still_before_s, end, onset + WINDOW_POST_S - TILT_AFTER_S, onset + WINDOW_POST_S)
-                if not rms <= c.still_max_gal:
-                    reason = "moving"
-                elif not tilt <= c.tilt_max_deg:
-                    reason = "turned"
-                else:
-                    reason = "" if p >= self.classifier.threshold else "classifier"
-                self._decide(onset, tr, p, reason, rms, tilt)
+                self._judge(onset, tr, i, pre, post, WINDOW_POST_S, self.classifier, rate, early=False)
             # tracks live as long as the picker's; forget them after that (two blocks
             # later: OpenEEW packets are 1 s blocks, longer than packet_s)
             if now_s - onset > self.config.picker.track_s + 2 * max(self.config.packet_s, self._block_s):
                 del self._tracks[onset]
+
+    def _judge(self, onset, tr, i, pre, post, post_s, model, rate, early: bool) -> bool:
+        """Gates and classifier on the window ``post_s`` after ``onset`` (its first
+        post-onset sample at buffer index ``i``). The early stage decides only a send;
+        anything else waits for the full window, which also reports every rejection. True
+        when decided."""
+        c = self.config
+        end = onset - c.still_guard_s
+        rms = self._motion_rms(end - c.still_before_s, end)
+        tilt = self._tilt_deg(end - c.still_before_s, end, onset + post_s - TILT_AFTER_S, onset + post_s)
+        win = self._buf_x[i - pre : i + post]
+        # everything recorded since the onset, not only the window: the picker may declare
+        # a trigger seconds after its onset, and a hand's motion keeps growing
+        peak = float(np.sqrt(((self._buf_x[i:] - win[:pre].mean(axis=0)) ** 2).sum(axis=1)).max())
+        if early and not (rms <= c.still_max_gal and tilt <= c.tilt_max_deg and peak <= c.peak_max_gal):
+            return False
+        p = model.probability(win, rate, "gal")
+        if early:
+            if p < model.threshold:
+                return False
+            self.stats.sent_early += 1
+            self._decide(onset, tr, p, "", rms, tilt, post_s, peak)
+            return True
+        if not rms <= c.still_max_gal:
+            reason = "moving"
+        elif not tilt <= c.tilt_max_deg:
+            reason = "turned"
+        elif not peak <= c.peak_max_gal:
+            reason = "too_strong"
+        else:
+            reason = "" if p >= model.threshold else "classifier"
+        self._decide(onset, tr, p, reason, rms, tilt, post_s, peak)
+        return True
 
     def _segment(self, start_s: float, end_s: float, min_s: float) -> np.ndarray | None:
         """The raw samples (gal) between ``start_s`` and ``end_s`` (device s), or None if
@@ -762,7 +836,17 @@ class DeviceAgent:
         earthquake now. This is the ``ready`` flag of a heartbeat."""
         return self.still_rms_gal <= self.config.still_max_gal
 
-    def _decide(self, onset: float, tr: _Track, p: float, reason: str, rms: float = math.nan, tilt: float = math.nan) -> None:
+    def _decide(
+        self,
+        onset: float,
+        tr: _Track,
+        p: float,
+        reason: str,
+        rms: float = math.nan,
+        tilt: float = math.nan,
+        window_s: float = math.nan,
+        peak: float = math.nan,
+    ) -> None:
         tr.probability = p
         st = self.stats
         if reason:
@@ -773,12 +857,14 @@ class DeviceAgent:
                 st.rejected_moving += 1
             elif reason == "turned":
                 st.rejected_turned += 1
+            elif reason == "too_strong":
+                st.rejected_strong += 1
             else:
                 st.rejected_incomplete += 1
         else:
             st.sent += 1
         if self.config.keep_decisions:
-            self.decisions.append(Decision(onset, p, not reason, reason, self._as_sent(tr.latest, 0), rms, tilt))
+            self.decisions.append(Decision(onset, p, not reason, reason, self._as_sent(tr.latest, 0), rms, tilt, window_s, peak))
         if not reason:
             self._send(tr)
 
@@ -968,7 +1054,7 @@ def device_replay(args) -> int:
         for d in keep:
             m = last.get(d.onset_time_s)
             trig = m.trigger if d.sent and m is not None else d.trigger
-            rows.append(_trigger_json(trig, agent.cell, d.probability, d.sent, d.reason, count.get(d.onset_time_s, 0)))
+            rows.append(_trigger_json(trig, agent.cell, d.probability, d.sent, d.reason, count.get(d.onset_time_s, 0), d.window_s))
     elif args.all:
         rows += [_trigger_json(d.trigger, agent.cell, d.probability, False, d.reason, 0) for d in keep if not d.sent]
         rows.sort(key=lambda r: (r["onset_time_s"], r["issued_at_s"]))
@@ -1016,7 +1102,7 @@ def _clock_start(info, start_time: str | None) -> float:
     return t0.timestamp()
 
 
-def _trigger_json(trig: Trigger, cell: str, p: float, sent: bool, reason: str, messages: int) -> dict:
+def _trigger_json(trig: Trigger, cell: str, p: float, sent: bool, reason: str, messages: int, window_s: float = math.nan) -> dict:
     from ..replay import iso
 
     d = {"onset_time": iso(trig.onset_time_s), "issued_at": iso(trig.issued_at_s)}
@@ -1027,6 +1113,8 @@ def _trigger_json(trig: Trigger, cell: str, p: float, sent: bool, reason: str, m
         sent=sent,
         messages=messages,
     )
+    if not math.isnan(window_s):
+        d["decision_window_s"] = window_s  # seconds after the onset the deciding window reached
     if not sent:
         d["reason"] = reason
     return d
@@ -1054,8 +1142,9 @@ def _print_summary(agent: DeviceAgent, rejects: Rejects, lines: list[str], args,
     if math.isfinite(st.first_time_s):
         print(f"cell {agent.cell} (H3 res {CELL_RESOLUTION}); pseudonym {agent.pseudonym(st.first_time_s)} on {utc_day(st.first_time_s)}", file=err)
     print(
-        f"triggers: {st.triggers} found, {st.sent} sent, {st.rejected_moving} dropped as moving, "
-        f"{st.rejected_turned} as turned, "
+        f"triggers: {st.triggers} found, {st.sent} sent ({st.sent_early} early, at {EARLY_WINDOW_POST_S:g} s), "
+        f"{st.rejected_moving} dropped as moving, "
+        f"{st.rejected_turned} as turned, {st.rejected_strong} as too strong, "
         f"{st.rejected_classifier} rejected by the classifier "
         f"(threshold {agent.classifier.threshold:.3f}), {st.rejected_incomplete} incomplete; "
         f"{st.trigger_messages} messages with updates",

