@@ -212,3 +212,25 @@ def test_a_heartbeat_batch_behind_the_clock_does_not_backdate_an_update():
     out = eng.feed_heartbeats(["zz"], [LAT0 + 3.0], [LON0 + 3.0], last.issued_at_s - 0.2)
     assert out, "the batch closes the step that holds the last trigger"
     assert all(u.issued_at_s >= last.issued_at_s for u in out)
+
+
+def test_a_p_pick_earlier_than_a_loose_location_predicts_is_tried_as_p():
+    """Three picks on one side of a network say little about how far away the quake is.
+    The 2018-02-16 M7.2 (Pinotepa; catalogue epicentre 16.218 -98.013): OpenEEW sensors
+    006, 008 and 009, all 66-131 km north-west of it, triggered first (their recorded onsets
+    and arrivals below); their location put the epicentre 29 km from 006 (really 66), with
+    a horizontal error of ~125 km. The P of sensor 001, 173 km east-south-east, then came
+    11.5 s before that location's P time there: too early to be taken as P at once, yet
+    what the location predicts once moved within its own uncertainty. Tried by relocating
+    with it, it joins as P, and the distances to the other sensors come out near the true
+    ones (without it, later picks from the same side put 006 at 8 km and the final
+    magnitude fell by 0.4)."""
+    pos = {"006": (16.68, -98.40), "008": (16.61, -98.98), "009": (16.72, -99.12), "001": (15.67, -96.50)}
+    devs = {k: Device(k, *v) for k, v in pos.items()}
+    onset = {"006": 8.561, "008": 17.021, "009": 18.534, "001": 27.651}  # s after the origin
+    arrival = {"006": 8.694, "008": 17.901, "009": 19.371, "001": 28.957}
+    ups = feed(Engine(devs), [trig(devs[k], T0 + onset[k], T0 + arrival[k]) for k in onset])
+    assert ups and ups[0].n_devices == 3
+    assert float(distance_km(ups[0].latitude, ups[0].longitude, *pos["006"])) < 40.0  # the loose start
+    assert "001" in ups[-1].device_ids
+    assert float(distance_km(ups[-1].latitude, ups[-1].longitude, *pos["006"])) > 50.0  # true: 66 km

@@ -2,7 +2,11 @@
 
 A trigger first tries to join an event already known: its onset must match the event's
 predicted P arrival at that device (then it is a new P pick) or fall inside the event's
-shaking at that device (then it is that event's later phase, not a new quake). Otherwise it
+shaking at that device (then it is that event's later phase, not a new quake). A young
+event's location can be far off (three picks on one side of a network barely tell the
+distance to the rest), so a trigger that misses the predicted P - later, but before the
+predicted S, or earlier, but no earlier than P would come were the epicentre moved by its
+horizontal error towards the device - is tried as P by relocating with it. Otherwise it
 waits in a pool. A new event needs ``min_devices`` pooled triggers at distinct sites
 (``min_site_separation_km`` apart) whose onsets are pairwise consistent with P-wave
 move-out (``|t_i - t_j| <= tP(d_ij) + slack``) and whose joint location fits (RMS, and few
@@ -269,6 +273,13 @@ class Associator:
                     return self._refresh_soon(ev, now_s)
                 ev.later[trig.device_id] = trig
                 return []
+            if role == "early" and len(ev.picks) < BATCH_PICKS:
+                trial = self._fits_as_p(ev, trig, now_s)
+                if trial is not None:
+                    ev.picks[trig.device_id] = trig
+                    ev.location = trial
+                    ev.dirty_location = False
+                    return self._refresh_soon(ev, now_s)
         self.pool.append(trig)
         made = self._attempt(trig, now_s)
         if made is None:
@@ -308,6 +319,16 @@ class Associator:
             return "later" if trig.onset_time_s > ev.picks[trig.device_id].onset_time_s else None
         if abs(trig.onset_time_s - tp) <= tol:
             return "P"
+        # before the predicted P, but not before the P time at the nearest point of the
+        # location's own uncertainty: a P pick on the far side of a loose early solution
+        # (three picks on one side of the network say little about the distance to the
+        # others), to be tried by relocating with it (:meth:`_fits_as_p`)
+        if trig.onset_time_s < tp and trig.onset_time_s >= (
+            loc.origin_time_s
+            + float(tab.p_time_s(max(epi - loc.horizontal_error_km, 0.0), loc.depth_km))
+            - self.s.associate.moveout_slack_s
+        ):
+            return "early"
         # after the P arrival and within the event's shaking there: S or coda
         if tp < trig.onset_time_s < tp + 30.0 + 0.25 * epi:
             return "later"
@@ -316,7 +337,8 @@ class Associator:
     def _fits_as_p(self, ev: Event, trig: Trigger, now_s: float) -> Location | None:
         """An early location can be tens of km off, and a P pick that does not fit its
         prediction may still fit the event once the event may move. A trigger before the
-        predicted S arrival is tried as P: kept if the relocated event fits it (residual
+        predicted S arrival (a late one, or an early one that the location's own error
+        allows: :meth:`_role`) is tried as P: kept if the relocated event fits it (residual
         within 3 sigma), stays within the RMS limit and gains no silent-device objection."""
         loc = ev.location
         epi = float(distance_km(loc.latitude, loc.longitude, trig.latitude, trig.longitude))
