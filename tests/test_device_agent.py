@@ -274,11 +274,12 @@ def test_rate_snapping():
 # ------------------------------------------------------------------ stillness gate
 
 
-def _phone_with_quake(motion_gal: float, turn_deg: float = 0.0, **kw) -> DeviceAgent:
+def _phone_with_quake(motion_gal: float, turn_deg: float = 0.0, burst_gal: float = 100.0, **kw) -> DeviceAgent:
     """A phone lying at rest (gravity on x, 1 gal sensor noise, 50 Hz) that is handled
-    (a 1.8 Hz sway of ``motion_gal`` with its harmonic) until 3 s before a clear 100 gal
-    P onset at 25 s, and turned by ``turn_deg`` (gravity swings from x towards y) over the
-    second from 25.2 s, as a hand picking it up would; the agent has run to 60 s."""
+    (a 1.8 Hz sway of ``motion_gal`` with its harmonic) until 3 s before a clear
+    ``burst_gal`` P onset at 25 s, and turned by ``turn_deg`` (gravity swings from x
+    towards y) over the second from 25.2 s, as a hand picking it up would; the agent has
+    run to 60 s."""
     ag = agent(units="gal", keep_decisions=True, **kw)
     rng = np.random.default_rng(1)
     sr = 50.0
@@ -289,7 +290,7 @@ def _phone_with_quake(motion_gal: float, turn_deg: float = 0.0, **kw) -> DeviceA
     x[:, 0] += sway + G_GAL * np.cos(angle)
     x[:, 1] += 0.4 * sway + G_GAL * np.sin(angle)
     on = t >= 25.0
-    burst = 100.0 * np.sin(2 * np.pi * 6.0 * t) * np.minimum((t - 25.0) / 0.5, 1.0) * np.exp(-np.maximum(t - 25.0, 0) / 6)
+    burst = burst_gal * np.sin(2 * np.pi * 6.0 * t) * np.minimum((t - 25.0) / 0.5, 1.0) * np.exp(-np.maximum(t - 25.0, 0) / 6)
     x[on] += burst[on, None] * np.array([1.0, 0.3, 0.2])
     ag.feed(1.7e9 + t, x[:, 0], x[:, 1], x[:, 2])
     ag.flush()
@@ -384,6 +385,49 @@ def _quake_agent(**kw):
     ag.feed(t0 + t, x[:, 0], x[:, 1], x[:, 2])
     ag.flush()
     return ag
+
+
+def test_early_decision_sends_a_clear_onset_half_a_second_sooner():
+    """A clear onset: the early model passes it at EARLY_WINDOW_POST_S after the onset;
+    with the early stage off, the same trigger leaves at WINDOW_POST_S. Both carry the
+    same onset; the decision records which window decided."""
+    on = _quake_agent()
+    off = _quake_agent(early_decision=False)
+    [d_on], [d_off] = on.decisions, off.decisions
+    assert d_on.sent and d_off.sent and d_on.onset_time_s == d_off.onset_time_s
+    assert d_on.window_s == EARLY_WINDOW_POST_S and d_off.window_s == WINDOW_POST_S
+    assert d_on.probability >= on.early_classifier.threshold > on.classifier.threshold
+    assert on.stats.sent_early == 1 and off.stats.sent_early == 0 and off.early_classifier is None
+    first_on = next(m for m in on.outbox if isinstance(m, TriggerMessage)).trigger
+    first_off = next(m for m in off.outbox if isinstance(m, TriggerMessage)).trigger
+    assert EARLY_WINDOW_POST_S - 0.03 <= first_on.issued_at_s - first_on.onset_time_s <= EARLY_WINDOW_POST_S
+    assert WINDOW_POST_S - 0.03 <= first_off.issued_at_s - first_off.onset_time_s <= WINDOW_POST_S
+    # later updates are the same track either way
+    assert [m.trigger.update for m in on.outbox if isinstance(m, TriggerMessage)][:3] == [0, 1, 2]
+
+
+def test_an_onset_the_early_model_doubts_waits_for_the_full_window():
+    """The 100 gal sway-free onset of _phone_with_quake is not sure enough for the early
+    model: nothing leaves at 1 s, and the full window sends it at 1.5 s."""
+    ag = _phone_with_quake(0.0)
+    [d] = ag.decisions
+    assert d.sent and d.window_s == WINDOW_POST_S and ag.stats.sent_early == 0
+
+
+def test_strength_gate_drops_more_than_a_loose_phone_can_record():
+    """The same still phone and onset, scaled past peak_max_gal: dropped as too_strong,
+    and the early stage does not send it either. With the gate off it is not dropped
+    for strength."""
+    ok = _phone_with_quake(0.0)
+    assert ok.decisions[0].sent and ok.decisions[0].peak_gal < 200.0
+    strong = _phone_with_quake(0.0, burst_gal=800.0)
+    [d] = strong.decisions
+    assert not d.sent and d.reason == "too_strong" and d.peak_gal > 500.0
+    assert strong.stats.rejected_strong == 1 and strong.stats.sent == 0 and not strong.outbox
+    [d_off] = _phone_with_quake(0.0, burst_gal=800.0, peak_max_gal=math.inf).decisions
+    assert d_off.reason != "too_strong" and abs(d_off.peak_gal - d.peak_gal) < 1e-9
+    with pytest.raises(ValueError, match="peak_max_gal"):
+        agent(peak_max_gal=0.0)
 
 
 def test_what_is_sent_hides_position_and_secret_and_rotates_daily():
