@@ -125,6 +125,9 @@ def test_openeew_device_folder_gives_the_p_trigger(folder_run, p_arrival_s, devi
     assert abs(onset - trig["onset_time_s"]) < 1e-3
     assert abs(onset - p_arrival_s) < 1.0
     assert trig["sent"] and trig["classifier_probability"] >= EarthquakeClassifier.load().threshold
+    # which window decided: this clear onset goes out at the early model's 1 s
+    assert trig["decision_window_s"] == EARLY_WINDOW_POST_S
+    assert trig["classifier_probability"] >= EarthquakeClassifier.load_early().threshold
     # the engine's own picker on the same device (a one-device event folder)
     (tmp_path / "ev").mkdir()
     (tmp_path / "ev" / DEVICE).symlink_to(device_dir, target_is_directory=True)

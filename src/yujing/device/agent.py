@@ -1146,7 +1146,9 @@ def _print_summary(agent: DeviceAgent, rejects: Rejects, lines: list[str], args,
         f"{st.rejected_moving} dropped as moving, "
         f"{st.rejected_turned} as turned, {st.rejected_strong} as too strong, "
         f"{st.rejected_classifier} rejected by the classifier "
-        f"(threshold {agent.classifier.threshold:.3f}), {st.rejected_incomplete} incomplete; "
+        f"(threshold {agent.classifier.threshold:.3f}"
+        + (f"; early model {agent.early_classifier.threshold:.6f}" if agent.early_classifier is not None else "")
+        + f"), {st.rejected_incomplete} incomplete; "
         f"{st.trigger_messages} messages with updates",
         file=err,
     )
