@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from yujing.device.classifier import EarthquakeClassifier
-from yujing.device.features import EARLY_WINDOW_POST_S, FEATURE_NAMES, WINDOW_POST_S, window_features, window_samples
+from yujing.device.features import EARLY_MIN_RATE_HZ, EARLY_WINDOW_POST_S, FEATURE_NAMES, WINDOW_POST_S, window_features, window_samples
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "train_classifier.py"
@@ -236,8 +236,21 @@ def test_the_two_stage_decision_keeps_the_heldout_numbers(heldout):
 
 def test_early_model_answers_alike_across_phone_rates():
     """The early model over its 1 s window calls the analytic onset an earthquake and the
-    walking window not, at every phone and sensor rate from 25 Hz up."""
+    walking window not, at every rate the agent asks it at (EARLY_MIN_RATE_HZ up), and its
+    features agree there within the limits the full window's test uses. At 20 Hz they do
+    not (the IQR drifts 0.054): that is why slower devices skip the early stage."""
     early = EarthquakeClassifier.load_early()
-    for sr in (25.0, 31.25, 50.0, 100.0, 200.0):
+    rates = (25.0, 31.25, 50.0, 100.0, 200.0)
+    assert min(rates) == EARLY_MIN_RATE_HZ
+    for sr in rates:
         assert early.is_earthquake(quake_like(sr), sr, "gal"), sr
         assert not early.is_earthquake(walking_like(sr), sr, "m/s2"), sr
+
+    def onset(sr):  # quake_like cut for the early window
+        pre, post = window_samples(sr, EARLY_WINDOW_POST_S)
+        return quake_like(sr)[: pre + post]
+
+    f = np.array([window_features(onset(sr), sr, "gal", EARLY_WINDOW_POST_S) for sr in rates])
+    assert np.ptp(f[:, 0]) < 0.05 and np.ptp(f[:, 1]) < 0.05 and np.ptp(f[:, 2]) < 0.08
+    f20 = window_features(onset(20.0), 20.0, "gal", EARLY_WINDOW_POST_S)
+    assert np.ptp(np.append(f[:, 0], f20[0])) > 0.05  # the reason for EARLY_MIN_RATE_HZ

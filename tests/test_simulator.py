@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from yujing import scenarios
+from yujing.device.features import EARLY_WINDOW_POST_S
 from yujing.geo import distance_km
 from yujing.magnitude import local_magnitude
 from yujing.records import Trigger
@@ -21,6 +22,7 @@ from yujing.sources.simulator import (
     Heartbeat,
     HeartbeatBatch,
     SimSettings,
+    _rupture_duration_s,
     daily_pseudonym,
     simulate,
     stationary_fraction,
@@ -386,16 +388,25 @@ def test_early_sends_follow_the_measured_shares():
     """The early model's sends: only P triggers, at early_window_s, about the measured share
     of them; none when the table is empty, and then every trigger keeps its full window."""
     sc = scenarios.get("luding2022")
-    net = simulate(sc, 20_000, seed=3)
+    net = simulate(sc, 50_000, seed=3)
     s = net.settings
     early = net.trig_window_s == s.early_window_s
     assert np.all(net.trig_kind[early] == KIND_P)
     assert np.all(net.trig_window_s[~early] == s.trigger_window_s)
+    # per amplitude bin, the share sent early is the table's (4 binomial sigmas)
     p = net.trig_kind == KIND_P
-    share = early[p].mean()
-    lo, hi = min(f for _, f in s.early_pass_by_peak_gal), max(f for _, f in s.early_pass_by_peak_gal)
-    assert lo - 0.05 <= share <= hi + 0.05 and early.sum() > 50
-    off = simulate(sc, 20_000, seed=3, settings=SimSettings(early_pass_by_peak_gal=()))
+    rise = max(1.0, 0.25 * _rupture_duration_s(sc.magnitude))
+    seen = s.p_to_s_pga * net.pga_gal[net.trig_phone[p]] * (0.3 + 0.7 * min(1.0, EARLY_WINDOW_POST_S / rise))
+    edges = [lo for lo, _ in s.early_pass_by_peak_gal] + [math.inf]
+    checked = 0
+    for (lo, frac), hi in zip(s.early_pass_by_peak_gal, edges[1:]):
+        m = (seen >= lo) & (seen < hi)
+        n = int(m.sum())
+        if n >= 30:
+            assert abs(early[p][m].mean() - frac) <= 4.0 * math.sqrt(frac * (1.0 - frac) / n) + 1.0 / n, (lo, n)
+            checked += 1
+    assert checked >= 2
+    off = simulate(sc, 50_000, seed=3, settings=SimSettings(early_pass_by_peak_gal=()))
     assert np.all(off.trig_window_s == s.trigger_window_s)
     # the same phones trigger at the same onsets: only the send time moves
     np.testing.assert_array_equal(off.trig_onset_true_s, net.trig_onset_true_s)

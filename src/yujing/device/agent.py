@@ -34,12 +34,16 @@ into what the device shows:
   updates). While a trigger waits for its classifier window, the block that holds the
   window's last sample ends at that sample, so the decision waits for no block (samples
   fed through :meth:`DeviceAgent.feed`; OpenEEW packets are taken whole).
-* **Early decision.** When the data reach ``EARLY_WINDOW_POST_S`` (1 s) after the onset,
-  a second model trained on that shorter window (:meth:`EarthquakeClassifier.load_early`,
-  a stricter threshold) is asked first; if it is sure and both gates below pass, the
-  trigger is sent then, 0.5 s earlier. Otherwise the trigger waits for the full window
-  below: the early stage only sends sooner, it never rejects a trigger the full window
-  could send (``early_decision=False`` turns it off).
+* **Early decision.** When the data reach ``EARLY_WINDOW_POST_S`` (1 s) after the onset
+  (and not yet the full window), on a device of at least ``EARLY_MIN_RATE_HZ`` (25 Hz), a
+  second model trained on that shorter window (:meth:`EarthquakeClassifier.load_early`, a
+  stricter threshold) is asked first; if it is sure, the gates below pass and the peak so
+  far is at most half of ``peak_max_gal``, the trigger is sent then, 0.5 s earlier.
+  Otherwise it waits for the full window below: the early stage never rejects a trigger
+  the full window could send. The reverse can happen: the full window sees 0.5 s more,
+  and a hand that moves gently for a second and then hard would be sent early where the
+  full window would drop it (the chain measurement counts such sends: none in 288 h,
+  docs/classifier.md). ``early_decision=False`` turns the stage off.
 * **Classifier.** When the data reach ``WINDOW_POST_S`` (1.5 s) after a trigger's onset,
   the raw window (gal, gravity and orientation as recorded, the form the classifier was
   trained on) from ``WINDOW_PRE_S`` (2 s) before to ``WINDOW_POST_S`` after the onset goes to
@@ -64,11 +68,10 @@ into what the device shows:
   most 0.04 degrees, 3,000 simulated P onsets up to 300 gal at most 5.7 (docs/device.md).
 * **Strength gate.** A trigger whose data since the onset peak above ``peak_max_gal``
   (500 gal, the three axes' vector about the mean of the 2 s before the onset) is
-  dropped (reason
-  ``"too_strong"``): a phone lying loose slides on its table above about half a g, so it
-  cannot record more as ground motion, and no earthquake window the classifier learnt
-  from peaks above ~500 gal (its verdict there would be extrapolation), while a hand or
-  wrist moving a phone often does (docs/device.md, step 7c).
+  dropped (reason ``"too_strong"``): no earthquake window the classifier learnt from
+  peaks above ~500 gal, so its verdict there would be extrapolation, while a hand or wrist
+  moving a phone often does. (A loose phone could record up to ~1 g before it slides or
+  lifts; the limit is the training data's, docs/device.md, step 7c.)
 * **What is sent** (:class:`TriggerMessage`): the :class:`~yujing.records.Trigger` with
   ``device_id`` = today's pseudonym and ``latitude``/``longitude`` = the centre of the
   device's H3 resolution-7 cell, the cell itself and the classifier's probability. The
@@ -109,7 +112,15 @@ from ..settings import PickerSettings
 from ..sources.simulator import daily_pseudonym
 from ..wire import decode_alert
 from .classifier import EarthquakeClassifier
-from .features import AGENT_BLOCK_S, EARLY_WINDOW_POST_S, UNITS_TO_GAL, WINDOW_POST_S, WINDOW_PRE_S, window_samples
+from .features import (
+    AGENT_BLOCK_S,
+    EARLY_MIN_RATE_HZ,
+    EARLY_WINDOW_POST_S,
+    UNITS_TO_GAL,
+    WINDOW_POST_S,
+    WINDOW_PRE_S,
+    window_samples,
+)
 
 __all__ = [
     "AgentConfig",
@@ -143,6 +154,8 @@ G_GAL = UNITS_TO_GAL["g"]
 #: with the still stretch before the onset: long enough to average shaking above ~1 Hz
 #: out, late enough that a pick-up has turned the device.
 TILT_AFTER_S = 1.0
+#: An early send needs its peak since the onset at most this share of ``peak_max_gal``.
+EARLY_PEAK_SHARE = 0.5
 
 
 def snap_rate_hz(rate_hz: float) -> float:
@@ -717,7 +730,8 @@ class DeviceAgent:
         tr = self._tracks.get(key)
         if trig.update == 0:
             self.stats.triggers += 1
-            self._tracks[key] = _Track(latest=trig, early_done=self.early_classifier is None)
+            early_off = self.early_classifier is None or not self._rate >= EARLY_MIN_RATE_HZ
+            self._tracks[key] = _Track(latest=trig, early_done=early_off)
             return
         if tr is None:
             # an update of a track already forgotten: the picker's last updates can come up
@@ -739,7 +753,9 @@ class DeviceAgent:
                     if have < post_early:
                         continue  # wait for EARLY_WINDOW_POST_S after the onset
                     tr.early_done = True
-                    if i >= pre and self._judge(onset, tr, i, pre, post_early, EARLY_WINDOW_POST_S, self.early_classifier, rate, early=True):
+                    # only while it can still be early: with the full window in hand (a
+                    # trigger declared late, a long packet) the full model alone decides
+                    if have < post and i >= pre and self._judge(onset, tr, i, pre, post_early, EARLY_WINDOW_POST_S, self.early_classifier, rate, early=True):
                         continue
                 if have < post:
                     continue  # wait for WINDOW_POST_S after the onset
@@ -765,7 +781,9 @@ class DeviceAgent:
         # everything recorded since the onset, not only the window: the picker may declare
         # a trigger seconds after its onset, and a hand's motion keeps growing
         peak = float(np.sqrt(((self._buf_x[i:] - win[:pre].mean(axis=0)) ** 2).sum(axis=1)).max())
-        if early and not (rms <= c.still_max_gal and tilt <= c.tilt_max_deg and peak <= c.peak_max_gal):
+        # the early stage sees less, so a window already past half the strength limit waits:
+        # by the full window it may be past the limit
+        if early and not (rms <= c.still_max_gal and tilt <= c.tilt_max_deg and peak <= EARLY_PEAK_SHARE * c.peak_max_gal):
             return False
         p = model.probability(win, rate, "gal")
         if early:

@@ -68,7 +68,11 @@ agent's ``AGENT_DECISION_LAG_S`` after the window's last sample), or ``early_win
 after it (``EARLY_WINDOW_POST_S`` + the lag) for the P triggers the agent's early model
 passes: a share of them drawn by the P wave's peak acceleration by then
 (``early_pass_by_peak_gal``, the pass rates of the shipped early model on held-out
-simulated quakes: 92 % of the weakest, 28 % of those above 150 gal).
+simulated quakes: 92 % of the weakest, 28 % of those above 150 gal), unless the peak by
+then is past half of ``peak_max_gal`` (as the agent). S triggers always wait for the full
+window here (the agent sends many of them early too: a conservative simplification). The
+table is binned by the three axes' vector peak with noise; the simulator reads it with its
+P amplitude (horizontal-PGA based, no noise).
 Then an update each ``update_interval_s`` until
 ``update_duration_s`` (the device agent tracks the shaking), each with the peak amplitudes
 since onset: the P amplitude grows from 30 % to its peak over ``rise_p`` (max(1 s, a quarter
@@ -150,6 +154,9 @@ DEFAULT_PHONES = 100_000
 KIND_P, KIND_S, KIND_FALSE = 1, 2, 3
 _PSEUDONYM_PERSON = b"yujing-pn-v1"
 _RUPTURE_SPEED_KM_S = 2.5
+#: the agent's early stage waits when the peak so far is past this share of peak_max_gal
+#: (device.agent.EARLY_PEAK_SHARE; not imported from there: device.agent imports this module)
+EARLY_PEAK_SHARE = 0.5
 #: share of earthquake windows the shipped early model passes, by the peak acceleration
 #: (gal) of the first EARLY_WINDOW_POST_S after the onset: held-out simulated quakes
 #: (``python scripts/train_classifier.py --early``, docs/classifier.md "Early decision")
@@ -961,12 +968,14 @@ def simulate(
         s_part = np.where(sp < w, pga_gal[rows] * (0.3 + 0.7 * np.clip((w - sp) / rise_s, 0.0, 1.0)), 0.0)
         return np.maximum(p_part, s_part)
 
-    seen = peak_by(s.early_window_s)
+    # peaks at the windows' ends (the agent's 1 s and 1.5 s; the sends leave 0.05 s later)
+    seen = peak_by(s.early_window_s - AGENT_DECISION_LAG_S)
     share = np.zeros(len(rows))
     for lo, frac in s.early_pass_by_peak_gal:
         share[seen >= lo] = frac
-    early = (kind == KIND_P) & (r_early.random(len(rows)) < share) & (seen <= s.peak_max_gal)
-    sent = early | (peak_by(s.trigger_window_s) <= s.peak_max_gal)
+    # the agent's early stage also waits when the peak is past half the strength limit
+    early = (kind == KIND_P) & (r_early.random(len(rows)) < share) & (seen <= EARLY_PEAK_SHARE * s.peak_max_gal)
+    sent = early | (peak_by(s.trigger_window_s - AGENT_DECISION_LAG_S) <= s.peak_max_gal)
     n_too_strong = int(np.count_nonzero(~sent))
     rows, kind, err, onset_true, early = rows[sent], kind[sent], err[sent], onset_true[sent], early[sent]
     window_s = np.where(early, s.early_window_s, s.trigger_window_s)
