@@ -70,6 +70,7 @@ from yujing.device.features import (
     FEATURE_NAMES,
     UNITS_TO_GAL,
     WINDOW_POST_S,
+    peak_after_onset_gal,
     window_features,
     window_samples,
 )
@@ -778,9 +779,7 @@ def peak_after_onset_gal(w, post_s: float) -> float:
     """Largest |acceleration - mean of the 2 s before the onset| (gal, three axes
     combined) in the first ``post_s`` after the onset of window ``w``."""
     pre, post = window_samples(w.sr, post_s)
-    x = np.asarray(w.acc, dtype=float) * UNITS_TO_GAL[w.units]
-    d = x[pre : pre + post] - x[:pre].mean(axis=0)
-    return float(np.sqrt((d**2).sum(axis=1)).max())
+    return peak_after_onset_gal(np.asarray(w.acc, dtype=float)[: pre + post] * UNITS_TO_GAL[w.units], pre)
 
 
 def pass_rate_by_peak(p, windows, threshold, post_s: float, sources) -> list[dict]:

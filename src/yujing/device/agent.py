@@ -119,6 +119,7 @@ from .features import (
     UNITS_TO_GAL,
     WINDOW_POST_S,
     WINDOW_PRE_S,
+    peak_after_onset_gal,
     window_samples,
 )
 
@@ -780,7 +781,7 @@ class DeviceAgent:
         win = self._buf_x[i - pre : i + post]
         # everything recorded since the onset, not only the window: the picker may declare
         # a trigger seconds after its onset, and a hand's motion keeps growing
-        peak = float(np.sqrt(((self._buf_x[i:] - win[:pre].mean(axis=0)) ** 2).sum(axis=1)).max())
+        peak = peak_after_onset_gal(self._buf_x[i - pre :], pre)
         # the early stage sees less, so a window already past half the strength limit waits:
         # by the full window it may be past the limit
         if early and not (rms <= c.still_max_gal and tilt <= c.tilt_max_deg and peak <= EARLY_PEAK_SHARE * c.peak_max_gal):

@@ -52,6 +52,7 @@ __all__ = [
     "UNITS_TO_GAL",
     "window_features",
     "window_samples",
+    "peak_after_onset_gal",
 ]
 
 #: Rate the window is resampled to before any feature is computed (Hz). MyShake used 25 Hz.
@@ -130,6 +131,16 @@ def window_samples(sample_rate_hz: float, post_s: float | None = None) -> tuple[
     pre = int(round(WINDOW_PRE_S * sample_rate_hz))
     post = int(round(post_s * sample_rate_hz))
     return pre, post
+
+
+def peak_after_onset_gal(acc_gal: np.ndarray, n_pre: int) -> float:
+    """Largest |acceleration - mean of the ``n_pre`` samples before the onset| (gal, the
+    three axes' vector) over the samples after them: the strength the agent's gate and the
+    training script's early-model table both read. ``acc_gal``: (n, 3) in gal, the onset at
+    row ``n_pre``."""
+    x = np.asarray(acc_gal, dtype=np.float64)
+    d = x[n_pre:] - x[:n_pre].mean(axis=0)
+    return float(np.sqrt((d**2).sum(axis=1)).max(initial=0.0))
 
 
 def _resample(acc_gal: np.ndarray, sample_rate_hz: float, n_pre: int, post_s: float) -> np.ndarray:
