@@ -33,11 +33,11 @@ The feature order is :data:`FEATURE_NAMES`; the classifier's weights are tied to
 
 from __future__ import annotations
 
+import functools
 import math
 from fractions import Fraction
 
 import numpy as np
-from scipy import signal
 
 __all__ = [
     "COMMON_RATE_HZ",
@@ -90,8 +90,18 @@ UNITS_TO_GAL = {"gal": 1.0, "m/s2": 100.0, "g": 980.665}
 SPECTRAL_BANDS_HZ = ((0.0, 1.0), (1.0, 2.5), (2.5, 5.0), (5.0, BAND_HIGH_HZ))
 #: Rate of the intermediate resampling (Hz), a multiple of COMMON_RATE_HZ.
 _FINE_RATE_HZ = 100.0
-#: Band-limit (order 4 Butterworth, zero phase) applied at the intermediate rate.
-_LOWPASS = signal.butter(4, BAND_HIGH_HZ / (_FINE_RATE_HZ / 2.0), "lowpass", output="sos")
+
+
+@functools.lru_cache(maxsize=1)
+def _lowpass():
+    """Band-limit (order 4 Butterworth, zero phase) applied at the intermediate rate.
+    scipy.signal is imported here, not at module level: the scenario simulator imports
+    this module for its constants only, and scipy.signal costs ~0.5 s and ~70 MB."""
+    from scipy import signal
+
+    return signal.butter(4, BAND_HIGH_HZ / (_FINE_RATE_HZ / 2.0), "lowpass", output="sos")
+
+
 #: Floor added before logarithms of amplitudes (gal, or cm/s for CAV): far below any
 #: sensor's noise, so it only guards log(0).
 _EPS = 1e-3
@@ -152,6 +162,8 @@ def _resample(acc_gal: np.ndarray, sample_rate_hz: float, n_pre: int, post_s: fl
     zero-phase low-pass at BAND_HIGH_HZ, and every ``_FINE_RATE_HZ / COMMON_RATE_HZ``-th
     sample. Every device rate thus ends in the same band and response.
     """
+    from scipy import signal
+
     sr = float(sample_rate_hz)
     ratio = Fraction(_FINE_RATE_HZ / sr).limit_denominator(64)
     up, down = ratio.numerator, ratio.denominator
@@ -164,7 +176,7 @@ def _resample(acc_gal: np.ndarray, sample_rate_hz: float, n_pre: int, post_s: fl
     t_out = n_pre * up / down + np.arange(-pre_c * step, post_c * step) * rate / _FINE_RATE_HZ
     idx = np.arange(len(y))
     y = np.column_stack([np.interp(t_out, idx, y[:, k]) for k in range(3)])
-    y = signal.sosfiltfilt(_LOWPASS, y, axis=0, padtype="odd", padlen=3 * step * 12)
+    y = signal.sosfiltfilt(_lowpass(), y, axis=0, padtype="odd", padlen=3 * step * 12)
     return y[::step]
 
 
