@@ -22,7 +22,7 @@ from yujing.sources.simulator import (
     Heartbeat,
     HeartbeatBatch,
     SimSettings,
-    _rupture_duration_s,
+    _rises_s,
     daily_pseudonym,
     simulate,
     stationary_fraction,
@@ -395,7 +395,7 @@ def test_early_sends_follow_the_measured_shares():
     assert np.all(net.trig_window_s[~early] == s.trigger_window_s)
     # per amplitude bin, the share sent early is the table's (4 binomial sigmas)
     p = net.trig_kind == KIND_P
-    rise = max(1.0, 0.25 * _rupture_duration_s(sc.magnitude))
+    rise = _rises_s(sc.magnitude)[0]
     seen = s.p_to_s_pga * net.pga_gal[net.trig_phone[p]] * (0.3 + 0.7 * min(1.0, EARLY_WINDOW_POST_S / rise))
     edges = [lo for lo, _ in s.early_pass_by_peak_gal] + [math.inf]
     checked = 0

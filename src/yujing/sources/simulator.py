@@ -615,11 +615,9 @@ class SimulatedNetwork:
         false = self.trig_kind[trig] == KIND_FALSE
         tp = self.p_arrival_s[ph]
         ts = self.s_arrival_s[ph]
-        dur = _rupture_duration_s(self.scenario.magnitude)
-        rise_p = max(1.0, 0.25 * dur)
-        rise_s = max(2.0, 0.5 * dur)
-        gp = np.where(t >= tp, 0.3 + 0.7 * np.clip((t - tp) / rise_p, 0.0, 1.0), 0.0)
-        gs = np.where(t >= ts, 0.3 + 0.7 * np.clip((t - ts) / rise_s, 0.0, 1.0), 0.0)
+        rise_p, rise_s = _rises_s(self.scenario.magnitude)
+        gp = _growth(t - tp, rise_p)
+        gs = _growth(t - ts, rise_s)
         p_wa = 10.0**-P_TO_S_LOG10
         pga_s, pgv_s, wa_s = self.pga_gal[ph], self.pgv_cm_s[ph], self.wa_nm[ph]
         pga = np.maximum(np.maximum(s.p_to_s_pga * pga_s * gp, pga_s * gs), noise_pga)
@@ -845,6 +843,20 @@ def _rupture_duration_s(magnitude: float) -> float:
     return rupture_length_km(magnitude) / _RUPTURE_SPEED_KM_S
 
 
+def _rises_s(magnitude: float) -> tuple[float, float]:
+    """(rise_p, rise_s): seconds the P and the S wave take to reach their peaks, max(1 s, a
+    quarter of the rupture duration) and max(2 s, half of it)."""
+    dur = _rupture_duration_s(magnitude)
+    return max(1.0, 0.25 * dur), max(2.0, 0.5 * dur)
+
+
+def _growth(dt_s, rise_s: float) -> np.ndarray:
+    """Share of its peak a wave has reached ``dt_s`` (s) after its arrival: 30 % at once,
+    all of it after ``rise_s``; 0 before the arrival."""
+    dt = np.asarray(dt_s, dtype=float)
+    return np.where(dt >= 0.0, 0.3 + 0.7 * np.clip(dt / rise_s, 0.0, 1.0), 0.0)
+
+
 def _model_arg(sc: Scenario):
     return None if sc.model in ("auto", None) else sc.model
 
@@ -959,14 +971,12 @@ def simulate(
     # the phone has seen by then (the waves grow as in _payload); the strength gate drops
     # a window that peaks above peak_max_gal (an early send can beat it: the agent sends
     # before it sees the full window)
-    dur = _rupture_duration_s(sc.magnitude)
-    rise_p, rise_s = max(1.0, 0.25 * dur), max(2.0, 0.5 * dur)
+    rise_p, rise_s = _rises_s(sc.magnitude)
     sp = np.where(kind == KIND_P, ts_rel[rows] - tp_rel[rows], 0.0)  # S after the onset (s)
 
     def peak_by(w: float) -> np.ndarray:
-        p_part = np.where(kind == KIND_P, amp_p[rows] * (0.3 + 0.7 * min(1.0, w / rise_p)), 0.0)
-        s_part = np.where(sp < w, pga_gal[rows] * (0.3 + 0.7 * np.clip((w - sp) / rise_s, 0.0, 1.0)), 0.0)
-        return np.maximum(p_part, s_part)
+        p_part = np.where(kind == KIND_P, amp_p[rows] * _growth(w, rise_p), 0.0)
+        return np.maximum(p_part, pga_gal[rows] * _growth(w - sp, rise_s))
 
     # peaks at the windows' ends (the agent's 1 s and 1.5 s; the sends leave 0.05 s later)
     seen = peak_by(s.early_window_s - AGENT_DECISION_LAG_S)
