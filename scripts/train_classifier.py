@@ -775,7 +775,7 @@ def choose_threshold(p_oof, windows, target_fpr: float = TARGET_FPR, families=No
     return t
 
 
-def peak_after_onset_gal(w, post_s: float) -> float:
+def window_peak_gal(w, post_s: float) -> float:
     """Largest |acceleration - mean of the 2 s before the onset| (gal, three axes
     combined) in the first ``post_s`` after the onset of window ``w``."""
     pre, post = window_samples(w.sr, post_s)
@@ -786,7 +786,7 @@ def pass_rate_by_peak(p, windows, threshold, post_s: float, sources) -> list[dic
     """Share of the earthquake windows of ``sources`` called earthquake, by
     EARLY_PEAK_BINS_GAL of the peak seen ``post_s`` after the onset."""
     idx = [i for i, w in enumerate(windows) if w.source in sources]
-    peaks = np.array([peak_after_onset_gal(windows[i], post_s) for i in idx])
+    peaks = np.array([window_peak_gal(windows[i], post_s) for i in idx])
     hit = np.asarray(p)[idx] >= threshold
     out = []
     for lo, hi in zip(EARLY_PEAK_BINS_GAL[:-1], EARLY_PEAK_BINS_GAL[1:]):

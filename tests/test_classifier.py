@@ -232,6 +232,10 @@ def test_the_two_stage_decision_keeps_the_heldout_numbers(heldout):
     assert abs(meta["earthquake_recall_openeew_P"] - float(np.mean(pe[quake] >= early.threshold))) < 1e-9
     assert abs(meta["false_trigger_rate_per_activity_window"] - float(np.mean(pe[activity] >= early.threshold))) < 1e-9
     assert early.meta_dict["stage"] == "early"
+    # the pass rates by peak the simulator's early sends are drawn from: the script's
+    # function recomputes the stored OpenEEW P rows
+    rows = T.pass_rate_by_peak(pe, windows, early.threshold, early.window_post_s, ("openeew-P",))
+    assert rows == early.meta_dict["heldout_pass_rate_by_peak"]["openeew-P"]
 
 
 def test_early_model_answers_alike_across_phone_rates():
