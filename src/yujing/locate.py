@@ -21,8 +21,9 @@ epicentre. With a few picks, depth trades off against origin time almost exactly
 on simulated phone networks: 3-10 picks of a 16 km deep quake scored 5 to 100 km within
 about 1.5 chi-square units of each other), and without a prior the argmin fell on any
 trial depth (45-80 km in four of seven simulated first alerts of 10-16 km deep quakes),
-which made every hypocentral distance and the magnitude too large. Operational systems fix or start the depth shallow for this reason
-(ElarmS/EPIC fix 8 km, JMA starts at 10 km); here the prior is soft, so picks that do
+which made every hypocentral distance and the magnitude too large. Operational systems
+fix or start the depth shallow for this reason (ElarmS/EPIC fix 8 km, JMA starts at
+10 km); here the prior is soft, so picks that do
 resolve depth (near the epicentre, at distances comparable to the depth) still place an
 intraslab event at 60-100 km.
 
