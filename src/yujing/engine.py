@@ -126,6 +126,25 @@ class Engine:
         self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready)
         return out + self.assoc.tick(self.clock_s)
 
+    def add_device(self, device: Device) -> None:
+        """A fixed sensor joined while running (live service): its packets are accepted
+        from now on. Re-adding a known id moves it (a sensor re-installed elsewhere)."""
+        self.devices[device.device_id] = device
+        self.ingest.add_device(device)
+
+    def tick(self, now_s: float) -> list[EventUpdate]:
+        """A live server's timer: close the pending step if it is due by ``now_s`` (UNIX s,
+        the server clock) and do the time-driven work (relocations, retractions, closing
+        old events) as of then. A replay does not need this: the next message does it."""
+        if now_s < self.clock_s:
+            return []
+        if (self._pending or self._step_open) and now_s >= self._step_end:
+            out = self._run_step(self._step_end)  # ticks the associator as of the step's end
+            self.clock_s = now_s
+            return out
+        self.clock_s = now_s
+        return self.assoc.tick(now_s)
+
     def flush(self) -> list[EventUpdate]:
         """Process whatever is pending (end of a replay, or a live timer firing), as of
         the pending step's closing time."""

@@ -203,6 +203,11 @@ class Ingest:
         self._slots = {device_id: i for i, device_id in enumerate(devices)}
         self._state: dict[str, _DeviceState] = {}
 
+    def add_device(self, device: Device) -> None:
+        """Take a device that joined while running (a sensor's hello): it gets the next
+        slot. The caller adds it to the shared device table; a known id keeps its slot."""
+        self._slots.setdefault(device.device_id, len(self._slots))
+
     @property
     def slots(self) -> dict[str, int]:
         """Slot of every device in the table."""

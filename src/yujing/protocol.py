@@ -1,0 +1,343 @@
+"""The device protocol, version 1: what phones and sensors send and receive over MQTT.
+
+Topics (``/``-separated for MQTT; NATS sees the same names with ``.``):
+
+===============================  =========================================  ============
+topic                            payload (msgpack map)                      direction
+===============================  =========================================  ============
+``yj/v1/trig/<res5 cell>``       :class:`TriggerMsg`: an onset, or an        device -> server
+                                 amplitude update of one
+``yj/v1/pkt/<res5 cell>``        :class:`PacketMsg`: ~1 s of 3-axis          sensor -> server
+                                 acceleration (fixed sensors, consented
+                                 phones)
+``yj/v1/hb/<res5 cell>``         :class:`HeartbeatMsg`: alive, able to       device -> server
+                                 detect or not
+``yj/v1/hello/<res5 cell>``      :class:`HelloMsg`: kind, rate, consent      device -> server
+``yj/v1/consent/<res5 cell>``    :class:`ConsentMsg`: raw-upload consent     device -> server
+                                 given or withdrawn
+``yj/v1/alert/<res3 cell>``      alert, :func:`yujing.wire.encode_alert`     server -> device
+                                 (retained: the last alert per area)
+===============================  =========================================  ============
+
+The ``<res5 cell>`` in a device's topic is the resolution-5 parent of the cell it reports
+(~250 km^2): enough for the server to route messages to the engine that owns the region,
+not enough to locate anyone. A message whose topic cell is not the parent of its own cell
+is refused (``cell_mismatch``). The location a device reports is its H3 cell of resolution
+``DEVICE_CELL_RES`` (7, ~5 km^2) or coarser, never finer: the server refuses finer cells
+(``cell_too_fine``) rather than coarsen them, so that a device built wrong is noticed.
+
+Devices subscribe to ``yj/v1/alert/<res3 cell>`` for their own resolution-3 cell (~12,000
+km^2); a phone that moves re-subscribes. The server publishes each alert message to every
+resolution-3 cell that meets one of its tiers, retained, and clears the retained message
+once the alert has expired, so a phone that comes online during the shaking gets the
+warning at once, and one that comes online the next day gets nothing.
+
+Device times (``sent_s``, ``onset_s``, ``device_time_s``) are on the device's own clock,
+UNIX seconds; the server compares ``sent_s`` with the arrival time to correct clocks that
+are off (:func:`to_trigger`). Units are in the field names as in :mod:`yujing.records`.
+Versioning: ``v`` is the schema version of the message; a field may be added with a
+default without a new version; anything else is version 2, on ``yj/v2/...`` topics.
+"""
+
+from __future__ import annotations
+
+import math
+
+import h3
+import msgspec
+
+from .records import MAX_SAMPLE_RATE_HZ, Packet, Trigger
+
+PROTOCOL_VERSION = 1
+TOPIC_ROOT = f"yj/v{PROTOCOL_VERSION}"
+#: Finest H3 resolution a device may report (~5 km^2 cells).
+DEVICE_CELL_RES = 7
+#: Resolution of the cell in device topics (routing to the engine that owns the region).
+TOPIC_CELL_RES = 5
+#: Resolution of the alert topics devices subscribe to.
+ALERT_CELL_RES = 3
+#: Offsets (arrival - sent, s) within which a device clock is trusted: network latency
+#: and NTP error. Outside, the device clock is taken to be off by that much.
+CLOCK_TRUST_S = (-1.0, 2.0)
+
+KINDS = ("trig", "pkt", "hb", "hello", "consent")
+DEVICE_KINDS = ("phone", "sensor")
+
+
+class ProtocolError(ValueError):
+    """A device message the server cannot use. ``reason`` is the counter's name
+    (snake_case, as in :mod:`yujing.rejects`), the message says what was wrong."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+class TriggerMsg(msgspec.Struct, frozen=True, omit_defaults=True):
+    """An onset (``update`` 0) or an amplitude update. Amplitudes as in
+    :class:`yujing.records.Trigger`; ``seq`` counts the device's messages (for replay
+    protection); ``sig`` is reserved for the message signature."""
+
+    device: str
+    cell: str
+    sent_s: float
+    onset_s: float
+    window_s: float
+    pga_gal: float
+    pgv_cm_s: float
+    pd_cm: float
+    tau_c_s: float = 0.0
+    snr: float = 0.0
+    update: int = 0
+    noise_pd_cm: float = 0.0
+    noise_pga_gal: float = 0.0
+    wa_horizontal_nm: float = 0.0
+    wa_vertical_nm: float = 0.0
+    noise_wa_nm: float = 0.0
+    seq: int = 0
+    v: int = PROTOCOL_VERSION
+    sig: bytes = b""
+
+
+class PacketMsg(msgspec.Struct, frozen=True, omit_defaults=True):
+    """About one second of 3-axis acceleration, gal; ``device_time_s`` is the device clock
+    at the last sample. ``x_gal`` is vertical (the OpenEEW convention)."""
+
+    device: str
+    cell: str
+    device_time_s: float
+    sample_rate_hz: float
+    x_gal: list[float]
+    y_gal: list[float]
+    z_gal: list[float]
+    seq: int = 0
+    v: int = PROTOCOL_VERSION
+    sig: bytes = b""
+
+
+class HeartbeatMsg(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Alive at ``sent_s``; ``ready``: lying still, able to detect (its silence during a
+    quake nearby is evidence)."""
+
+    device: str
+    cell: str
+    sent_s: float
+    ready: bool = True
+    seq: int = 0
+    v: int = PROTOCOL_VERSION
+    sig: bytes = b""
+
+
+class HelloMsg(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Sent when a device connects: what it is and what it agreed to."""
+
+    device: str
+    cell: str
+    sent_s: float
+    kind: str = "phone"
+    sample_rate_hz: float = 0.0
+    raw_consent: bool = False
+    app: str = ""
+    seq: int = 0
+    v: int = PROTOCOL_VERSION
+    sig: bytes = b""
+
+
+class ConsentMsg(msgspec.Struct, frozen=True, omit_defaults=True):
+    """Raw-waveform upload consent given (``raw_consent`` true) or withdrawn."""
+
+    device: str
+    cell: str
+    sent_s: float
+    raw_consent: bool
+    seq: int = 0
+    v: int = PROTOCOL_VERSION
+    sig: bytes = b""
+
+
+DeviceMsg = TriggerMsg | PacketMsg | HeartbeatMsg | HelloMsg | ConsentMsg
+_TYPES = {"trig": TriggerMsg, "pkt": PacketMsg, "hb": HeartbeatMsg, "hello": HelloMsg, "consent": ConsentMsg}
+_DECODERS = {k: msgspec.msgpack.Decoder(t) for k, t in _TYPES.items()}
+_ENC = msgspec.msgpack.Encoder()
+
+
+# -------------------------------------------------------------------------- topics
+
+
+def topic_for(kind: str, cell: str) -> str:
+    """The MQTT topic a device publishes a message of ``kind`` on, for its reported
+    ``cell`` (resolution <= 7)."""
+    if kind not in _TYPES:
+        raise ValueError(f"unknown message kind {kind!r}; one of {', '.join(KINDS)}")
+    return f"{TOPIC_ROOT}/{kind}/{topic_cell(cell)}"
+
+
+def topic_cell(cell: str) -> str:
+    """The resolution-5 routing cell for a reported cell (itself if already coarser)."""
+    res = h3.get_resolution(cell)
+    return cell if res <= TOPIC_CELL_RES else h3.cell_to_parent(cell, TOPIC_CELL_RES)
+
+
+def alert_topic(res3_cell: str) -> str:
+    return f"{TOPIC_ROOT}/alert/{res3_cell}"
+
+
+def alert_topic_for_position(latitude: float, longitude: float) -> str:
+    """The topic a device at this position subscribes to (computed on the device)."""
+    return alert_topic(h3.latlng_to_cell(latitude, longitude, ALERT_CELL_RES))
+
+
+def alert_cells(tier_cells, h3_resolution: int) -> list[str]:
+    """Resolution-3 cells that meet a set of (compact) alert cells, sorted."""
+    out = set()
+    for c in tier_cells:
+        r = h3.get_resolution(c)
+        if r <= ALERT_CELL_RES:
+            # a compacted parent coarser than res 3 stands for all its res-3 children
+            out.update(h3.cell_to_children(c, ALERT_CELL_RES) if r < ALERT_CELL_RES else [c])
+        else:
+            out.add(h3.cell_to_parent(c, ALERT_CELL_RES))
+    return sorted(out)
+
+
+def parse_topic(topic: str) -> tuple[str, str]:
+    """``yj/v1/<kind>/<cell>`` (or the NATS form with dots) -> (kind, cell)."""
+    parts = topic.replace(".", "/").split("/")
+    if len(parts) != 4 or parts[0] != "yj" or not parts[1].startswith("v"):
+        raise ProtocolError("bad_topic", f"topic {topic!r} is not yj/v<N>/<kind>/<cell>")
+    if parts[1] != f"v{PROTOCOL_VERSION}":
+        raise ProtocolError("bad_version", f"topic {topic!r}: this server speaks {TOPIC_ROOT}")
+    if parts[2] not in _TYPES:
+        raise ProtocolError("bad_topic", f"topic {topic!r}: unknown kind {parts[2]!r} (one of {', '.join(KINDS)})")
+    return parts[2], parts[3]
+
+
+# -------------------------------------------------------------------------- codec
+
+
+def encode(msg: DeviceMsg) -> bytes:
+    return _ENC.encode(msg)
+
+
+def decode(topic: str, payload: bytes) -> DeviceMsg:
+    """Decode and check one device message; :class:`ProtocolError` says what was wrong."""
+    kind, tcell = parse_topic(topic)
+    try:
+        msg = _DECODERS[kind].decode(payload)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError("bad_field", f"{kind} message on {topic}: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("corrupt_msgpack", f"{kind} message on {topic}: {exc}") from None
+    if msg.v != PROTOCOL_VERSION:
+        raise ProtocolError("bad_version", f"{kind} message from {msg.device!r} says v{msg.v} on {topic}")
+    if not msg.device or len(msg.device) > 64:
+        raise ProtocolError("bad_field", f"{kind} message on {topic}: device id must be 1-64 characters")
+    cell = msg.cell
+    if not h3.is_valid_cell(cell):
+        raise ProtocolError("bad_cell", f"{kind} message from {msg.device!r}: {cell!r} is not an H3 cell")
+    if h3.get_resolution(cell) > DEVICE_CELL_RES:
+        raise ProtocolError(
+            "cell_too_fine",
+            f"{kind} message from {msg.device!r}: cell {cell} has resolution {h3.get_resolution(cell)}; "
+            f"devices report resolution {DEVICE_CELL_RES} or coarser",
+        )
+    if topic_cell(cell) != tcell:
+        raise ProtocolError("cell_mismatch", f"{kind} message from {msg.device!r}: cell {cell} is not in topic cell {tcell}")
+    _check_numbers(kind, msg)
+    return msg
+
+
+def _check_numbers(kind: str, msg) -> None:
+    if kind == "trig":
+        vals = (msg.sent_s, msg.onset_s, msg.window_s, msg.pga_gal, msg.pgv_cm_s, msg.pd_cm, msg.tau_c_s, msg.snr)
+        if not all(math.isfinite(v) for v in vals):
+            raise ProtocolError("non_finite", f"trigger from {msg.device!r}: a time or amplitude is not finite")
+        if msg.window_s < 0 or msg.pga_gal < 0 or msg.pgv_cm_s < 0 or msg.pd_cm < 0 or msg.update < 0:
+            raise ProtocolError("bad_field", f"trigger from {msg.device!r}: negative window, amplitude or update number")
+    elif kind == "pkt":
+        n = len(msg.x_gal)
+        if not (n and len(msg.y_gal) == n and len(msg.z_gal) == n):
+            raise ProtocolError("axis_length_mismatch", f"packet from {msg.device!r}: axes hold {n}/{len(msg.y_gal)}/{len(msg.z_gal)} samples")
+        if not (0.0 < msg.sample_rate_hz <= MAX_SAMPLE_RATE_HZ) or not math.isfinite(msg.device_time_s):
+            raise ProtocolError("bad_field", f"packet from {msg.device!r}: sample rate {msg.sample_rate_hz} or time not usable")
+    elif not math.isfinite(msg.sent_s):
+        raise ProtocolError("non_finite", f"{kind} message from {msg.device!r}: sent_s is not finite")
+    if kind == "hello" and msg.kind not in DEVICE_KINDS:
+        raise ProtocolError("bad_field", f"hello from {msg.device!r}: kind {msg.kind!r} is not one of {DEVICE_KINDS}")
+
+
+# -------------------------------------------------------------------------- to records
+
+
+def clock_offset_s(sent_s: float, arrival_s: float) -> float:
+    """What to add to a device time to put it on the server's time line: 0 while the
+    offset (arrival - sent) is within network latency and NTP error, else the offset (the
+    device clock is off; the message's own latency, < 1 s, is lost in the correction)."""
+    off = arrival_s - sent_s
+    lo, hi = CLOCK_TRUST_S
+    return 0.0 if lo <= off <= hi else off
+
+
+def cell_centre(cell: str) -> tuple[float, float]:
+    return h3.cell_to_latlng(cell)
+
+
+def to_trigger(msg: TriggerMsg, arrival_s: float) -> Trigger:
+    """The engine's record for a trigger message that arrived at ``arrival_s`` (server
+    clock): position = its cell's centre, onset on the corrected time line."""
+    lat, lon = cell_centre(msg.cell)
+    onset = msg.onset_s + clock_offset_s(msg.sent_s, arrival_s)
+    return Trigger(
+        device_id=msg.device,
+        latitude=lat,
+        longitude=lon,
+        onset_time_s=min(onset, arrival_s),
+        issued_at_s=arrival_s,
+        window_s=msg.window_s,
+        pga_gal=msg.pga_gal,
+        pgv_cm_s=msg.pgv_cm_s,
+        pd_cm=msg.pd_cm,
+        tau_c_s=msg.tau_c_s,
+        snr=msg.snr,
+        update=msg.update,
+        noise_pd_cm=msg.noise_pd_cm,
+        noise_pga_gal=msg.noise_pga_gal,
+        wa_horizontal_nm=msg.wa_horizontal_nm,
+        wa_vertical_nm=msg.wa_vertical_nm,
+        noise_wa_nm=msg.noise_wa_nm,
+    )
+
+
+def from_trigger(t: Trigger, cell: str, sent_s: float, seq: int = 0) -> TriggerMsg:
+    """What a device sends for a trigger record (simulator, load generator, agent)."""
+    return TriggerMsg(
+        device=t.device_id,
+        cell=cell,
+        sent_s=sent_s,
+        onset_s=t.onset_time_s,
+        window_s=t.window_s,
+        pga_gal=t.pga_gal,
+        pgv_cm_s=t.pgv_cm_s,
+        pd_cm=t.pd_cm,
+        tau_c_s=t.tau_c_s,
+        snr=t.snr,
+        update=t.update,
+        noise_pd_cm=t.noise_pd_cm,
+        noise_pga_gal=t.noise_pga_gal,
+        wa_horizontal_nm=t.wa_horizontal_nm,
+        wa_vertical_nm=t.wa_vertical_nm,
+        noise_wa_nm=t.noise_wa_nm,
+        seq=seq,
+    )
+
+
+def to_packet(msg: PacketMsg, arrival_s: float) -> Packet:
+    return Packet(
+        device_id=msg.device,
+        device_time_s=msg.device_time_s,
+        arrival_time_s=arrival_s,
+        sample_rate_hz=msg.sample_rate_hz,
+        x_gal=msg.x_gal,
+        y_gal=msg.y_gal,
+        z_gal=msg.z_gal,
+    )

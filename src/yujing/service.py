@@ -1,0 +1,439 @@
+"""The live service's core: device messages in, event updates and alerts out, on a clock.
+
+One :class:`Service` holds one detection engine and the alert policy. Transports (the MQTT
+link, NATS, the replay control) hand it raw device messages with :meth:`Service.receive`,
+which never blocks and never raises: a message is decoded at once (a bad one is counted
+and dropped with its reason), stamped with its arrival time on the server clock, and
+queued. One task runs the engine over the queue in arrival order and, every engine step,
+feeds the heartbeats gathered since the last step and fires the engine's timer
+(:meth:`yujing.engine.Engine.tick`), so the engine sees exactly what a replay of the same
+messages would: the live service and a replay run the same code.
+
+What comes out goes on the in-process bus (:mod:`yujing.bus.memory`):
+
+=========================  ======================================  ==========================
+subject                    object                                  consumers
+=========================  ======================================  ==========================
+``yj.event.<event_id>``    :class:`~yujing.records.EventUpdate`    store, SSE, metrics
+``yj.alert.<event_id>``    :class:`~yujing.records.Alert`          MQTT to devices, store, SSE
+``yj.trig.<res5 cell>``    :class:`~yujing.records.Trigger`        dashboard (non-critical)
+=========================  ======================================  ==========================
+
+The latency the service is judged by, message arrival to alert published, is measured
+per alert message: ``alert published - issued_at_s`` of the update behind it, where
+``issued_at_s`` is the arrival of the trigger that completed the event (or the engine step
+that revised it); see :attr:`Service.alert_latency_s`.
+
+The device registry (:class:`Registry`) keeps, per pseudonym, only its coarse cell, kind,
+consent and when it was last heard, in memory, and flushes changes to the store every few
+seconds. Pseudonyms rotate daily, so a row is one device-day at most.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import h3
+import msgspec
+import numpy as np
+
+from . import protocol
+from .alerting import AlertPolicy
+from .bus.memory import MemoryBus
+from .engine import Engine
+from .records import Alert, Device, EventUpdate, Trigger
+from .rejects import Rejects
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Settings of the live service (engine and alert settings are in :class:`Settings`)."""
+
+    step_s: float = 0.25  # engine step and timer period, s
+    online_s: float = 900.0  # a device heard within this long is online, s
+    alert_retain_s: float = 600.0  # retained alert per area is cleared this long after its last message, s
+    registry_flush_s: float = 5.0  # device registry changes reach the store this often, s
+    k_anonymity: int = 10  # areas with fewer devices are not shown publicly
+    max_devices: int = 5_000_000  # registry size bound: beyond it the oldest are forgotten
+    recent_triggers: int = 2_000  # kept in memory for the dashboard
+
+
+@dataclass
+class _Dev:
+    cell: str
+    kind: str
+    first_seen_s: float
+    last_seen_s: float
+    raw_consent: bool = False
+
+
+class Registry:
+    """Devices heard from: pseudonym -> coarse cell, kind, consent, last heard. No
+    position finer than the device's own (res <= 7) cell; no history of cells."""
+
+    def __init__(self, max_devices: int):
+        self.max_devices = max_devices
+        self.devs: dict[str, _Dev] = {}
+        self.dirty: set[str] = set()
+
+    def seen(self, device: str, cell: str, t_s: float, kind: str | None = None, raw_consent: bool | None = None) -> _Dev:
+        d = self.devs.get(device)
+        if d is None:
+            if len(self.devs) >= self.max_devices:
+                # dicts keep insertion order: drop the earliest-registered quarter
+                for k in list(self.devs)[: self.max_devices // 4]:
+                    del self.devs[k]
+            d = self.devs[device] = _Dev(cell, kind or "phone", t_s, t_s)
+        else:
+            d.cell = cell
+            d.last_seen_s = max(d.last_seen_s, t_s)
+        if kind is not None:
+            d.kind = kind
+        if raw_consent is not None:
+            d.raw_consent = raw_consent
+        self.dirty.add(device)
+        return d
+
+    def online(self, now_s: float, online_s: float) -> list[tuple[str, _Dev]]:
+        return [(k, d) for k, d in self.devs.items() if now_s - d.last_seen_s <= online_s]
+
+    def per_area(self, now_s: float, online_s: float, res: int, k: int) -> tuple[dict[str, int], int]:
+        """Online devices per H3 cell at ``res`` (<= 7); areas under ``k`` devices are
+        left out. Returns (counts, devices in suppressed areas)."""
+        res = min(int(res), protocol.DEVICE_CELL_RES)
+        counts: dict[str, int] = {}
+        parent_of: dict[str, str] = {}
+        for _, d in self.online(now_s, online_s):
+            p = parent_of.get(d.cell)
+            if p is None:
+                r = h3.get_resolution(d.cell)
+                p = parent_of[d.cell] = d.cell if r <= res else h3.cell_to_parent(d.cell, res)
+            counts[p] = counts.get(p, 0) + 1
+        shown = {c: n for c, n in counts.items() if n >= k}
+        return shown, sum(counts.values()) - sum(shown.values())
+
+
+@dataclass
+class Stats:
+    received: int = 0
+    accepted: dict[str, int] = field(default_factory=lambda: dict.fromkeys(protocol.KINDS, 0))
+    updates: int = 0
+    alerts: int = 0
+    engine_busy_s: float = 0.0
+    policy_busy_s: float = 0.0
+
+
+class Service:
+    """See the module docstring. ``clock`` returns the server time (UNIX s); tests and
+    the load generator may pass their own."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        bus: MemoryBus | None = None,
+        store=None,
+        devices: dict[str, Device] | None = None,
+        config: ServiceConfig | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings or Settings()
+        self.config = config or ServiceConfig()
+        self.bus = bus if bus is not None else MemoryBus()
+        self.store = store
+        self.clock = clock
+        self.rejects = Rejects()
+        self.engine = Engine(dict(devices or {}), self.settings, self.rejects, step_s=self.config.step_s)
+        self.policy = AlertPolicy(self.settings.alert)
+        self.registry = Registry(self.config.max_devices)
+        self.stats = Stats()
+        self.started_s = clock()
+        self._queue: deque = deque()
+        self._wake: asyncio.Event | None = None
+        self._last_arrival = -math.inf
+        self._hb: list[tuple[str, float, float, float, bool]] = []
+        self._tasks: list[asyncio.Task] = []
+        self.alert_latency_s: deque[float] = deque(maxlen=100_000)
+        self.recent_triggers: deque[Trigger] = deque(maxlen=self.config.recent_triggers)
+        self.latest: dict[str, EventUpdate] = {}  # event_id -> newest update
+        self.latest_alert: dict[str, Alert] = {}  # event_id -> newest alert message
+        self.last_store_error: str = ""
+
+    # ------------------------------------------------------------------ input
+    def now(self) -> float:
+        """Server clock, never going back (arrival stamps must be in order)."""
+        t = self.clock()
+        if t < self._last_arrival:
+            t = self._last_arrival
+        self._last_arrival = t
+        return t
+
+    def receive(self, topic: str, payload: bytes, arrival_s: float | None = None) -> bool:
+        """Take one device message (any transport). Decodes it now and queues it for the
+        engine; returns False (and counts the reason) when it cannot be used. Never
+        raises, never blocks."""
+        self.stats.received += 1
+        arr = self.now() if arrival_s is None else arrival_s
+        try:
+            msg = protocol.decode(topic, payload)
+        except protocol.ProtocolError as exc:
+            self.rejects.add(exc.reason, f"topic {topic}", str(exc))
+            return False
+        except Exception as exc:  # a decoder bug must not stop the service either
+            self.rejects.add("decode_error", f"topic {topic}", f"{type(exc).__name__}: {exc}")
+            return False
+        self._queue.append((arr, msg))
+        if self._wake is not None:
+            self._wake.set()
+        return True
+
+    # ------------------------------------------------------------------ running
+    async def start(self) -> None:
+        """Start the engine task and the registry flusher (in the running loop)."""
+        self._wake = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self._tasks.append(loop.create_task(self._engine_loop(), name="engine"))
+        if self.store is not None:
+            self._tasks.append(loop.create_task(self._flush_loop(), name="registry-flush"))
+            self.bus.subscribe("yj.event.>", self._store_update, critical=True)
+            self.bus.subscribe("yj.alert.>", self._store_alert, critical=True)
+
+    async def stop(self) -> None:
+        """Process what is queued, then stop (a clean shutdown loses nothing accepted)."""
+        self.process_queue()
+        self._emit(self.engine.tick(self.now()))
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.bus.drain()
+        if self.store is not None:
+            await asyncio.to_thread(self._flush_registry)
+
+    async def _engine_loop(self) -> None:
+        step = self.config.step_s
+        next_tick = self.clock() + step
+        while True:
+            timeout = max(0.0, next_tick - self.clock())
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                self.process_queue()
+                if self.clock() >= next_tick:
+                    self.fire_timer()
+                    next_tick = max(next_tick + step, self.clock())
+            except Exception:
+                # the engine must outlive any one bad step; the message that broke it is gone
+                self.rejects.add("engine_error", "engine step", "see the service log")
+                log.exception("engine step failed")
+            # let transports and the API run between batches
+            await asyncio.sleep(0)
+
+    def process_queue(self, max_items: int = 50_000) -> int:
+        """Run queued messages through the engine, oldest first; returns how many."""
+        n = 0
+        q = self._queue
+        while q and n < max_items:
+            arr, msg = q.popleft()
+            n += 1
+            self._one(arr, msg)
+        return n
+
+    def fire_timer(self) -> None:
+        """One engine step's time-driven work: heartbeats of the step, then the timer."""
+        now = self.now()
+        self._feed_heartbeats()
+        t0 = time.perf_counter()
+        out = self.engine.tick(now)
+        self.stats.engine_busy_s += time.perf_counter() - t0
+        self._emit(out)
+
+    def _one(self, arr: float, msg) -> None:
+        kind = type(msg)
+        reg = self.registry
+        if kind is protocol.TriggerMsg:
+            trig = protocol.to_trigger(msg, arr)
+            reg.seen(msg.device, msg.cell, arr)
+            self.stats.accepted["trig"] += 1
+            if trig.update == 0:
+                self.recent_triggers.append(trig)
+                self.bus.publish(f"yj.trig.{protocol.topic_cell(msg.cell)}", trig)
+            t0 = time.perf_counter()
+            out = self.engine.feed_trigger(trig)
+            self.stats.engine_busy_s += time.perf_counter() - t0
+            self._emit(out)
+        elif kind is protocol.HeartbeatMsg:
+            reg.seen(msg.device, msg.cell, arr)
+            lat, lon = protocol.cell_centre(msg.cell)
+            self._hb.append((msg.device, lat, lon, arr, msg.ready))
+            self.stats.accepted["hb"] += 1
+        elif kind is protocol.PacketMsg:
+            d = reg.devs.get(msg.device)
+            if msg.device not in self.engine.devices:
+                # operator-listed sensors are in the table from the start; others say hello
+                self.rejects.add(
+                    "unknown_device", f"device {msg.device!r}", "raw packets need a hello first (kind 'sensor', or a phone with raw_consent)"
+                )
+                return
+            if d is not None and d.kind == "phone" and not d.raw_consent:
+                self.rejects.add("no_consent", f"device {msg.device!r}", "raw packets from a phone need its raw-upload consent")
+                return
+            reg.seen(msg.device, msg.cell, arr)
+            self.stats.accepted["pkt"] += 1
+            t0 = time.perf_counter()
+            out = self.engine.feed(protocol.to_packet(msg, arr))
+            self.stats.engine_busy_s += time.perf_counter() - t0
+            self._emit(out)
+        elif kind is protocol.HelloMsg:
+            reg.seen(msg.device, msg.cell, arr, kind=msg.kind, raw_consent=msg.raw_consent)
+            self.stats.accepted["hello"] += 1
+            if msg.kind == "sensor" or msg.raw_consent:
+                known = self.engine.devices.get(msg.device)
+                if known is None or not _within_cell(known, msg.cell):
+                    lat, lon = protocol.cell_centre(msg.cell)
+                    self.engine.add_device(Device(msg.device, lat, lon))
+        elif kind is protocol.ConsentMsg:
+            reg.seen(msg.device, msg.cell, arr, raw_consent=msg.raw_consent)
+            self.stats.accepted["consent"] += 1
+
+    def _feed_heartbeats(self) -> None:
+        if not self._hb:
+            return
+        hb, self._hb = self._hb, []
+        ids = [h[0] for h in hb]
+        lat = np.fromiter((h[1] for h in hb), float, len(hb))
+        lon = np.fromiter((h[2] for h in hb), float, len(hb))
+        ready = np.fromiter((h[4] for h in hb), bool, len(hb))
+        t0 = time.perf_counter()
+        out = self.engine.feed_heartbeats(ids, lat, lon, max(h[3] for h in hb), ready=ready)
+        self.stats.engine_busy_s += time.perf_counter() - t0
+        self._emit(out)
+
+    # ------------------------------------------------------------------ output
+    def _emit(self, updates: list[EventUpdate]) -> None:
+        for u in updates:
+            self.stats.updates += 1
+            self.latest[u.event_id] = u
+            self.bus.publish(f"yj.event.{u.event_id}", u)
+            t0 = time.perf_counter()
+            alerts = self.policy.on_update(u)
+            self.stats.policy_busy_s += time.perf_counter() - t0
+            for a in alerts:
+                self.stats.alerts += 1
+                self.latest_alert[a.event_id] = a
+                self.bus.publish(f"yj.alert.{a.event_id}", a)
+                self.alert_latency_s.append(self.clock() - u.issued_at_s)
+
+    async def _store_update(self, subject: str, u: EventUpdate) -> None:
+        await self._store_call(self.store.save_update, u)
+
+    async def _store_alert(self, subject: str, a: Alert) -> None:
+        await self._store_call(self.store.save_alert, a)
+
+    async def _store_call(self, fn, *args) -> None:
+        # a database outage must not lose the record: retry with backoff, keep order
+        delay = 0.1
+        while True:
+            try:
+                await asyncio.to_thread(fn, *args)
+                self.last_store_error = ""
+                return
+            except Exception as exc:
+                self.last_store_error = f"{type(exc).__name__}: {exc}"
+                log.warning("store write failed (%s); retrying in %.1f s", self.last_store_error, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.registry_flush_s)
+            try:
+                await asyncio.to_thread(self._flush_registry)
+            except Exception as exc:
+                self.last_store_error = f"{type(exc).__name__}: {exc}"
+                log.warning("device registry flush failed: %s", self.last_store_error)
+
+    def _flush_registry(self) -> None:
+        dirty, self.registry.dirty = self.registry.dirty, set()
+        rows = []
+        for k in dirty:
+            d = self.registry.devs.get(k)
+            if d is not None:
+                rows.append((k, d.cell, d.kind, d.last_seen_s, d.raw_consent))
+        try:
+            if hasattr(self.store, "note_devices"):
+                self.store.note_devices(rows)
+            else:
+                for r in rows:
+                    self.store.note_device(*r)
+        except Exception:
+            self.registry.dirty |= dirty  # try again next time
+            raise
+
+    # ------------------------------------------------------------------ views
+    def health(self) -> dict[str, Any]:
+        now = self.clock()
+        lat = sorted(self.alert_latency_s)
+        return {
+            "status": "ok" if not self.last_store_error else "degraded",
+            "uptime_s": now - self.started_s,
+            "queue": len(self._queue),
+            "received": self.stats.received,
+            "rejected": self.rejects.total,
+            "devices_online": len(self.registry.online(now, self.config.online_s)),
+            "events": len(self.latest),
+            "alerts": self.stats.alerts,
+            "alert_latency_p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
+            "store_error": self.last_store_error or None,
+        }
+
+
+def _within_cell(dev: Device, cell: str) -> bool:
+    res = h3.get_resolution(cell)
+    return h3.latlng_to_cell(dev.latitude, dev.longitude, res) == cell
+
+
+class ManualClock:
+    """A clock that only moves when told: for driving a service on message time."""
+
+    def __init__(self, t_s: float = 0.0):
+        self.t_s = t_s
+
+    def __call__(self) -> float:
+        return self.t_s
+
+
+def drive(service: Service, clock: ManualClock, messages) -> int:
+    """Feed ``(arrival_s, topic, payload)`` messages through ``service`` on their own
+    time, firing its timer every ``step_s`` as the live loop does, without sleeping: the
+    same code path as live, deterministic (tests, benchmarks, what-if replays). The
+    service must have been made with ``clock``. Returns the number of messages."""
+    step = service.config.step_s
+    next_tick = None
+    n = 0
+    for arr, topic, payload in messages:
+        if next_tick is None:
+            next_tick = arr + step
+        while next_tick <= arr:
+            clock.t_s = next_tick
+            service.process_queue()
+            service.fire_timer()
+            next_tick += step
+        clock.t_s = arr
+        service.receive(topic, payload, arr)
+        n += 1
+    service.process_queue()
+    if next_tick is not None:
+        clock.t_s = max(clock.t_s, next_tick)
+        service.fire_timer()
+    return n

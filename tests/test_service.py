@@ -1,0 +1,154 @@
+"""The live service's core on message time: wire bytes in, events and alerts out."""
+
+from __future__ import annotations
+
+import asyncio
+
+import h3
+import pytest
+
+from yujing import protocol, scenarios
+from yujing.bus.memory import MemoryBus
+from yujing.demo import run as demo_run
+from yujing.geo import distance_km
+from yujing.service import ManualClock, Registry, Service, drive
+from yujing.sources.simulator import simulate
+from yujing.sources.wire_feed import scenario_wire
+
+PHONES = 20_000
+
+
+@pytest.fixture(scope="module")
+def luding_wire():
+    sc = scenarios.get("luding2022")
+    net = simulate(sc, PHONES, seed=3)
+    return sc, list(scenario_wire(net))
+
+
+def _run(msgs, store=None):
+    """Drive a service over the messages; returns it with every update and alert seen
+    on its bus (``svc.seen_updates``, ``svc.seen_alerts``)."""
+    clock = ManualClock()
+
+    async def go():
+        svc = Service(clock=clock, store=store)
+        svc.seen_updates, svc.seen_alerts = [], []
+        svc.bus.subscribe("yj.event.>", lambda s, u: svc.seen_updates.append(u), critical=True)
+        svc.bus.subscribe("yj.alert.>", lambda s, a: svc.seen_alerts.append(a), critical=True)
+        await svc.start()
+        drive(svc, clock, msgs)
+        await svc.stop()
+        return svc
+
+    return asyncio.run(go())
+
+
+def test_a_scenario_over_the_wire_is_detected_and_alerted(luding_wire):
+    sc, msgs = luding_wire
+    svc = _run(msgs)
+    assert svc.rejects.total == 0, svc.rejects.by_reason()
+    real = [u for u in svc.latest.values() if not u.retracted]
+    assert len(real) == 1, [(u.event_id, u.magnitude) for u in real]
+    final = real[0]
+    assert distance_km(final.latitude, final.longitude, sc.latitude, sc.longitude) < 15.0
+    assert abs(final.magnitude - sc.magnitude) < 0.5
+    alert = svc.latest_alert[final.event_id]
+    assert alert.tiers and alert.magnitude > 5.5
+    assert [a.version for a in svc.seen_alerts] == list(range(1, len(svc.seen_alerts) + 1))
+    assert len(svc.seen_updates) == svc.stats.updates
+    # the same quake through the demo (records straight into the engine): the service
+    # path (bytes, cell centres, clock correction, a timer instead of the next message)
+    # alerts within a step or two of it
+    direct = demo_run("luding2022", PHONES, seed=3)
+    first = min(a.issued_at_s for a in svc.seen_alerts) - sc.origin_time_s
+    print(f"first alert: service {first:.2f} s, demo {direct.first_alert_s:.2f} s after origin")
+    assert abs(first - direct.first_alert_s) <= 0.5, (first, direct.first_alert_s)
+
+
+def test_garbage_is_counted_and_does_not_stop_detection(luding_wire):
+    sc, msgs = luding_wire
+    cell = h3.latlng_to_cell(sc.latitude, sc.longitude, 7)
+    bad = []
+    for i, (arr, topic, payload) in enumerate(msgs[:4000]):
+        if i % 10 == 0:
+            bad.append((arr, topic, payload[: len(payload) // 2]))  # truncated
+            bad.append((arr, "yj/v1/trig/zz", payload))  # bad topic cell
+            bad.append((arr, protocol.topic_for("trig", cell), b"\x00" * 40))
+    mixed = sorted(msgs + bad, key=lambda m: m[0])
+    svc = _run(mixed)
+    by = svc.rejects.by_reason()
+    assert sum(by.values()) == len(bad), by
+    assert set(by) <= {"corrupt_msgpack", "bad_field", "cell_mismatch"}
+    assert any(not u.retracted and u.magnitude > 6 for u in svc.latest.values())
+
+
+def test_packets_need_a_hello_and_phones_need_consent():
+    clock = ManualClock(1000.0)
+    svc = Service(clock=clock)
+    cell = h3.latlng_to_cell(19.4, -99.1, 7)
+    pkt = protocol.PacketMsg(device="s1", cell=cell, device_time_s=1000.0, sample_rate_hz=31.25,
+                             x_gal=[0.0] * 32, y_gal=[0.0] * 32, z_gal=[0.0] * 32)
+    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt), 1000.1)
+    svc.process_queue()
+    assert svc.rejects.by_reason() == {"unknown_device": 1}
+    # a phone that says hello without consent: still refused
+    hello = protocol.HelloMsg(device="s1", cell=cell, sent_s=1000.0, kind="phone")
+    svc.receive(protocol.topic_for("hello", cell), protocol.encode(hello), 1000.2)
+    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt), 1000.3)
+    svc.process_queue()
+    assert svc.rejects.by_reason() == {"unknown_device": 2}
+    # consent given: the phone becomes a streaming device at its cell's centre
+    hello = protocol.HelloMsg(device="s1", cell=cell, sent_s=1001.0, kind="phone", raw_consent=True)
+    svc.receive(protocol.topic_for("hello", cell), protocol.encode(hello), 1001.1)
+    pkt2 = protocol.PacketMsg(device="s1", cell=cell, device_time_s=1001.0, sample_rate_hz=31.25,
+                              x_gal=[0.0] * 32, y_gal=[0.0] * 32, z_gal=[0.0] * 32)
+    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt2), 1001.2)
+    svc.process_queue()
+    assert svc.stats.accepted["pkt"] == 1
+    assert svc.engine.devices["s1"].latitude == pytest.approx(h3.cell_to_latlng(cell)[0])
+    # consent withdrawn: refused again, with its own reason
+    c = protocol.ConsentMsg(device="s1", cell=cell, sent_s=1002.0, raw_consent=False)
+    svc.receive(protocol.topic_for("consent", cell), protocol.encode(c), 1002.1)
+    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt2), 1002.2)
+    svc.process_queue()
+    assert svc.rejects.by_reason()["no_consent"] == 1
+
+
+def test_registry_areas_are_k_anonymous():
+    reg = Registry(1000)
+    a = h3.latlng_to_cell(29.6, 102.1, 7)
+    b = h3.latlng_to_cell(30.7, 104.1, 7)
+    for i in range(12):
+        reg.seen(f"a{i}", a, 100.0)
+    for i in range(3):
+        reg.seen(f"b{i}", b, 100.0)
+    reg.seen("old", b, 0.0)
+    shown, hidden = reg.per_area(200.0, 150.0, 5, k=10)
+    assert shown == {h3.cell_to_parent(a, 5): 12}
+    assert hidden == 3  # "old" is offline: not counted at all
+    # never finer than the devices' own cells
+    shown, _ = reg.per_area(200.0, 150.0, 9, k=1)
+    assert set(shown) == {a, b}
+
+
+def test_a_slow_consumer_loses_only_its_own_messages():
+    async def go():
+        bus = MemoryBus(queue_size=5)
+        got, slow = [], []
+
+        async def slow_handler(s, o):
+            await asyncio.sleep(0.01)
+            slow.append(o)
+
+        bus.subscribe("yj.alert.>", lambda s, o: got.append(o), critical=True)
+        bus.subscribe("yj.>", slow_handler)
+        for i in range(100):
+            bus.publish(f"yj.alert.e{i}", i)
+        await bus.drain()
+        await bus.close()
+        return bus, got, slow
+
+    bus, got, slow = asyncio.run(go())
+    assert got == list(range(100))
+    assert bus.dropped["yj.>"] == 100 - len(slow) and len(slow) < 100
+    assert slow == sorted(slow)
