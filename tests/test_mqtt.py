@@ -1,0 +1,316 @@
+"""The embedded MQTT broker and the client against real peers (the embedded broker,
+Mosquitto at 127.0.0.1:1883, NATS's MQTT listener started here on its own ports)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+
+import h3
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from yujing import protocol, wire
+from yujing.bus.memory import MemoryBus
+from yujing.bus.mqtt import MqttClient, MqttLink
+from yujing.bus.mqtt_broker import EmbeddedBroker
+from yujing.bus.mqtt_codec import connect_packet, publish_packet, subscribe_packet
+from yujing.records import Alert, AlertTier
+
+MOSQUITTO = ("127.0.0.1", 1883)
+
+
+def _uid(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+async def _collect(got: list, n: int, timeout_s: float = 5.0) -> list:
+    t = time.monotonic()
+    while len(got) < n and time.monotonic() - t < timeout_s:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)  # anything extra that should not have come
+    return got
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def nats_mqtt(tmp_path_factory):
+    """A nats-server with JetStream and its MQTT listener, on ports of its own."""
+    exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    if not os.path.exists(exe):
+        pytest.fail("nats-server binary not found (the machine should have it: /usr/sbin/nats-server)")
+    d = tmp_path_factory.mktemp("nats")
+    port, mport = _free_port(), _free_port()
+    conf = d / "nats.conf"
+    conf.write_text(f'server_name: yjtest\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: "{d}/js" }}\nmqtt {{ listen: 127.0.0.1:{mport} }}\n')
+    p = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    t = time.monotonic()
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", mport), 0.2).close()
+            break
+        except OSError:
+            if p.poll() is not None or time.monotonic() - t > 10:
+                err = p.stderr.read().decode() if p.poll() is not None else "timeout"
+                pytest.fail(f"nats-server with MQTT did not start: {err}")
+            time.sleep(0.05)
+    yield ("127.0.0.1", mport)
+    p.terminate()
+    p.wait(10)
+
+
+def _broker_peer(kind, nats_mqtt):
+    """(host, port, context) for the peer under test."""
+    if kind == "mosquitto":
+        return MOSQUITTO
+    return nats_mqtt
+
+
+async def _with_embedded(fn):
+    b = EmbeddedBroker("127.0.0.1", 0)
+    await b.start()
+    try:
+        return await fn("127.0.0.1", b.port, b)
+    finally:
+        await b.stop()
+
+
+@pytest.mark.parametrize("peer", ["embedded", "mosquitto", "nats"])
+def test_client_publishes_subscribes_and_gets_retained(peer, nats_mqtt):
+    root = _uid("yjt")
+
+    async def body(host, port, broker=None):
+        got_a, got_b = [], []
+        a = MqttClient(host, port, _uid("a"), on_message=lambda t, p, r: got_a.append((t, p, r)))
+        await a.connect()
+        assert await a.subscribe([(f"{root}/x/+", 1)]) == [1]
+        await asyncio.sleep(0.1)  # NATS sets the subscription up asynchronously
+        pub = MqttClient(host, port, _uid("p"))
+        await pub.connect()
+        await pub.publish(f"{root}/x/1", b"q0", qos=0)
+        await pub.publish(f"{root}/x/2", b"q1", qos=1)
+        await pub.publish(f"{root}/y/1", b"not for a", qos=1)
+        await pub.publish(f"{root}/x/r", b"kept", qos=1, retain=True)
+        await _collect(got_a, 3)
+        assert sorted(got_a) == [(f"{root}/x/1", b"q0", False), (f"{root}/x/2", b"q1", False), (f"{root}/x/r", b"kept", False)]
+        # a client subscribing later gets the retained message, and only what it asked for
+        b = MqttClient(host, port, _uid("b"), on_message=lambda t, p, r: got_b.append((t, p, r)))
+        await b.connect()
+        await b.subscribe([(f"{root}/zz", 1)])
+        await b.subscribe([(f"{root}/x/r", 1)])
+        await _collect(got_b, 1)
+        assert got_b == [(f"{root}/x/r", b"kept", True)]
+        # an empty retained message clears it
+        await pub.publish(f"{root}/x/r", b"", qos=1, retain=True)
+        got_c = []
+        c = MqttClient(host, port, _uid("c"), on_message=lambda t, p, r: got_c.append((t, p, r)))
+        await c.connect()
+        await c.subscribe([(f"{root}/x/r", 1)])
+        await _collect(got_c, 1, timeout_s=0.5)
+        assert got_c == []
+        for cl in (a, b, c, pub):
+            await cl.disconnect()
+
+    async def go():
+        if peer == "embedded":
+            await _with_embedded(body)
+        else:
+            await body(*_broker_peer(peer, nats_mqtt))
+
+    asyncio.run(go())
+
+
+def test_broker_survives_garbage_and_counts_it():
+    async def body(host, port, broker):
+        bad = [
+            b"\x30\x03\x00\x01a",  # PUBLISH before CONNECT
+            connect_packet("g1") + b"\xf0\x00",  # reserved packet type
+            connect_packet("g2") + b"\x30\xff\xff\xff\xff\x7f",  # length longer than 4 bytes
+            connect_packet("g3") + b"\x30" + bytes([0x80, 0x80, 0x40]),  # 1 MB packet: over the cap
+            connect_packet("g4") + b"\x30\x04\x00\x09ab",  # topic runs past the packet
+            connect_packet("g5") + publish_packet("a/#", b"x"),  # wildcard in a PUBLISH topic
+        ]
+        for data in bad:
+            r, w = await asyncio.open_connection(host, port)
+            w.write(data)
+            await w.drain()
+            # the broker closes the connection; it may first send a CONNACK
+            rest = await asyncio.wait_for(r.read(), 5)
+            assert rest in (b"", b"\x20\x02\x00\x00")
+            w.close()
+        errors = {k: v for k, v in broker.counts.items() if k.startswith("protocol_error")}
+        assert sum(errors.values()) == len(bad), errors
+        # and still serves a good client
+        got = []
+        c = MqttClient(host, port, "good", on_message=lambda t, p, r: got.append(p))
+        await c.connect()
+        await c.subscribe([("t/1", 0)])
+        broker.publish("t/1", b"ok")
+        await _collect(got, 1)
+        assert got == [b"ok"]
+        await c.disconnect()
+
+    asyncio.run(_with_embedded(body))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True)
+@given(st.binary(min_size=1, max_size=200))
+def test_fuzzed_streams_never_break_the_broker(data):
+    async def body(host, port, broker):
+        r, w = await asyncio.open_connection(host, port)
+        w.write(connect_packet("fz") + data)
+        await w.drain()
+        w.close()
+        c = MqttClient(host, port, "after")
+        await c.connect()
+        await c.disconnect()
+
+    asyncio.run(_with_embedded(body))
+
+
+def test_take_over_and_will():
+    async def body(host, port, broker):
+        got = []
+        watcher = MqttClient(host, port, "w", on_message=lambda t, p, r: got.append((t, p)))
+        await watcher.connect()
+        await watcher.subscribe([("will/#", 0)])
+        # a raw client with a will that drops without DISCONNECT
+        r, w = await asyncio.open_connection(host, port)
+        body_ = b"\x00\x04MQTT\x04" + bytes([0x02 | 0x04]) + b"\x00\x3c" + b"\x00\x02d1" + b"\x00\x06will/x" + b"\x00\x04gone"
+        w.write(bytes([0x10, len(body_)]) + body_)
+        await w.drain()
+        assert await r.readexactly(4) == b"\x20\x02\x00\x00"
+        w.transport.abort()
+        await _collect(got, 1)
+        assert got == [("will/x", b"gone")]
+        # a second connection with the same id takes over the first
+        a = MqttClient(host, port, "same")
+        await a.connect()
+        b = MqttClient(host, port, "same")
+        await b.connect()
+        await asyncio.wait_for(a.closed, 5)
+        assert broker.clients["same"] is not None and b.connected
+        for c in (watcher, b):
+            await c.disconnect()
+
+    asyncio.run(_with_embedded(body))
+
+
+def test_slow_consumer_is_cut_off_and_others_still_served():
+    async def go():
+        broker = EmbeddedBroker("127.0.0.1", 0, max_unsent=64 * 1024)
+        await broker.start()
+        # a subscriber that never reads: its socket buffers fill, then the broker's
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting, or the kernel ignores it
+        sock.connect(("127.0.0.1", broker.port))
+        sock.sendall(connect_packet("slow") + subscribe_packet(1, [("big", 0)]))
+        got = []
+        fast = MqttClient("127.0.0.1", broker.port, "fast", on_message=lambda t, p, r: got.append(len(p)))
+        await fast.connect()
+        await fast.subscribe([("big", 0)])
+        await asyncio.sleep(0.1)
+        n = 2000  # 16 MB: more than the kernel's socket buffers hold
+        for _ in range(n):
+            broker.publish("big", b"x" * 8000)
+            await asyncio.sleep(0)
+        await _collect(got, n, timeout_s=20)
+        assert len(got) == n
+        assert broker.counts["slow_consumer_cut"] == 1
+        sock.close()
+        await fast.disconnect()
+        await broker.stop()
+
+    asyncio.run(go())
+
+
+def _alert(msg_type="alert", version=1, cells=None, alert_id="yja-1"):
+    cells = cells if cells is not None else tuple(h3.grid_disk(h3.latlng_to_cell(29.6, 102.1, 5), 8))
+    tiers = (AlertTier("be_aware", 3.0, tuple(sorted(cells))),) if msg_type != "cancel" else ()
+    return Alert(alert_id=alert_id, event_id="yj-e1", version=version, msg_type=msg_type, issued_at_s=time.time(),
+                 origin_time_s=time.time() - 5, latitude=29.6, longitude=102.1, depth_km=10.0, magnitude=6.6,
+                 magnitude_sigma=0.3, tiers=tiers, h3_resolution=5, gmpe="bssa14")
+
+
+class _FakeService:
+    """Only what MqttLink uses of a service: a bus, a clock and receive()."""
+
+    def __init__(self):
+        self.bus = MemoryBus()
+        self.clock = time.time
+        self.received = []
+
+    def receive(self, topic, payload, arrival_s=None):
+        self.received.append((topic, payload))
+        return True
+
+
+@pytest.mark.parametrize("peer", ["embedded", "mosquitto"])
+def test_link_publishes_alerts_per_area_retained_cancels_and_clears(peer):
+    async def go():
+        broker = None
+        if peer == "embedded":
+            broker = EmbeddedBroker("127.0.0.1", 0)
+            await broker.start()
+            host, port = "127.0.0.1", broker.port
+        else:
+            host, port = MOSQUITTO
+        svc = _FakeService()
+        link = MqttLink(f"tcp://{host}:{port}", svc, retain_s=1.5, broker=broker, client_id=_uid("svc"))
+        await link.start()
+        a1 = _alert()
+        topics = [protocol.alert_topic(c) for c in protocol.alert_cells(a1.tiers[0].cells, 5)]
+        assert 3 <= len(topics) <= 30
+        here = protocol.alert_topic_for_position(29.6, 102.1)
+        assert here in topics
+        svc.bus.publish(f"yj.alert.{a1.event_id}", a1)
+        await asyncio.sleep(0.5)
+        # a phone coming online now gets the retained alert for its area at once
+        got = []
+        phone = MqttClient(host, port, _uid("phone"), on_message=lambda t, p, r: got.append((t, p, r)))
+        await phone.connect()
+        await phone.subscribe([(here, 1)])
+        await _collect(got, 1)
+        assert len(got) == 1 and got[0][2] is True
+        assert wire.decode_alert(got[0][1]).alert_id == a1.alert_id
+        # a cancel reaches every area the alert went to
+        svc.bus.publish(f"yj.alert.{a1.event_id}", _alert("cancel", 2))
+        await _collect(got, 2)
+        assert wire.decode_alert(got[1][1]).msg_type == "cancel"
+        # device messages on the device topics reach the service
+        dev = MqttClient(host, port, _uid("dev"))
+        await dev.connect()
+        cell = h3.latlng_to_cell(29.6, 102.1, 7)
+        hb = protocol.encode(protocol.HeartbeatMsg(device="p1", cell=cell, sent_s=time.time()))
+        await dev.publish(protocol.topic_for("hb", cell), hb, qos=1)
+        t = time.monotonic()
+        while not svc.received and time.monotonic() - t < 5:
+            await asyncio.sleep(0.01)
+        assert svc.received == [(protocol.topic_for("hb", cell), hb)]
+        # after retain_s the retained alerts are cleared: a new phone gets nothing
+        await asyncio.sleep(2.8)
+        late = []
+        phone2 = MqttClient(host, port, _uid("late"), on_message=lambda t, p, r: late.append(p))
+        await phone2.connect()
+        await phone2.subscribe([(here, 1)])
+        await _collect(late, 1, timeout_s=0.5)
+        assert late == []
+        assert link.counts["alert_cleared"] == len(topics)
+        for c in (phone, phone2, dev):
+            await c.disconnect()
+        await link.stop()
+        await svc.bus.close()
+        if broker is not None:
+            await broker.stop()
+
+    asyncio.run(go())
