@@ -1,0 +1,359 @@
+"""The store: events, alerts, the device registry and the audit log, in SQLite or PostgreSQL.
+
+Synchronous on purpose: the service calls it from a worker thread. One connection per
+:class:`Store`; every method takes the store's lock, so threads may share one store. Times
+are UNIX seconds. Records keep their full msgspec JSON beside the columns that queries need,
+so they load back equal to what was saved.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from typing import Any, Iterable
+
+import msgspec
+
+from ..records import Alert, EventUpdate
+from . import audit as _audit
+from .backend import Backend, connect
+from .cells import DEVICE_KINDS, CellCensus, census, check_cell, check_resolution
+from .migrations import current_version, migrate
+
+# Columns of `events` that follow the newest saved version of the event.
+_EVENT_FIELDS = ("origin_time_s", "latitude", "longitude", "depth_km", "magnitude", "n_devices",
+                 "retracted")
+_EVENT_COLUMNS = ("event_id", "version", "first_issued_s", "last_issued_s") + _EVENT_FIELDS
+
+
+def _newer(table: str, order: str, columns: tuple[str, ...], or_equal: bool = False) -> str:
+    # Updates may arrive out of order (a re-save after a restart): take a column from the
+    # incoming row only if that row is newer. SET expressions all see the old row, so the
+    # test on `order` holds for every column. Plain CASE works in both dialects.
+    op = ">=" if or_equal else ">"
+    return ", ".join(
+        f"{c} = CASE WHEN excluded.{order} {op} {table}.{order} THEN excluded.{c} ELSE {table}.{c} END"
+        for c in columns
+    )
+
+
+_UPSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_EVENT_COLUMNS))}) "
+    "ON CONFLICT (event_id) DO UPDATE SET "
+    "first_issued_s = CASE WHEN excluded.first_issued_s < events.first_issued_s "
+    "THEN excluded.first_issued_s ELSE events.first_issued_s END, "
+    "last_issued_s = CASE WHEN excluded.last_issued_s > events.last_issued_s "
+    "THEN excluded.last_issued_s ELSE events.last_issued_s END, "
+    + _newer("events", "version", ("version",) + _EVENT_FIELDS)
+)
+
+_UPSERT_DEVICE = (
+    "INSERT INTO devices (pseudonym, cell, kind, first_seen_s, last_seen_s, raw_consent) "
+    "VALUES (?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (pseudonym) DO UPDATE SET "
+    "first_seen_s = CASE WHEN excluded.first_seen_s < devices.first_seen_s "
+    "THEN excluded.first_seen_s ELSE devices.first_seen_s END, "
+    + _newer("devices", "last_seen_s", ("cell", "kind", "raw_consent", "last_seen_s"), or_equal=True)
+)
+
+# Retention: (table, time column); purge(before_s) deletes rows whose time is older. New
+# rules (old audit rows after anchoring, old events) are added here.
+_RETENTION: tuple[tuple[str, str], ...] = (("devices", "last_seen_s"),)
+
+_BOOL_COLUMNS = ("retracted", "raw_consent")
+
+
+def _row(d: dict[str, Any]) -> dict[str, Any]:
+    # SQLite hands booleans back as 0/1.
+    for c in _BOOL_COLUMNS:
+        if c in d:
+            d[c] = bool(d[c])
+    return d
+
+
+def _limit(limit: int) -> int:
+    if not isinstance(limit, int) or limit < 0:
+        raise ValueError(f"limit must be a whole number >= 0, got {limit!r}")
+    return limit
+
+
+def _time(name: str, t: float) -> float:
+    t = float(t)
+    if not math.isfinite(t):
+        raise ValueError(f"{name} must be a finite UNIX time in seconds, got {t}")
+    return t
+
+
+def _sighting(pseudonym: str, cell: str, kind: str, seen_s: float, raw_consent: bool = False) -> tuple:
+    cell = check_cell(cell)
+    if kind not in DEVICE_KINDS:
+        raise ValueError(f"device kind {kind!r} must be one of {', '.join(DEVICE_KINDS)}")
+    if not isinstance(pseudonym, str) or not pseudonym or "\x00" in pseudonym:
+        raise ValueError(f"device pseudonym must be a non-empty string, got {pseudonym!r}")
+    seen_s = _time("seen_s", seen_s)
+    return (pseudonym, cell, kind, seen_s, seen_s, bool(raw_consent))
+
+
+class Store:
+    """Persistent state of the live service; see docs/store.md. Open with :func:`open_store`."""
+
+    def __init__(self, db: Backend):
+        self._db = db
+        self._lock = threading.RLock()
+
+    # -- housekeeping ---------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """Where the store lives (any password redacted)."""
+        return self._db.url
+
+    @property
+    def dialect(self) -> str:
+        """``"sqlite"`` or ``"postgresql"``."""
+        return self._db.dialect
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return current_version(self._db)
+
+    def migrate(self, target: int | None = None) -> list[int]:
+        """Apply pending migration steps (open_store already did); returns those applied."""
+        with self._lock:
+            return migrate(self._db, target)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- events ---------------------------------------------------------------------------
+
+    def save_update(self, u: EventUpdate) -> None:
+        """Keep an event update; a second save of the same (event_id, version) is ignored.
+        The event's row follows its newest version."""
+        if not isinstance(u, EventUpdate):
+            raise TypeError(f"save_update takes an EventUpdate, not {type(u).__name__}")
+        js = msgspec.json.encode(u).decode()
+        with self._lock, self._db.transaction():
+            cur = self._db.execute(
+                "INSERT INTO event_updates (event_id, version, issued_at_s, json) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (event_id, version) DO NOTHING",
+                (u.event_id, u.version, u.issued_at_s, js),
+            )
+            if cur.rowcount == 1:
+                self._db.execute(_UPSERT_EVENT, (
+                    u.event_id, u.version, u.issued_at_s, u.issued_at_s, u.origin_time_s,
+                    u.latitude, u.longitude, u.depth_km, u.magnitude, u.n_devices, u.retracted,
+                ))
+
+    def events(self, limit: int = 100, since_s: float | None = None,
+               include_retracted: bool = True) -> list[dict]:
+        """Events, newest origin time first; ``since_s`` keeps origin_time_s >= since_s."""
+        where, params = ["1 = 1"], []
+        if since_s is not None:
+            where.append("origin_time_s >= ?")
+            params.append(_time("since_s", since_s))
+        if not include_retracted:
+            where.append("retracted = ?")
+            params.append(False)
+        with self._lock:
+            rows = self._db.query(
+                f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE {' AND '.join(where)} "
+                "ORDER BY origin_time_s DESC, event_id DESC LIMIT ?",
+                (*params, _limit(limit)),
+            )
+        return [_row(r) for r in rows]
+
+    def event(self, event_id: str) -> dict | None:
+        with self._lock:
+            rows = self._db.query(
+                f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events WHERE event_id = ?", (event_id,)
+            )
+        return _row(rows[0]) if rows else None
+
+    def updates(self, event_id: str) -> list[EventUpdate]:
+        """All saved versions of an event, oldest first."""
+        with self._lock:
+            rows = self._db.query(
+                "SELECT json FROM event_updates WHERE event_id = ? ORDER BY version", (event_id,)
+            )
+        return [msgspec.json.decode(r["json"], type=EventUpdate) for r in rows]
+
+    # -- alerts ---------------------------------------------------------------------------
+
+    def save_alert(self, a: Alert) -> None:
+        """Keep an alert message; a second save of the same (alert_id, version) is ignored."""
+        if not isinstance(a, Alert):
+            raise TypeError(f"save_alert takes an Alert, not {type(a).__name__}")
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO alerts (alert_id, version, event_id, msg_type, issued_at_s, json) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id, version) DO NOTHING",
+                (a.alert_id, a.version, a.event_id, a.msg_type, a.issued_at_s,
+                 msgspec.json.encode(a).decode()),
+            )
+
+    def alerts(self, event_id: str | None = None, limit: int = 100,
+               since_s: float | None = None) -> list[Alert]:
+        """Alert messages (every version), newest issued first; ``since_s`` keeps
+        issued_at_s >= since_s."""
+        where, params = ["1 = 1"], []
+        if event_id is not None:
+            where.append("event_id = ?")
+            params.append(event_id)
+        if since_s is not None:
+            where.append("issued_at_s >= ?")
+            params.append(_time("since_s", since_s))
+        with self._lock:
+            rows = self._db.query(
+                f"SELECT json FROM alerts WHERE {' AND '.join(where)} "
+                "ORDER BY issued_at_s DESC, alert_id DESC, version DESC LIMIT ?",
+                (*params, _limit(limit)),
+            )
+        return [msgspec.json.decode(r["json"], type=Alert) for r in rows]
+
+    def latest_alert(self, alert_id: str) -> Alert | None:
+        """The highest version of an alert."""
+        with self._lock:
+            rows = self._db.query(
+                "SELECT json FROM alerts WHERE alert_id = ? ORDER BY version DESC LIMIT 1", (alert_id,)
+            )
+        return msgspec.json.decode(rows[0]["json"], type=Alert) if rows else None
+
+    # -- device registry ------------------------------------------------------------------
+
+    def note_device(self, pseudonym: str, cell: str, kind: str, seen_s: float,
+                    raw_consent: bool = False) -> None:
+        """Record that a device was seen at ``seen_s`` in ``cell`` (H3, resolution <= 7;
+        anything finer raises ValueError). The newest sighting sets cell, kind and consent."""
+        self.note_devices([(pseudonym, cell, kind, seen_s, raw_consent)])
+
+    def note_devices(self, sightings: Iterable[tuple[str, str, str, float, bool]]) -> int:
+        """:meth:`note_device` for many ``(pseudonym, cell, kind, seen_s, raw_consent)``
+        in one transaction; all or nothing: one bad row raises ValueError before any is
+        written. Returns the number of rows."""
+        rows = [_sighting(*s) for s in sightings]
+        with self._lock, self._db.transaction():
+            for row in rows:
+                self._db.execute(_UPSERT_DEVICE, row)
+        return len(rows)
+
+    def device(self, pseudonym: str) -> dict | None:
+        """The registry row of a device (pseudonym, cell, kind, first_seen_s, last_seen_s,
+        raw_consent). Reading it is a read of personal data: the caller audits it."""
+        with self._lock:
+            rows = self._db.query(
+                "SELECT pseudonym, cell, kind, first_seen_s, last_seen_s, raw_consent "
+                "FROM devices WHERE pseudonym = ?", (pseudonym,)
+            )
+        return _row(rows[0]) if rows else None
+
+    def delete_device(self, pseudonym: str) -> bool:
+        """Forget a device; True if it was known."""
+        with self._lock:
+            return self._db.execute("DELETE FROM devices WHERE pseudonym = ?", (pseudonym,)).rowcount > 0
+
+    def cell_census(self, res: int, since_s: float, k: int = 10) -> CellCensus:
+        """Devices seen at or after ``since_s`` per H3 cell at resolution ``res`` (<= 7),
+        with cells of fewer than ``k`` devices left out and counted as suppressed."""
+        res = check_resolution(res)
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a whole number >= 1, got {k!r}")
+        since_s = _time("since_s", since_s)
+        with self._lock:
+            rows = self._db.query(
+                "SELECT cell, count(*) AS n FROM devices WHERE last_seen_s >= ? GROUP BY cell",
+                (since_s,),
+            )
+        return census(((r["cell"], r["n"]) for r in rows), res, since_s, k)
+
+    def devices_per_cell(self, res: int, since_s: float, k: int = 10) -> dict[str, int]:
+        """``cell_census(res, since_s, k).counts``: only cells with >= k devices."""
+        return self.cell_census(res, since_s, k).counts
+
+    # -- audit log ------------------------------------------------------------------------
+
+    def audit(self, actor: str, action: str, target: str, purpose: str, at_s: float) -> str:
+        """Append an audit row; returns its hash (chain layout in :mod:`.audit`)."""
+        at_s = _audit.check_fields(at_s, actor=actor, action=action, target=target, purpose=purpose)
+        with self._lock, self._db.transaction():
+            self._db.lock_for_append("audit_log")
+            last = self._db.query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            seq, prev = (last[0]["seq"] + 1, last[0]["hash"]) if last else (1, _audit.GENESIS_HASH)
+            h = _audit.row_hash(prev, seq, at_s, actor, action, target, purpose)
+            self._db.execute(
+                "INSERT INTO audit_log (seq, at_s, actor, action, target, purpose, prev_hash, hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, at_s, actor, action, target, purpose, prev, h),
+            )
+        return h
+
+    def audit_log(self, limit: int = 100) -> list[dict]:
+        """The newest ``limit`` audit rows, newest first."""
+        with self._lock:
+            return self._db.query(
+                "SELECT seq, at_s, actor, action, target, purpose, prev_hash, hash FROM audit_log "
+                "ORDER BY seq DESC LIMIT ?", (_limit(limit),)
+            )
+
+    def verify_audit(self) -> tuple[bool, int | None]:
+        """Recompute the chain from seq 1: ``(True, None)`` if every row holds, else
+        ``(False, seq)`` of the first row that does not (edited, missing before it, or out
+        of sequence). A cut-off tail cannot be seen from inside: compare the head hash with
+        a copy kept elsewhere."""
+        prev, expected = _audit.GENESIS_HASH, 1
+        with self._lock:
+            cur = self._db.execute(
+                "SELECT seq, at_s, actor, action, target, purpose, prev_hash, hash "
+                "FROM audit_log ORDER BY seq"
+            )
+            for seq, at_s, actor, action, target, purpose, prev_hash, h in cur:
+                ok = (seq == expected and prev_hash == prev
+                      and h == _audit.row_hash(prev, seq, at_s, actor, action, target, purpose))
+                if not ok:
+                    return False, seq
+                prev, expected = h, seq + 1
+        return True, None
+
+    # -- retention ------------------------------------------------------------------------
+
+    def purge(self, before_s: float) -> dict[str, int]:
+        """Delete what the retention rules say is older than ``before_s``; returns the
+        number of rows deleted per table (today: devices last seen before ``before_s``)."""
+        before_s = _time("before_s", before_s)
+        counts = {}
+        with self._lock, self._db.transaction():
+            for table, column in _RETENTION:
+                counts[table] = self._db.execute(
+                    f"DELETE FROM {table} WHERE {column} < ?", (before_s,)
+                ).rowcount
+        return counts
+
+
+def open_store(url: str | os.PathLike) -> Store:
+    """Open the store at ``url`` and apply pending migrations.
+
+    ``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``sqlite://:memory:`` (or
+    ``sqlite://``), a bare path (``x.db``), or ``postgresql://user@host:port/db``; any other
+    scheme raises ValueError. StoreError when the database cannot be reached or is newer
+    than this code.
+    """
+    db = connect(url)
+    try:
+        migrate(db)
+    except BaseException:
+        db.close()
+        raise
+    return Store(db)
+
