@@ -335,6 +335,37 @@ def _device_replay(args) -> int:
     return device_replay(args)
 
 
+def _serve(args) -> int:
+    import asyncio
+    import logging
+
+    from .serve import ServeOptions, run
+
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    opts = ServeOptions(
+        host=args.host,
+        port=args.port,
+        mqtt=args.mqtt,
+        mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port,
+        store=args.store,
+        bus=args.bus,
+        data_dir=Path(args.data) if args.data else None,
+        log_http=args.log_http,
+    )
+
+    def ready(srv) -> None:
+        where = "embedded" if srv.broker is not None else "external"
+        print(f"yujing serve: dashboard and API at {srv.http_url}/  (OpenAPI: {srv.http_url}/docs)", flush=True)
+        print(f"  devices: MQTT ({where}) at {srv.mqtt_url}, topics {srv.mqtt_topics}", flush=True)
+        print(f"  store: {srv.store_label}; stop with Ctrl-C", flush=True)
+
+    try:
+        return asyncio.run(run(opts, on_ready=ready))
+    except KeyboardInterrupt:
+        return 130
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="yujing",
@@ -402,6 +433,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--markdown", action="store_true", help="as the documented table (docs/settings.md)")
     s.set_defaults(func=_settings)
+
+    sv = sub.add_parser(
+        "serve",
+        help="run the live service: devices over MQTT, engine, alerts, HTTP API and live map",
+        description=(
+            "Run the whole live system in one process on embedded defaults, with no configuration: an "
+            "MQTT broker for devices, the detection engine and alert policy, SQLite, and the HTTP API with "
+            "the live map dashboard on 127.0.0.1. Options switch each part to a real server. The device "
+            "protocol is in docs/protocol.md, the API in docs/api.md (and at /docs when running)."
+        ),
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="HTTP port (default 8000; 0 picks a free one)")
+    sv.add_argument("--mqtt", metavar="tcp://HOST:PORT", help="use this MQTT broker (Mosquitto, NATS's MQTT listener) instead of the embedded one")
+    sv.add_argument("--mqtt-host", default="127.0.0.1", help="embedded broker's address (default 127.0.0.1)")
+    sv.add_argument("--mqtt-port", type=int, default=1883, help="embedded broker's port (default 1883; 0 picks a free one)")
+    sv.add_argument("--store", default="sqlite:///yujing.db", metavar="URL",
+                    help="sqlite:///PATH (default sqlite:///yujing.db), sqlite://:memory:, or postgresql://USER@HOST:PORT/DB")
+    sv.add_argument("--bus", metavar="nats://HOST:PORT", help="scale-out over NATS JetStream (see docs/scale-out.md)")
+    sv.add_argument("--data", metavar="DIR", help="OpenEEW recordings the dashboard can replay (default: none; scenarios always)")
+    sv.add_argument("--log-http", action="store_true", help="log every HTTP request")
+    sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
+    sv.set_defaults(func=_serve)
 
     d = sub.add_parser("device", help="the device agent (reference client for phones and sensors)")
     dsub = d.add_subparsers(dest="device_command", required=True)

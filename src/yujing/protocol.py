@@ -34,7 +34,9 @@ warning at once, and one that comes online the next day gets nothing.
 
 Device times (``sent_s``, ``onset_s``, ``device_time_s``) are on the device's own clock,
 UNIX seconds; the server compares ``sent_s`` with the arrival time to correct clocks that
-are off (:func:`to_trigger`). Units are in the field names as in :mod:`yujing.records`.
+are off (:func:`to_trigger`): a device's offset is the smallest arrival - sent among its
+recent messages (heartbeats included), so a message that sat in a queue is not taken for
+a clock error. Units are in the field names as in :mod:`yujing.records`.
 Versioning: ``v`` is the schema version of the message; a field may be added with a
 default without a new version; anything else is version 2, on ``yj/v2/...`` topics.
 """
@@ -269,24 +271,28 @@ def _check_numbers(kind: str, msg) -> None:
 # -------------------------------------------------------------------------- to records
 
 
-def clock_offset_s(sent_s: float, arrival_s: float) -> float:
-    """What to add to a device time to put it on the server's time line: 0 while the
-    offset (arrival - sent) is within network latency and NTP error, else the offset (the
-    device clock is off; the message's own latency, < 1 s, is lost in the correction)."""
-    off = arrival_s - sent_s
+def clock_correction_s(offset_s: float) -> float:
+    """What to add to a device time to put it on the server's time line, given the
+    device's clock offset (arrival - sent of its least-delayed recent message, s): 0 while
+    that is within network latency and NTP error, else the offset (the device clock is
+    off; the latency of that message, < 1 s, is lost in the correction)."""
     lo, hi = CLOCK_TRUST_S
-    return 0.0 if lo <= off <= hi else off
+    return 0.0 if lo <= offset_s <= hi else offset_s
 
 
 def cell_centre(cell: str) -> tuple[float, float]:
     return h3.cell_to_latlng(cell)
 
 
-def to_trigger(msg: TriggerMsg, arrival_s: float) -> Trigger:
+def to_trigger(msg: TriggerMsg, arrival_s: float, clock_offset_s: float | None = None) -> Trigger:
     """The engine's record for a trigger message that arrived at ``arrival_s`` (server
-    clock): position = its cell's centre, onset on the corrected time line."""
+    clock): position = its cell's centre, onset on the corrected time line.
+    ``clock_offset_s``: the device's clock offset estimated from its recent messages
+    (default: this message's own arrival - sent, which mistakes a message delayed in a
+    queue for a clock error)."""
     lat, lon = cell_centre(msg.cell)
-    onset = msg.onset_s + clock_offset_s(msg.sent_s, arrival_s)
+    off = arrival_s - msg.sent_s if clock_offset_s is None else clock_offset_s
+    onset = msg.onset_s + clock_correction_s(off)
     return Trigger(
         device_id=msg.device,
         latitude=lat,

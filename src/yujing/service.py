@@ -16,7 +16,7 @@ subject                    object                                  consumers
 =========================  ======================================  ==========================
 ``yj.event.<event_id>``    :class:`~yujing.records.EventUpdate`    store, SSE, metrics
 ``yj.alert.<event_id>``    :class:`~yujing.records.Alert`          MQTT to devices, store, SSE
-``yj.trig.<res5 cell>``    :class:`~yujing.records.Trigger`        dashboard (non-critical)
+``yj.trig``                :class:`~yujing.records.Trigger`        dashboard (non-critical)
 =========================  ======================================  ==========================
 
 The latency the service is judged by, message arrival to alert published, is measured
@@ -66,6 +66,11 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     recent_triggers: int = 2_000  # kept in memory for the dashboard
 
 
+#: A device's clock offset is the smallest (arrival - sent) it showed within this window
+#: (s): the message that waited least in queues tells the clock; a late one does not.
+CLOCK_WINDOW_S = 600.0
+
+
 @dataclass
 class _Dev:
     cell: str
@@ -73,6 +78,15 @@ class _Dev:
     first_seen_s: float
     last_seen_s: float
     raw_consent: bool = False
+    off_min_s: float = math.inf  # smallest arrival - sent within the window, s
+    off_since_s: float = -math.inf  # arrival time when the window's minimum was set
+
+    def clock_offset(self, sent_s: float, arrival_s: float) -> float:
+        """Fold one message into the clock estimate; returns the device's offset (s)."""
+        off = arrival_s - sent_s
+        if off <= self.off_min_s or arrival_s - self.off_since_s > CLOCK_WINDOW_S:
+            self.off_min_s, self.off_since_s = off, arrival_s
+        return self.off_min_s
 
 
 class Registry:
@@ -222,9 +236,12 @@ class Service:
         next_tick = self.clock() + step
         while True:
             timeout = max(0.0, next_tick - self.clock())
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
+            # cancel that stop() sends (CPython gh-86296), and the loop never ends
             try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
                 pass
             self._wake.clear()
             try:
@@ -262,18 +279,15 @@ class Service:
         kind = type(msg)
         reg = self.registry
         if kind is protocol.TriggerMsg:
-            trig = protocol.to_trigger(msg, arr)
-            reg.seen(msg.device, msg.cell, arr)
+            d = reg.seen(msg.device, msg.cell, arr)
+            trig = protocol.to_trigger(msg, arr, d.clock_offset(msg.sent_s, arr))
             self.stats.accepted["trig"] += 1
-            if trig.update == 0:
-                self.recent_triggers.append(trig)
-                self.bus.publish(f"yj.trig.{protocol.topic_cell(msg.cell)}", trig)
             t0 = time.perf_counter()
             out = self.engine.feed_trigger(trig)
             self.stats.engine_busy_s += time.perf_counter() - t0
             self._emit(out)
         elif kind is protocol.HeartbeatMsg:
-            reg.seen(msg.device, msg.cell, arr)
+            reg.seen(msg.device, msg.cell, arr).clock_offset(msg.sent_s, arr)
             lat, lon = protocol.cell_centre(msg.cell)
             self._hb.append((msg.device, lat, lon, arr, msg.ready))
             self.stats.accepted["hb"] += 1
@@ -295,7 +309,7 @@ class Service:
             self.stats.engine_busy_s += time.perf_counter() - t0
             self._emit(out)
         elif kind is protocol.HelloMsg:
-            reg.seen(msg.device, msg.cell, arr, kind=msg.kind, raw_consent=msg.raw_consent)
+            reg.seen(msg.device, msg.cell, arr, kind=msg.kind, raw_consent=msg.raw_consent).clock_offset(msg.sent_s, arr)
             self.stats.accepted["hello"] += 1
             if msg.kind == "sensor" or msg.raw_consent:
                 known = self.engine.devices.get(msg.device)
@@ -321,6 +335,14 @@ class Service:
 
     # ------------------------------------------------------------------ output
     def _emit(self, updates: list[EventUpdate]) -> None:
+        trigs = self.engine.triggers
+        if trigs:
+            # first triggers the engine took (phones' own, or picked from sensors' packets):
+            # for the dashboard; the engine keeps them only for reports, a service must not
+            for t in trigs:
+                self.recent_triggers.append(t)
+                self.bus.publish("yj.trig", t)
+            trigs.clear()
         for u in updates:
             self.stats.updates += 1
             self.latest[u.event_id] = u

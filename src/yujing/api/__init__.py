@@ -1,0 +1,1 @@
+"""HTTP API and live map dashboard of ``yujing serve`` (:func:`.app.create_app`)."""

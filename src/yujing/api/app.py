@@ -1,0 +1,407 @@
+"""The HTTP API of ``yujing serve`` (FastAPI; OpenAPI at ``/openapi.json``).
+
+Public, read-only views of what the service knows, plus the dashboard's replay control:
+
+====================================  ===================================================
+route                                 what
+====================================  ===================================================
+``GET /health``                       liveness, queue, counts, alert latency p50
+``GET /api/events``                   events, newest first (``limit``, ``since``)
+``GET /api/events/{id}``              one event: its newest update and all its updates
+``GET /api/events.geojson``           the events as a USGS-feed-like FeatureCollection
+``GET /api/events/{id}/mmi.geojson``  forecast intensity of the newest update, by band
+``GET /api/quakeml``                  QuakeML 1.2 of the events (``event_id`` for one)
+``GET /api/alerts``                   alert messages, newest first (``event_id``, ``limit``)
+``GET /api/alerts/{id}/cap``          the alert's newest message as CAP 1.2 XML
+``GET /api/cap``                      Atom feed of the newest CAP message of each alert
+``GET /api/network``                  devices online per H3 area (k-anonymous)
+``GET /api/triggers``                 recent first triggers per resolution-5 area
+``GET /api/stream``                   live Server-Sent Events: update, alert, trigger
+``POST /api/replay``                  replay a scenario (or recording) into the service
+``GET /api/replay``                   state of the current or last replay
+``GET /api/replay/sources``           scenario keys and recordings that can be replayed
+``GET /metrics``                      Prometheus text format
+``GET /``                             the live map dashboard (static files)
+====================================  ===================================================
+
+Every error, whatever raised it (an unknown route, a bad parameter, a missing event, a
+bug), is JSON of one shape: ``{"error": {"status": 404, "code": "not_found", "message":
+"..."}}``; a test enforces it. Public responses never carry a device pseudonym or a
+location finer than a resolution-5 area.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from importlib import resources
+from typing import Any
+
+import h3
+import msgspec
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ..alerting import alert_to_json
+from ..formats import alert_to_cap, events_to_geojson, events_to_quakeml, mmi_to_geojson
+from ..formats.cap import cap_identifier
+from ..records import Alert, EventUpdate
+from ..replay import iso, update_to_json
+
+_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
+          409: "conflict", 413: "too_large", 422: "invalid_parameter", 429: "rate_limited", 500: "internal_error",
+          503: "unavailable"}
+#: resolution of the public trigger map (an area of ~250 km^2, never one device)
+PUBLIC_TRIGGER_RES = 5
+
+
+def error_body(status: int, message: str, code: str | None = None) -> dict:
+    return {"error": {"status": status, "code": code or _CODES.get(status, "error"), "message": message}}
+
+
+def _err(status: int, message: str, code: str | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, code), status_code=status)
+
+
+def create_app(service, replayer=None) -> FastAPI:
+    """The API over a running :class:`yujing.service.Service` (its store may be None:
+    then history comes from memory). ``replayer`` backs ``POST /api/replay``."""
+    app = FastAPI(
+        title="yujing",
+        version="1",
+        description="Earthquake early warning from phones and low-cost sensors: events, alerts, network health.",
+    )
+    store = service.store
+    app.state.closing = asyncio.Event()  # set by the server before it stops: streams end
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        return _err(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        parts = []
+        for e in exc.errors():
+            loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "path", "body"))
+            parts.append(f"{loc}: {e.get('msg')}")
+        return _err(422, "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        return _err(500, f"{type(exc).__name__}: the server failed on this request; see its log")
+
+    async def _db(fn, *args, **kw):
+        return await asyncio.to_thread(fn, *args, **kw)
+
+    async def _updates_of(event_id: str) -> list[EventUpdate]:
+        if store is not None:
+            return await _db(store.updates, event_id)
+        u = service.latest.get(event_id)
+        return [u] if u else []
+
+    async def _all_latest(limit: int, since: float | None) -> list[EventUpdate]:
+        if store is not None:
+            rows = await _db(store.events, limit=limit, since_s=since)
+            out = []
+            for r in rows:
+                ups = await _db(store.updates, r["event_id"])
+                if ups:
+                    out.append(ups[-1])
+            return out
+        us = sorted(service.latest.values(), key=lambda u: -u.issued_at_s)
+        return [u for u in us if since is None or u.issued_at_s >= since][:limit]
+
+    # ------------------------------------------------------------------ health
+    @app.get("/health", summary="Liveness and a few counts")
+    async def health() -> dict:
+        return service.health()
+
+    # ------------------------------------------------------------------ events
+    @app.get("/api/events", summary="Events, newest first")
+    async def events(limit: int = Query(100, ge=1, le=1000), since: float | None = Query(None, description="UNIX s")) -> dict:
+        latest = await _all_latest(limit, since)
+        return {"events": [update_to_json(u) for u in latest]}
+
+    @app.get("/api/events.geojson", summary="Events as GeoJSON (USGS feed shape)")
+    async def events_geojson(limit: int = Query(100, ge=1, le=1000)) -> JSONResponse:
+        latest = await _all_latest(limit, None)
+        return JSONResponse(events_to_geojson(latest), media_type="application/geo+json")
+
+    @app.get("/api/events/{event_id}", summary="One event: newest update and all updates")
+    async def event(event_id: str) -> dict:
+        ups = await _updates_of(event_id)
+        if not ups:
+            raise HTTPException(404, f"no event {event_id!r}")
+        return {"event": update_to_json(ups[-1]), "updates": [update_to_json(u) for u in ups]}
+
+    @app.get("/api/events/{event_id}/mmi.geojson", summary="Forecast intensity (MMI) of the newest update")
+    async def mmi(event_id: str, bin_width: float = Query(0.5, gt=0, le=2)) -> JSONResponse:
+        ups = await _updates_of(event_id)
+        if not ups:
+            raise HTTPException(404, f"no event {event_id!r}")
+        u = ups[-1]
+        if u.retracted:
+            return JSONResponse({"type": "FeatureCollection", "features": []}, media_type="application/geo+json")
+        tm = await asyncio.to_thread(service.policy.tier_map, u)
+        return JSONResponse(mmi_to_geojson(list(tm.cells), tm.mmi, bin_width=bin_width), media_type="application/geo+json")
+
+    @app.get("/api/quakeml", summary="QuakeML 1.2 of the events")
+    async def quakeml(event_id: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> Response:
+        if event_id is not None:
+            ups = await _updates_of(event_id)
+            if not ups:
+                raise HTTPException(404, f"no event {event_id!r}")
+        else:
+            ups = []
+            for u in await _all_latest(limit, None):
+                ups += await _updates_of(u.event_id)
+        return Response(events_to_quakeml(ups), media_type="application/xml")
+
+    # ------------------------------------------------------------------ alerts
+    async def _alerts(event_id: str | None, limit: int) -> list[Alert]:
+        if store is not None:
+            return await _db(store.alerts, event_id=event_id, limit=limit)
+        al = sorted(service.latest_alert.values(), key=lambda a: -a.issued_at_s)
+        return [a for a in al if event_id is None or a.event_id == event_id][:limit]
+
+    @app.get("/api/alerts", summary="Alert messages, newest first")
+    async def alerts(event_id: str | None = None, limit: int = Query(100, ge=1, le=1000)) -> dict:
+        return {"alerts": [alert_to_json(a) for a in await _alerts(event_id, limit)]}
+
+    async def _history(alert_id: str) -> list[Alert]:
+        if store is None:
+            a = next((a for a in service.latest_alert.values() if a.alert_id == alert_id), None)
+            return [a] if a else []
+        latest = await _db(store.latest_alert, alert_id)
+        if latest is None:
+            return []
+        msgs = await _db(store.alerts, event_id=latest.event_id, limit=1000)
+        return sorted((m for m in msgs if m.alert_id == alert_id), key=lambda m: m.version)
+
+    @app.get("/api/alerts/{alert_id}/cap", summary="The alert's newest message as CAP 1.2")
+    async def alert_cap(alert_id: str) -> Response:
+        msgs = await _history(alert_id)
+        if not msgs:
+            raise HTTPException(404, f"no alert {alert_id!r}")
+        xml = await asyncio.to_thread(alert_to_cap, msgs[-1], previous=msgs[:-1])
+        return Response(xml, media_type="application/cap+xml")
+
+    @app.get("/api/cap", summary="Atom feed of the current CAP messages")
+    async def cap_feed(request: Request, limit: int = Query(50, ge=1, le=500)) -> Response:
+        newest: dict[str, Alert] = {}
+        for a in await _alerts(None, 1000):
+            if a.alert_id not in newest or a.version > newest[a.alert_id].version:
+                newest[a.alert_id] = a
+        items = sorted(newest.values(), key=lambda a: -a.issued_at_s)[:limit]
+        base = str(request.base_url).rstrip("/")
+        return Response(_atom(items, base), media_type="application/atom+xml")
+
+    # ------------------------------------------------------------------ network
+    @app.get("/api/network", summary="Devices online per area, k-anonymous")
+    async def network(res: int = Query(5, ge=0, le=7)) -> dict:
+        now = service.clock()
+        k = service.config.k_anonymity
+        counts, hidden = service.registry.per_area(now, service.config.online_s, res, k)
+        cells = []
+        for c, n in sorted(counts.items()):
+            lat, lon = h3.cell_to_latlng(c)
+            cells.append({"cell": c, "devices": n, "latitude": round(lat, 4), "longitude": round(lon, 4)})
+        return {"res": res, "k": k, "online_s": service.config.online_s, "areas": cells,
+                "devices_in_areas_below_k": hidden, "devices_online": sum(counts.values()) + hidden}
+
+    @app.get("/api/triggers", summary="Recent first triggers, counted per resolution-5 area")
+    async def triggers(since: float | None = Query(None, description="UNIX s; default: the last 10 minutes")) -> dict:
+        t0 = service.clock() - 600.0 if since is None else since
+        return {"areas": _trigger_areas([t for t in service.recent_triggers if t.issued_at_s >= t0])}
+
+    # ------------------------------------------------------------------ live stream
+    @app.get("/api/stream", summary="Server-Sent Events: update, alert, trigger")
+    async def stream(request: Request) -> StreamingResponse:
+        q: asyncio.Queue = asyncio.Queue(1000)
+
+        def put(subject: str, obj: Any) -> None:
+            if q.full():  # a slow browser loses old messages, never stalls the service
+                q.get_nowait()
+            q.put_nowait((subject, obj))
+
+        subs = [service.bus.subscribe(p, put) for p in ("yj.event.>", "yj.alert.>", "yj.trig")]
+
+        async def gen():
+            try:
+                yield b": yujing live stream\n\n"
+                idle = 0.0
+                while not app.state.closing.is_set():
+                    try:
+                        async with asyncio.timeout(1.0):
+                            subject, obj = await q.get()
+                    except TimeoutError:
+                        # a browser that left, or a server shutting down, ends the stream
+                        if await request.is_disconnected():
+                            break
+                        idle += 1.0
+                        if idle >= 15.0:
+                            idle = 0.0
+                            yield b": keep-alive\n\n"
+                        continue
+                    idle = 0.0
+                    if isinstance(obj, EventUpdate):
+                        name, data = "update", update_to_json(obj)
+                    elif isinstance(obj, Alert):
+                        name, data = "alert", alert_to_json(obj)
+                    else:
+                        name, data = "trigger", _public_trigger(obj)
+                    yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
+            finally:
+                for s in subs:
+                    service.bus.unsubscribe(s)
+
+        return StreamingResponse(gen(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    # ------------------------------------------------------------------ replay control
+    class ReplayRequest(msgspec.Struct):
+        source: str = "scenario"
+        scenario: str = "luding2022"
+        phones: int = 20_000
+        seed: int = 0
+        event: str = ""
+        lead_s: float = 2.0
+
+    @app.post("/api/replay", summary="Replay a scenario or a recorded quake into the running service", status_code=202)
+    async def replay(request: Request) -> dict:
+        if replayer is None:
+            raise HTTPException(503, "this server was started without a replay source")
+        try:
+            req = msgspec.json.decode(await request.body() or b"{}", type=ReplayRequest)
+        except msgspec.DecodeError as exc:
+            raise HTTPException(422, f"replay request: {exc}") from None
+        try:
+            info = await replayer.start(req.source, scenario=req.scenario, phones=req.phones, seed=req.seed,
+                                        event=req.event, lead_s=req.lead_s)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+        except RuntimeError as exc:
+            raise HTTPException(409, str(exc)) from None
+        return info
+
+    @app.get("/api/replay/sources", summary="What can be replayed: scenario keys and recordings")
+    async def replay_sources() -> dict:
+        if replayer is None:
+            raise HTTPException(503, "this server was started without a replay source")
+        return replayer.sources()
+
+    @app.get("/api/replay", summary="State of the current or last replay")
+    async def replay_state() -> dict:
+        if replayer is None:
+            raise HTTPException(503, "this server was started without a replay source")
+        return replayer.state()
+
+    # ------------------------------------------------------------------ metrics
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        return Response(prometheus_text(service), media_type="text/plain; version=0.0.4")
+
+    # ------------------------------------------------------------------ dashboard
+    static = resources.files("yujing.api") / "static"
+    app.mount("/static", StaticFiles(directory=str(static)), name="static")
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return RedirectResponse("/static/index.html")
+
+    return app
+
+
+def _public_trigger(t) -> dict:
+    """A trigger as the public sees it: its res-5 area, time and strength; no pseudonym."""
+    cell = h3.latlng_to_cell(t.latitude, t.longitude, PUBLIC_TRIGGER_RES)
+    lat, lon = h3.cell_to_latlng(cell)
+    return {"cell": cell, "latitude": round(lat, 4), "longitude": round(lon, 4), "time": iso(t.issued_at_s),
+            "onset_time": iso(t.onset_time_s), "pga_gal": round(t.pga_gal, 2)}
+
+
+def _trigger_areas(trigs) -> list[dict]:
+    areas: dict[str, dict] = {}
+    for t in trigs:
+        p = _public_trigger(t)
+        a = areas.setdefault(p["cell"], {"cell": p["cell"], "latitude": p["latitude"], "longitude": p["longitude"],
+                                         "triggers": 0, "last": p["time"], "max_pga_gal": 0.0})
+        a["triggers"] += 1
+        a["last"] = max(a["last"], p["time"])
+        a["max_pga_gal"] = max(a["max_pga_gal"], p["pga_gal"])
+    return sorted(areas.values(), key=lambda a: a["cell"])
+
+
+def _atom(alerts: list[Alert], base: str) -> bytes:
+    from xml.sax.saxutils import escape
+
+    updated = iso(max((a.issued_at_s for a in alerts), default=time.time()))
+    entries = []
+    for a in alerts:
+        link = f"{base}/api/alerts/{a.alert_id}/cap"
+        title = f"M{a.magnitude:.1f} earthquake early warning ({a.msg_type}, message {a.version})"
+        entries.append(
+            "<entry>"
+            f"<id>{escape(cap_identifier(a))}</id><title>{escape(title)}</title>"
+            f"<updated>{iso(a.issued_at_s)}</updated>"
+            f'<link rel="alternate" type="application/cap+xml" href="{escape(link)}"/>'
+            f"<content type=\"application/cap+xml\" src=\"{escape(link)}\"/>"
+            "</entry>"
+        )
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<feed xmlns="http://www.w3.org/2005/Atom">'
+        f"<id>{escape(base)}/api/cap</id><title>yujing CAP alerts</title><updated>{updated}</updated>"
+        "<author><name>yujing</name></author>" + "".join(entries) + "</feed>"
+    ).encode()
+
+
+def prometheus_text(service) -> str:
+    """The service's counters in the Prometheus text exposition format."""
+    s = service.stats
+    lines = [
+        "# HELP yujing_messages_received_total Device messages received (any transport).",
+        "# TYPE yujing_messages_received_total counter",
+        f"yujing_messages_received_total {s.received}",
+        "# HELP yujing_messages_accepted_total Device messages accepted, by kind.",
+        "# TYPE yujing_messages_accepted_total counter",
+    ]
+    lines += [f'yujing_messages_accepted_total{{kind="{k}"}} {v}' for k, v in s.accepted.items()]
+    lines += ["# HELP yujing_messages_rejected_total Device messages refused, by reason.",
+              "# TYPE yujing_messages_rejected_total counter"]
+    lines += [f'yujing_messages_rejected_total{{reason="{k}"}} {v}' for k, v in sorted(service.rejects.by_reason().items())]
+    lines += [
+        "# HELP yujing_event_updates_total Event updates issued.",
+        "# TYPE yujing_event_updates_total counter",
+        f"yujing_event_updates_total {s.updates}",
+        "# HELP yujing_alerts_total Alert messages issued.",
+        "# TYPE yujing_alerts_total counter",
+        f"yujing_alerts_total {s.alerts}",
+        "# HELP yujing_engine_busy_seconds_total Time spent in the detection engine.",
+        "# TYPE yujing_engine_busy_seconds_total counter",
+        f"yujing_engine_busy_seconds_total {s.engine_busy_s:.6f}",
+        "# HELP yujing_alert_policy_busy_seconds_total Time spent forecasting shaking and deciding alerts.",
+        "# TYPE yujing_alert_policy_busy_seconds_total counter",
+        f"yujing_alert_policy_busy_seconds_total {s.policy_busy_s:.6f}",
+        "# HELP yujing_queue_messages Messages waiting for the engine.",
+        "# TYPE yujing_queue_messages gauge",
+        f"yujing_queue_messages {len(service._queue)}",
+        "# HELP yujing_devices_online Devices heard from within the online window.",
+        "# TYPE yujing_devices_online gauge",
+        f"yujing_devices_online {len(service.registry.online(service.clock(), service.config.online_s))}",
+        "# HELP yujing_alert_latency_seconds Trigger arrival to alert published (recent alerts).",
+        "# TYPE yujing_alert_latency_seconds summary",
+    ]
+    lat = sorted(service.alert_latency_s)
+    for q in (0.5, 0.9, 0.99):
+        v = lat[min(len(lat) - 1, int(q * len(lat)))] if lat else math.nan
+        lines.append(f'yujing_alert_latency_seconds{{quantile="{q}"}} {v:.6f}')
+    lines += [f"yujing_alert_latency_seconds_count {len(lat)}", f"yujing_alert_latency_seconds_sum {sum(lat):.6f}"]
+    lines += ["# HELP yujing_bus_dropped_total Non-critical messages dropped for slow consumers.",
+              "# TYPE yujing_bus_dropped_total counter"]
+    lines += [f'yujing_bus_dropped_total{{subscriber="{k}"}} {v}' for k, v in sorted(service.bus.dropped.items())]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,159 @@
+"""``yujing serve``: the whole live system in one asyncio process.
+
+Embedded defaults, no configuration: an MQTT broker inside the process for devices
+(:mod:`yujing.bus.mqtt`), the in-process bus, SQLite in one file, and the HTTP API with
+the live map on 127.0.0.1. Options switch each part to a real server:
+``--mqtt tcp://host:port`` (any MQTT 3.1.1 broker: Mosquitto, NATS's MQTT listener),
+``--store postgresql://...``, ``--bus nats://...`` (scale-out; see :mod:`yujing.bus.nats`).
+
+:class:`Server` is what tests start (ports 0 pick free ones); :func:`run` is the command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .bus.memory import MemoryBus
+from .bus.mqtt import MqttLink, parse_mqtt_url
+from .bus.mqtt_broker import EmbeddedBroker
+from .replay_live import LiveReplay
+from .service import Service, ServiceConfig
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    mqtt: str | None = None  # external broker URL; None: embedded
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 1883  # embedded broker's port
+    store: str = "sqlite:///yujing.db"
+    bus: str | None = None
+    data_dir: Path | None = None
+    config: ServiceConfig | None = None
+    settings: Settings | None = None
+    log_http: bool = False
+
+
+class Server:
+    """All parts of the service, started and stopped in order."""
+
+    def __init__(self, opts: ServeOptions, clock=time.time):
+        self.opts = opts
+        self.clock = clock
+        self.broker: EmbeddedBroker | None = None
+        self.link: MqttLink | None = None
+        self.store = None
+        self.service: Service | None = None
+        self.replay: LiveReplay | None = None
+        self._uvicorn = None
+        self.app = None
+        self._http_task: asyncio.Task | None = None
+        self.http_port = 0
+        self.mqtt_url = ""
+
+    async def start(self) -> None:
+        from .store import open_store
+
+        o = self.opts
+        if o.bus is not None:
+            raise OSError(f"--bus {o.bus}: the NATS JetStream scale-out is not in this version yet; run without --bus")
+        self.store = await asyncio.to_thread(open_store, o.store)
+        bus = MemoryBus()
+        self.service = Service(o.settings, bus, self.store, config=o.config, clock=self.clock)
+        await self.service.start()
+        if o.mqtt is None:
+            self.broker = EmbeddedBroker(o.mqtt_host, o.mqtt_port)
+            await self.broker.start()
+            self.mqtt_url = f"tcp://{o.mqtt_host}:{self.broker.port}"
+        else:
+            parse_mqtt_url(o.mqtt)  # a bad URL fails here, with what was wrong
+            self.mqtt_url = o.mqtt
+        self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker)
+        await self.link.start()
+        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir)
+        await self._start_http()
+
+    async def _start_http(self) -> None:
+        import uvicorn
+
+        from .api.app import create_app
+
+        app = self.app = create_app(self.service, self.replay)
+        cfg = uvicorn.Config(app, host=self.opts.host, port=self.opts.port, log_level="info" if self.opts.log_http else "warning",
+                             access_log=self.opts.log_http, lifespan="off", timeout_graceful_shutdown=3)
+        self._uvicorn = uvicorn.Server(cfg)
+        # serve() would install its own signal handlers; run() owns the signals
+        self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._http_task = asyncio.get_running_loop().create_task(self._uvicorn.serve(), name="http")
+        while not self._uvicorn.started:
+            if self._http_task.done():
+                exc = self._http_task.exception()
+                raise OSError(f"HTTP server could not start on {self.opts.host}:{self.opts.port}: {exc or 'port in use?'}")
+            await asyncio.sleep(0.01)
+        self.http_port = self._uvicorn.servers[0].sockets[0].getsockname()[1]
+
+    @property
+    def mqtt_topics(self) -> str:
+        from . import protocol
+
+        return f"{protocol.TOPIC_ROOT}/<kind>/<res5 cell> in, {protocol.TOPIC_ROOT}/alert/<res3 cell> out"
+
+    @property
+    def store_label(self) -> str:
+        from .store.backend import redact
+
+        return redact(self.opts.store)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.opts.host}:{self.http_port}"
+
+    async def stop(self) -> None:
+        """Stop taking input, finish what was accepted, then close the outputs."""
+        if self._uvicorn is not None:
+            self.app.state.closing.set()  # live streams end, so the HTTP server can stop
+            self._uvicorn.should_exit = True
+            await asyncio.gather(self._http_task, return_exceptions=True)
+        if self.replay is not None and self.replay.task is not None:
+            self.replay.task.cancel()
+        if self.link is not None:
+            await self.link.stop_input()
+        if self.service is not None:
+            await self.service.stop()
+        if self.link is not None:
+            await self.link.stop()
+        if self.broker is not None:
+            await self.broker.stop()
+        if self.store is not None:
+            await asyncio.to_thread(self.store.close)
+
+
+async def run(opts: ServeOptions, on_ready=None) -> int:
+    """Run until SIGINT/SIGTERM; returns an exit code."""
+    srv = Server(opts)
+    from .store.backend import StoreError
+
+    try:
+        await srv.start()
+    except (OSError, ValueError, ConnectionError, StoreError) as exc:
+        log.error("%s", exc)
+        await srv.stop()
+        return 2
+    if on_ready is not None:
+        on_ready(srv)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await srv.stop()
+    return 0

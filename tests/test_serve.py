@@ -1,0 +1,231 @@
+"""``yujing serve`` end to end, with real parts: HTTP over a socket, an MQTT phone, the
+embedded broker or Mosquitto, SQLite or PostgreSQL. A simulated quake is replayed into
+the running service in real time through the API's replay control."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+import xml.etree.ElementTree as ET
+
+import httpx
+import psycopg
+import pytest
+
+from yujing import protocol, scenarios, wire
+from yujing.bus.mqtt import MqttClient
+from yujing.geo import distance_km
+from yujing.serve import ServeOptions, Server
+from yujing.service import ServiceConfig
+from yujing.store import open_store
+
+PG_URL = os.environ.get("YUJING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+LUDING = scenarios.get("luding2022")
+
+
+@pytest.fixture
+def pg_schema_url():
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.fail(f"PostgreSQL not reachable at {PG_URL} ({str(e).strip()}); start it or set YUJING_TEST_POSTGRES_URL")
+    schema = f"yj_serve_{uuid.uuid4().hex[:10]}"
+    admin.execute(f"CREATE SCHEMA {schema}")
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        admin.execute(f"DROP SCHEMA {schema} CASCADE")
+        admin.close()
+
+
+async def _wait(pred, timeout_s: float, what: str):
+    t = time.monotonic()
+    while time.monotonic() - t < timeout_s:
+        v = pred()
+        if v:
+            return v
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+async def _sse(url: str, into: list, stop: asyncio.Event):
+    async with httpx.AsyncClient(timeout=None) as c:
+        async with c.stream("GET", url) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            name = None
+            async for line in r.aiter_lines():
+                if line.startswith("event: "):
+                    name = line[7:]
+                elif line.startswith("data: "):
+                    into.append((name, json.loads(line[6:])))
+                if stop.is_set():
+                    return
+
+
+async def _quake_through_the_service(opts: ServeOptions, phones: int = 20_000):
+    """Start a server, put a phone near Luding on MQTT, replay the Luding scenario through
+    the API, and return what the phone, the stream and the API saw."""
+    srv = Server(opts)
+    await srv.start()
+    seen = {}
+    try:
+        host, port = (srv.opts.mqtt_host, srv.broker.port) if srv.broker else protocol_host(opts.mqtt)
+        got = []
+        phone = MqttClient(host, port, f"phone-{uuid.uuid4().hex[:6]}", on_message=lambda t, p, r: got.append((time.time(), t, p, r)))
+        await phone.connect()
+        await phone.subscribe([(protocol.alert_topic_for_position(29.75, 102.25), 1)])
+        stream: list = []
+        stop = asyncio.Event()
+        sse = asyncio.get_running_loop().create_task(_sse(srv.http_url + "/api/stream", stream, stop))
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
+            r = await api.post("/api/replay", json={"source": "scenario", "scenario": "luding2022", "phones": phones, "seed": 3, "lead_s": 1.0})
+            assert r.status_code == 202, r.text
+            info = r.json()
+            origin = info["origin_time_s"]
+            r2 = await api.post("/api/replay", json={"source": "scenario"})
+            assert r2.status_code == 409 and r2.json()["error"]["code"] == "conflict"
+            # this phone's own alert: decoded on the device, which then works out its warning
+            fresh = lambda: [g for g in got if g[2] and wire.decode_alert(g[2]).origin_time_s > origin - 60]
+            await _wait(fresh, 40, "an alert on the phone's area topic")
+            first = fresh()[0]
+            seen["phone_alert_after_origin_s"] = first[0] - origin
+            seen["phone_alert"] = wire.decode_alert(first[2])
+            await _wait(lambda: any(n == "alert" for n, _ in stream), 10, "an alert on the SSE stream")
+            await asyncio.sleep(8)  # a few updates more
+            seen["stream"] = list(stream)
+            ev = (await api.get("/api/events")).json()["events"]
+            seen["events"] = ev
+            eid = [e for e in ev if not e["retracted"]][0]["event_id"]
+            seen["event"] = (await api.get(f"/api/events/{eid}")).json()
+            seen["alerts"] = (await api.get("/api/alerts", params={"event_id": eid})).json()["alerts"]
+            aid = seen["alerts"][0]["alert_id"]
+            seen["cap"] = await api.get(f"/api/alerts/{aid}/cap")
+            seen["cap_feed"] = await api.get("/api/cap")
+            seen["quakeml"] = await api.get("/api/quakeml")
+            seen["geojson"] = (await api.get("/api/events.geojson")).json()
+            seen["mmi"] = (await api.get(f"/api/events/{eid}/mmi.geojson")).json()
+            seen["network"] = (await api.get("/api/network", params={"res": 5})).json()
+            seen["triggers"] = (await api.get("/api/triggers")).json()
+            seen["metrics"] = (await api.get("/metrics")).text
+            seen["health"] = (await api.get("/health")).json()
+            seen["replay"] = (await api.get("/api/replay")).json()
+        stop.set()
+        sse.cancel()
+        await asyncio.gather(sse, return_exceptions=True)
+        await phone.disconnect()
+        seen["latency_s"] = list(srv.service.alert_latency_s)
+        seen["rejects"] = srv.service.rejects.by_reason()
+    finally:
+        await srv.stop()
+    return seen
+
+
+def protocol_host(url: str):
+    from yujing.bus.mqtt import parse_mqtt_url
+
+    return parse_mqtt_url(url)
+
+
+def _check(seen: dict, store_url: str):
+    assert seen["rejects"] == {}, seen["rejects"]
+    # the phone near the epicentre got its alert a few seconds after the origin
+    assert 2.0 < seen["phone_alert_after_origin_s"] < 10.0, seen["phone_alert_after_origin_s"]
+    a = seen["phone_alert"]
+    assert a.msg_type in ("alert", "update") and a.tiers
+    ev = [e for e in seen["events"] if not e["retracted"]]
+    assert len(ev) == 1, seen["events"]
+    final = seen["event"]["event"]
+    assert distance_km(final["latitude"], final["longitude"], LUDING.latitude, LUDING.longitude) < 20
+    assert 6.0 <= final["magnitude"] <= 7.3
+    assert [u["version"] for u in seen["event"]["updates"]] == list(range(1, final["version"] + 1))
+    assert seen["alerts"] and all(x["event_id"] == final["event_id"] for x in seen["alerts"])
+    # standard formats
+    assert seen["cap"].headers["content-type"].startswith("application/cap+xml")
+    cap = ET.fromstring(seen["cap"].content)
+    assert cap.tag == "{urn:oasis:names:tc:emergency:cap:1.2}alert"
+    feed = ET.fromstring(seen["cap_feed"].content)
+    assert len(feed.findall("{http://www.w3.org/2005/Atom}entry")) >= 1
+    qml = ET.fromstring(seen["quakeml"].content)
+    assert qml.tag.endswith("quakeml")
+    assert seen["geojson"]["features"][0]["id"] == final["event_id"] or seen["geojson"]["features"]
+    assert len(seen["mmi"]["features"]) >= 3
+    # network health: k-anonymous areas only, no pseudonyms anywhere public
+    areas = seen["network"]["areas"]
+    assert areas and all(x["devices"] >= seen["network"]["k"] for x in areas)
+    assert seen["triggers"]["areas"]
+    names = {n for n, _ in seen["stream"]}
+    assert {"update", "alert", "trigger"} <= names
+    for n, d in seen["stream"]:
+        if n == "trigger":
+            assert set(d) == {"cell", "latitude", "longitude", "time", "onset_time", "pga_gal"}
+    assert "yujing_alerts_total" in seen["metrics"] and 'kind="trig"' in seen["metrics"]
+    assert seen["health"]["status"] == "ok" and seen["health"]["devices_online"] > 1000
+    assert seen["replay"]["running"] in (True, False) and seen["replay"]["sent"] > 0
+    # after the server stopped, its store holds the event, all its updates and alerts
+    st = open_store(store_url)
+    try:
+        ups = st.updates(final["event_id"])
+        assert [u.version for u in ups][: final["version"]] == list(range(1, final["version"] + 1))
+        assert {x.alert_id for x in st.alerts(event_id=final["event_id"])} == {seen["alerts"][0]["alert_id"]}
+    finally:
+        st.close()
+
+
+def test_serve_embedded_broker_and_sqlite(tmp_path):
+    url = f"sqlite:///{tmp_path}/yj.db" if not str(tmp_path).startswith("/") else f"sqlite:///{tmp_path}/yj.db"
+    url = "sqlite:///" + str(tmp_path / "yj.db")  # absolute path: sqlite:////abs/path
+    opts = ServeOptions(port=0, mqtt_port=0, store=url, config=ServiceConfig(alert_retain_s=60))
+    seen = asyncio.run(_quake_through_the_service(opts))
+    print(f"phone alerted {seen['phone_alert_after_origin_s']:.2f} s after origin; alert latency "
+          f"p50 {1000 * sorted(seen['latency_s'])[len(seen['latency_s']) // 2]:.1f} ms over {len(seen['latency_s'])} alerts")
+    _check(seen, url)
+
+
+def test_serve_mosquitto_and_postgresql(pg_schema_url):
+    opts = ServeOptions(port=0, mqtt="tcp://127.0.0.1:1883", store=pg_schema_url, config=ServiceConfig(alert_retain_s=30))
+    seen = asyncio.run(_quake_through_the_service(opts))
+    _check(seen, pg_schema_url)
+
+
+def test_every_error_has_one_json_shape(tmp_path):
+    async def go():
+        srv = Server(ServeOptions(port=0, mqtt_port=0, store="sqlite://:memory:"))
+        await srv.start()
+        try:
+            async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
+                spec = (await api.get("/openapi.json")).json()
+                bad = []
+                for path, ops in spec["paths"].items():
+                    for method, op in ops.items():
+                        params = {p["name"]: p for p in op.get("parameters", [])}
+                        url = path
+                        for name in params:
+                            url = url.replace("{" + name + "}", "no-such-thing")
+                        query = {n: "not-a-number" for n, p in params.items() if p["in"] == "query" and p["schema"].get("type") in ("integer", "number")}
+                        if path != url or query or method == "post":
+                            bad.append((method, url, query))
+                bad += [("get", "/no/such/route", {}), ("delete", "/api/events", {}), ("post", "/api/replay", {"x": 1})]
+                seen_codes = set()
+                for method, url, query in bad:
+                    if method == "post":
+                        r = await api.post(url, content=b"{not json")
+                    else:
+                        r = await api.request(method.upper(), url, params=query)
+                    assert r.status_code >= 400, (method, url, r.status_code)
+                    body = r.json()
+                    assert set(body) == {"error"} and set(body["error"]) == {"status", "code", "message"}, (url, body)
+                    assert body["error"]["status"] == r.status_code and body["error"]["message"]
+                    seen_codes.add(r.status_code)
+                assert {404, 405, 422} <= seen_codes
+                r = await api.post("/api/replay", json={"source": "scenario", "scenario": "atlantis"})
+                assert r.status_code == 422 and "atlantis" in r.json()["error"]["message"]
+                r = await api.post("/api/replay", json={"source": "openeew", "event": "2018_2_16"})
+                assert r.status_code == 422 and "--data" in r.json()["error"]["message"]
+        finally:
+            await srv.stop()
+
+    asyncio.run(go())
