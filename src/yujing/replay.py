@@ -209,7 +209,7 @@ def write_geojson(folder: Path, result: ReplayResult, policy_factory=None) -> li
         if u.retracted:
             continue
         tm = policy.tier_map(u)
-        if len(tm.cells) == 0:
+        if len(tm.cells_int) == 0:
             continue
         p = folder / f"mmi_{eid}.geojson"
         p.write_text(json.dumps(mmi_to_geojson(list(tm.cells), tm.mmi, bin_width=0.5)))
