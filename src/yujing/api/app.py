@@ -113,8 +113,8 @@ def create_app(service, replayer=None) -> FastAPI:
                 if ups:
                     out.append(ups[-1])
             return out
-        us = sorted(service.latest.values(), key=lambda u: -u.issued_at_s)
-        return [u for u in us if since is None or u.issued_at_s >= since][:limit]
+        us = sorted(service.latest.values(), key=lambda u: -u.origin_time_s)
+        return [u for u in us if since is None or u.origin_time_s >= since][:limit]
 
     # ------------------------------------------------------------------ health
     @app.get("/health", summary="Liveness and a few counts")
@@ -123,7 +123,7 @@ def create_app(service, replayer=None) -> FastAPI:
 
     # ------------------------------------------------------------------ events
     @app.get("/api/events", summary="Events, newest first")
-    async def events(limit: int = Query(100, ge=1, le=1000), since: float | None = Query(None, description="UNIX s")) -> dict:
+    async def events(limit: int = Query(100, ge=1, le=1000), since: float | None = Query(None, description="origin time, UNIX s")) -> dict:
         latest = await _all_latest(limit, since)
         return {"events": [update_to_json(u) for u in latest]}
 
