@@ -314,3 +314,34 @@ def test_link_publishes_alerts_per_area_retained_cancels_and_clears(peer):
             await broker.stop()
 
     asyncio.run(go())
+
+
+def test_no_client_may_publish_an_alert_through_the_embedded_broker():
+    async def go():
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        await broker.start()
+        svc = _FakeService()
+        link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
+        await link.start()
+        here = protocol.alert_topic_for_position(29.6, 102.1)
+        got = []
+        phone = MqttClient("127.0.0.1", broker.port, "phone", on_message=lambda t, p, r: got.append(p))
+        await phone.connect()
+        await phone.subscribe([(here, 1)])
+        fake = MqttClient("127.0.0.1", broker.port, "attacker")
+        await fake.connect()
+        await fake.publish(here, wire.encode_alert(_alert()), qos=1, retain=True)
+        await _collect(got, 1, timeout_s=0.5)
+        assert got == [] and here not in broker.retained
+        assert broker.counts["forbidden_publish"] == 1 and fake.connected
+        # the service's own alert goes through
+        svc.bus.publish("yj.alert.e", _alert())
+        await _collect(got, 1)
+        assert len(got) == 1
+        for c in (phone, fake):
+            await c.disconnect()
+        await link.stop()
+        await svc.bus.close()
+        await broker.stop()
+
+    asyncio.run(go())

@@ -11,7 +11,9 @@ broker (:mod:`.mqtt_broker`), Mosquitto and NATS's MQTT listener alike (each tes
   the broker's hook in-process instead, one hop fewer;
 - it publishes every alert message (critical subscriber of ``yj.alert.>`` on the bus) to
   ``yj/v1/alert/<res3 cell>`` for each resolution-3 cell its tiers meet, retained, QoS 1;
-  a cancel goes to every cell the alert was ever sent to;
+  a cancel goes to every cell the alert was ever sent to; with the embedded broker it
+  publishes in-process and the broker refuses alert topics from every client (a device
+  must not be able to warn an area; an external broker needs that rule in its ACL);
 - ``retain_s`` after an alert's last message it clears the retained messages it left
   (an empty retained publish), so a device coming online later is not warned of an old
   quake; a topic re-used by a newer alert is left alone.
@@ -220,6 +222,9 @@ class MqttLink:
         loop = asyncio.get_running_loop()
         if self.broker is not None:
             self.broker.on_message = self._from_broker
+            # only the service speaks on alert topics: it publishes in-process, so no
+            # client (a device, or anyone who can reach the port) may
+            self.broker.may_publish = lambda client_id, topic: not topic.startswith(f"{protocol.TOPIC_ROOT}/alert/")
         await self._connect()
         self.service.bus.subscribe("yj.alert.>", self._on_alert, critical=True)
         self._tasks = [loop.create_task(self._sender(), name="mqtt-alerts"),
@@ -287,15 +292,19 @@ class MqttLink:
     async def _sender(self) -> None:
         while True:
             topic, payload, issued = await self._outbox.get()
-            while True:
-                try:
-                    await self.client.publish(topic, payload, qos=1, retain=True)
-                    break
-                except (ConnectionError, asyncio.TimeoutError):
-                    self.counts["alert_publish_retry"] += 1
-                    await asyncio.sleep(0.2)  # the link reconnects meanwhile; order is kept
-            self.counts["alert_publish"] += 1
-            self.publish_latency_s.append(self.service.clock() - issued)
+            if self.broker is not None:
+                self.broker.publish(topic, payload, qos=1, retain=True)
+            else:
+                while True:
+                    try:
+                        await self.client.publish(topic, payload, qos=1, retain=True)
+                        break
+                    except (ConnectionError, asyncio.TimeoutError):
+                        self.counts["alert_publish_retry"] += 1
+                        await asyncio.sleep(0.2)  # the link reconnects meanwhile; order is kept
+            if payload:
+                self.counts["alert_publish"] += 1
+                self.publish_latency_s.append(self.service.clock() - issued)
             self._outbox.task_done()
 
     async def _expire(self) -> None:

@@ -189,6 +189,11 @@ class _Conn(asyncio.Protocol):
             self.tr.write((b"\x40\x02" if qos == 1 else b"\x50\x02") + pid)  # PUBACK / PUBREC
             qos = 1
         payload = bytes(p[k:])
+        if not self.b.may_publish(self.cid, topic):
+            # a device must not speak for the service (a fake alert to a whole area);
+            # the message is dropped, counted, and the connection kept
+            self.b.counts["forbidden_publish"] += 1
+            return
         self.b.counts["publish_in"] += 1
         if self.b.on_message is not None:
             try:
@@ -244,7 +249,9 @@ class _Conn(asyncio.Protocol):
 
 class EmbeddedBroker:
     """See the module docstring. ``port`` 0 picks a free port (read :attr:`port` after
-    :meth:`start`). ``authenticate(client_id, username, password) -> bool``."""
+    :meth:`start`). ``authenticate(client_id, username, password) -> bool``;
+    ``may_publish(client_id, topic) -> bool`` decides which client PUBLISHes are taken
+    (the in-process :meth:`publish` is always allowed)."""
 
     def __init__(
         self,
@@ -252,6 +259,7 @@ class EmbeddedBroker:
         port: int = 1883,
         authenticate: Callable[[str, bytes | None, bytes | None], bool] | None = None,
         on_message: Callable[[str, str, bytes, int, bool], None] | None = None,
+        may_publish: Callable[[str, str], bool] | None = None,
         max_packet: int = 256 * 1024,
         max_unsent: int = MAX_UNSENT,
     ):
@@ -259,6 +267,7 @@ class EmbeddedBroker:
         self.port = port
         self.authenticate = authenticate or (lambda cid, user, pw: True)
         self.on_message = on_message
+        self.may_publish = may_publish or (lambda client_id, topic: True)
         self.max_packet = max_packet
         self.max_unsent = max_unsent
         self.conns: set[_Conn] = set()
