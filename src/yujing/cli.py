@@ -457,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     sv.set_defaults(func=_serve)
 
+    from . import load as _load
+
+    _load.add_parser(sub)
+
     d = sub.add_parser("device", help="the device agent (reference client for phones and sensors)")
     dsub = d.add_subparsers(dest="device_command", required=True)
     dr = dsub.add_parser(
