@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 import zlib
 from contextlib import contextmanager
 from typing import Any, Iterator
@@ -138,13 +139,27 @@ class SqliteBackend(Backend):
             if path != ":memory:":
                 # WAL: readers (the API) never wait for the writer (the engine), and a
                 # crash mid-write leaves the last commit intact.
-                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._set_wal()
                 self._conn.execute("PRAGMA synchronous=NORMAL")
         except sqlite3.Error as e:
             raise StoreError(
                 f"cannot open the SQLite database {path!r}: {e}; check that its folder exists "
                 f"and is writable by this user"
             ) from e
+
+    def _set_wal(self) -> None:
+        # Switching a new file to WAL needs the file to itself, and SQLite answers "locked"
+        # at once, without its busy timeout, while another connection opens it too (two
+        # workers starting together): retry for as long as the busy timeout would wait.
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
 
     def execute(self, sql, params=None):
         try:
