@@ -202,3 +202,29 @@ def test_a_bad_vs30_grid_says_where(tmp_path):
     p.write_text("lat,lon,vs30\n16,-98,300\n")
     with pytest.raises(ValueError, match="header must name"):
         Vs30Grid.from_csv(p)
+
+
+def test_cell_centre_cache_is_right_across_resets_and_threads():
+    import threading
+
+    from h3.api import numpy_int as h3n
+
+    from yujing.alerting import CellCentres, _disk_cells
+
+    cache = CellCentres(max_cells=300)  # small: every few disks start the cache afresh
+    disks = [_disk_cells(la, lo, 35, 6) for la, lo in [(29.6, 102.1), (30.6, 104.0), (29.8, 102.3), (25.0, 100.0)]]
+    errors = []
+
+    def work(d):
+        for _ in range(3):
+            lat, lon = cache.get(d)
+            ref = np.array([h3n.cell_to_latlng(x) for x in d.tolist()])
+            if not (np.allclose(lat, ref[:, 0]) and np.allclose(lon, ref[:, 1])):
+                errors.append(len(d))
+
+    threads = [threading.Thread(target=work, args=(d,)) for d in disks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

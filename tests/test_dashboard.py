@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -181,5 +182,6 @@ def test_dashboard_shows_a_replayed_quake(server, tmp_path):
     assert len(png) > 30_000, f"screenshot only {len(png)} bytes"
     spread = _not_blank(png)
     assert spread > 20, f"screenshot looks blank (grey-level std {spread:.1f})"
-    _save_docs_png(png)
+    if os.environ.get("YUJING_UPDATE_SCREENSHOT"):  # the docs' copy changes only when asked
+        _save_docs_png(png)
     assert elapsed < 90, f"the browser part took {elapsed:.0f} s"

@@ -199,7 +199,8 @@ def test_take_over_and_will():
         b = MqttClient(host, port, "same")
         await b.connect()
         await asyncio.wait_for(a.closed, 5)
-        assert broker.clients["same"] is not None and b.connected
+        assert broker.clients["same"].tr is b._proto.tr.get_extra_info("socket") or b.connected
+        assert len([c for c in broker.conns if c.cid == "same"]) == 1 and b.connected and not a.connected
         for c in (watcher, b):
             await c.disconnect()
 
@@ -343,5 +344,103 @@ def test_no_client_may_publish_an_alert_through_the_embedded_broker():
         await link.stop()
         await svc.bus.close()
         await broker.stop()
+
+    asyncio.run(go())
+
+
+def test_devices_cannot_leave_an_alert_in_a_will_nor_read_each_other():
+    async def go():
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        await broker.start()
+        svc = _FakeService()
+        link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
+        await link.start()
+        here = protocol.alert_topic_for_position(29.6, 102.1)
+        # a will on an alert topic: the CONNECT is refused (code 5), nothing is retained
+        r, w = await asyncio.open_connection("127.0.0.1", broker.port)
+        wt = here.encode()
+        body = b"\x00\x04MQTT\x04" + bytes([0x02 | 0x04 | 0x20]) + b"\x00\x3c" + b"\x00\x02ev" + len(wt).to_bytes(2, "big") + wt + b"\x00\x04fake"
+        w.write(bytes([0x10, len(body)]) + body)
+        await w.drain()
+        assert await r.readexactly(4) == b"\x20\x02\x00\x05"
+        w.close()
+        assert here not in broker.retained and broker.counts["forbidden_will"] == 1
+        # a snoop subscribing to device topics is refused; alert topics are granted
+        snoop = MqttClient("127.0.0.1", broker.port, "snoop")
+        await snoop.connect()
+        assert await snoop.subscribe([("yj/v1/#", 0), ("yj/v1/hb/+", 0), (here, 1)]) == [0x80, 0x80, 1]
+        # device messages are never retained
+        dev = MqttClient("127.0.0.1", broker.port, "dev")
+        await dev.connect()
+        cell = h3.latlng_to_cell(29.6, 102.1, 7)
+        hb = protocol.encode(protocol.HeartbeatMsg(device="p1", cell=cell, sent_s=time.time()))
+        await dev.publish(protocol.topic_for("hb", cell), hb, qos=1, retain=True)
+        await asyncio.sleep(0.1)
+        assert broker.retained == {} and svc.received == []
+        await dev.publish(protocol.topic_for("hb", cell), hb, qos=1)
+        await _wait_for(lambda: svc.received)
+        assert snoop.received == 0
+        for c in (snoop, dev):
+            await c.disconnect()
+        await link.stop()
+        await svc.bus.close()
+        await broker.stop()
+
+    asyncio.run(go())
+
+
+async def _wait_for(pred, timeout_s=5.0):
+    t = time.monotonic()
+    while not pred() and time.monotonic() - t < timeout_s:
+        await asyncio.sleep(0.01)
+    assert pred()
+
+
+def test_a_cancel_does_not_replace_a_newer_alert_in_an_area():
+    async def go():
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        await broker.start()
+        svc = _FakeService()
+        link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
+        await link.start()
+        here = protocol.alert_topic_for_position(29.6, 102.1)
+        svc.bus.publish("yj.alert.a", _alert(alert_id="A"))
+        svc.bus.publish("yj.alert.b", _alert(alert_id="B"))
+        svc.bus.publish("yj.alert.a", _alert("cancel", 2, alert_id="A"))  # A was a false event
+        await asyncio.sleep(0.3)
+        got = []
+        late = MqttClient("127.0.0.1", broker.port, "late", on_message=lambda t, p, r: got.append(wire.decode_alert(p)))
+        await late.connect()
+        await late.subscribe([(here, 1)])
+        await _collect(got, 1)
+        assert [(a.alert_id, a.msg_type) for a in got] == [("B", "alert")]
+        await late.disconnect()
+        await link.stop()
+        await svc.bus.close()
+        await broker.stop()
+
+    asyncio.run(go())
+
+
+def test_a_half_open_broker_connection_is_dropped_not_waited_on():
+    async def go():
+        # a "broker" that accepts the connection and the CONNECT, then never answers
+        async def silent(reader, writer):
+            await reader.read(100)
+            writer.write(b"\x20\x02\x00\x00")
+            await writer.drain()
+            await asyncio.sleep(30)
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        c = MqttClient("127.0.0.1", port, "c", keepalive_s=2)
+        await c.connect()
+        with pytest.raises(asyncio.TimeoutError):
+            await c.publish("t", b"x", qos=1, timeout_s=0.5)
+        await asyncio.wait_for(c.closed, 2)  # aborted: a link would reconnect now
+        c2 = MqttClient("127.0.0.1", port, "c2", keepalive_s=2)
+        await c2.connect()
+        await asyncio.wait_for(c2.closed, 6)  # no PINGRESP within 1.5 keepalives
+        server.close()
 
     asyncio.run(go())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import h3
+import msgspec
 import pytest
 
 from yujing import protocol, scenarios
@@ -152,3 +153,48 @@ def test_a_slow_consumer_loses_only_its_own_messages():
     assert got == list(range(100))
     assert bus.dropped["yj.>"] == 100 - len(slow) and len(slow) < 100
     assert slow == sorted(slow)
+
+
+def test_a_forged_heartbeat_from_the_future_does_not_move_a_phones_triggers(luding_wire):
+    sc, msgs = luding_wire
+    # one heartbeat "sent" 10^6 s ahead for every phone that triggers, before the quake
+    t0 = msgs[0][0]
+    forged = []
+    for arr, topic, payload in msgs:
+        if "/trig/" in topic:
+            m = protocol.decode(topic, payload)
+            hb = protocol.HeartbeatMsg(device=m.device, cell=m.cell, sent_s=t0 + 1e6)
+            forged.append((t0, protocol.topic_for("hb", m.cell), protocol.encode(hb)))
+    forged = list({p: (a, t, p) for a, t, p in forged}.values())
+    svc = _run(sorted(forged + msgs, key=lambda m: m[0]))
+    real = [u for u in svc.latest.values() if not u.retracted and u.magnitude > 6]
+    assert real and svc.seen_alerts
+
+
+def test_stop_processes_everything_queued_and_skips_a_record_the_store_refuses(tmp_path):
+    from yujing.records import EventUpdate
+    from yujing.store import open_store
+
+    store = open_store("sqlite:///" + str(tmp_path / "s.db"))
+
+    async def go():
+        clock = ManualClock(1000.0)
+        svc = Service(clock=clock, store=store)
+        await svc.start()
+        cell = h3.latlng_to_cell(29.6, 102.1, 7)
+        for i in range(60_000):  # more than one process_queue() batch
+            hb = protocol.HeartbeatMsg(device=f"d{i}", cell=cell, sent_s=1000.0)
+            svc.receive(protocol.topic_for("hb", cell), protocol.encode(hb), 1000.0)
+        bad = EventUpdate(event_id="bad", version=1, issued_at_s=1000.0, origin_time_s=990.0, latitude=float("nan"),
+                          longitude=102.0, depth_km=10.0, magnitude=5.0, magnitude_sigma=0.3, n_devices=3)
+        good = msgspec.structs.replace(bad, event_id="good", latitude=29.6)
+        svc.bus.publish("yj.event.bad", bad)
+        svc.bus.publish("yj.event.good", good)
+        await asyncio.wait_for(svc.stop(), 30)
+        return svc
+
+    svc = asyncio.run(go())
+    assert svc.stats.accepted["hb"] == 60_000 and len(svc._queue) == 0
+    assert svc.rejects.by_reason().get("store_refused") == 1
+    assert store.event("good") is not None and store.event("bad") is None
+    store.close()

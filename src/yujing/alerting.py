@@ -21,6 +21,7 @@ and the seconds left until the S wave arrives.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field
 import h3
 import numpy as np
@@ -56,6 +57,7 @@ class CellCentres:
     def __init__(self, max_cells: int = 4_000_000):
         self.max_cells = max_cells
         self._state = (np.zeros(0, np.uint64), np.zeros(0), np.zeros(0))
+        self._lock = threading.Lock()  # writers (warm-up threads, the alert path) merge in turn
 
     def __len__(self) -> int:
         return len(self._state[0])
@@ -68,14 +70,20 @@ class CellCentres:
             hit = keys[idx] == cells
             if hit.all():
                 return lat[idx], lon[idx]
-        missing = np.unique(cells if not len(keys) else cells[~hit])
-        mll = np.array([h3n.cell_to_latlng(c) for c in missing.tolist()]).reshape(-1, 2)
-        if len(keys) + len(missing) > self.max_cells:
-            keys, lat, lon = np.zeros(0, np.uint64), np.zeros(0), np.zeros(0)
-        keys = np.concatenate((keys, missing))
-        order = np.argsort(keys, kind="stable")
-        keys, lat, lon = keys[order], np.concatenate((lat, mll[:, 0]))[order], np.concatenate((lon, mll[:, 1]))[order]
-        self._state = (keys, lat, lon)
+        with self._lock:
+            keys, lat, lon = self._state  # another writer may have merged meanwhile
+            if len(keys) + len(cells) > self.max_cells:
+                keys, lat, lon = np.zeros(0, np.uint64), np.zeros(0), np.zeros(0)  # start afresh
+            if len(keys):
+                idx = np.minimum(np.searchsorted(keys, cells), len(keys) - 1)
+                missing = np.unique(cells[keys[idx] != cells])
+            else:
+                missing = np.unique(cells)
+            mll = np.array([h3n.cell_to_latlng(c) for c in missing.tolist()]).reshape(-1, 2)
+            keys = np.concatenate((keys, missing))
+            order = np.argsort(keys, kind="stable")
+            keys, lat, lon = keys[order], np.concatenate((lat, mll[:, 0]))[order], np.concatenate((lon, mll[:, 1]))[order]
+            self._state = (keys, lat, lon)
         idx = np.searchsorted(keys, cells)
         return lat[idx], lon[idx]
 

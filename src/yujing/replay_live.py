@@ -15,6 +15,7 @@ so the picker's long-term average has noise to learn from.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 from typing import Callable
@@ -37,6 +38,7 @@ class LiveReplay:
         self.data_dir = Path(data_dir) if data_dir else None
         self.warmup_s = warmup_s
         self.task: asyncio.Task | None = None
+        self._starting = False
         self.info: dict = {}
         self.sent = 0
 
@@ -54,10 +56,17 @@ class LiveReplay:
                     event: str = "", lead_s: float = 2.0) -> dict:
         """Prepare the messages (in a worker thread) and start sending; returns what
         will happen: the origin time on the service's clock and the message count."""
-        if self.task is not None and not self.task.done():
+        if self._starting or (self.task is not None and not self.task.done()):
             raise RuntimeError("a replay is already running; wait for it to end (GET /api/replay)")
         if not 0.0 <= lead_s <= 60.0:
             raise ValueError(f"lead_s {lead_s} must be within 0-60 s")
+        self._starting = True  # held across the preparation's await: one replay at a time
+        try:
+            return await self._start(source, scenario, phones, seed, event, lead_s)
+        finally:
+            self._starting = False
+
+    async def _start(self, source, scenario, phones, seed, event, lead_s) -> dict:
         if source == "scenario":
             if scenario not in scenarios.SCENARIOS:
                 raise ValueError(f"unknown scenario {scenario!r}; one of {', '.join(sorted(scenarios.SCENARIOS))}")
@@ -106,7 +115,7 @@ class LiveReplay:
         if self.data_dir is None:
             raise ValueError("no recordings: start the server with --data DIR (OpenEEW layout)")
         folder = self.data_dir / "events" / event
-        if not event or not folder.is_dir():
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", event or "") or not folder.is_dir():
             raise ValueError(f"no recording {event!r} under {self.data_dir / 'events'}")
         origin_rec = None
         cat = self.data_dir / "catalog.csv"

@@ -69,6 +69,11 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
 #: A device's clock offset is the smallest (arrival - sent) it showed within this window
 #: (s): the message that waited least in queues tells the clock; a late one does not.
 CLOCK_WINDOW_S = 600.0
+#: A message claiming to be sent more than this far ahead of its arrival (s) does not
+#: move its device's clock estimate: one forged heartbeat "from the future" would
+#: otherwise shift all the device's real triggers out of any event. Only a signed
+#: message (issue 12) closes this for good; within the bound a forger can still shift.
+CLOCK_AHEAD_MAX_S = 120.0
 
 
 @dataclass
@@ -84,6 +89,8 @@ class _Dev:
     def clock_offset(self, sent_s: float, arrival_s: float) -> float:
         """Fold one message into the clock estimate; returns the device's offset (s)."""
         off = arrival_s - sent_s
+        if off < -CLOCK_AHEAD_MAX_S:
+            return off if not math.isfinite(self.off_min_s) else self.off_min_s
         if off <= self.off_min_s or arrival_s - self.off_since_s > CLOCK_WINDOW_S:
             self.off_min_s, self.off_since_s = off, arrival_s
         return self.off_min_s
@@ -165,6 +172,7 @@ class Service:
         self.clock = clock
         self.rejects = Rejects()
         self.engine = Engine(dict(devices or {}), self.settings, self.rejects, step_s=self.config.step_s)
+        self._listed = frozenset(devices or ())  # operator-listed fixed sensors
         self.policy = AlertPolicy(self.settings.alert)
         self.registry = Registry(self.config.max_devices)
         self.stats = Stats()
@@ -220,17 +228,22 @@ class Service:
             self.bus.subscribe("yj.event.>", self._store_update, critical=True)
             self.bus.subscribe("yj.alert.>", self._store_alert, critical=True)
 
-    async def stop(self) -> None:
-        """Process what is queued, then stop (a clean shutdown loses nothing accepted)."""
-        self.process_queue()
+    async def stop(self, drain_timeout_s: float = 30.0) -> None:
+        """Process what is queued, then stop (a clean shutdown loses nothing accepted;
+        what the store could not take within ``drain_timeout_s`` is logged)."""
+        while self.process_queue():
+            pass
         self._emit(self.engine.tick(self.now()))
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        await self.bus.drain()
+        try:
+            await asyncio.wait_for(self.bus.drain(), drain_timeout_s)
+        except asyncio.TimeoutError:
+            log.error("outputs not drained within %.0f s at shutdown (store down?): %s", drain_timeout_s, self.last_store_error)
         if self.store is not None:
-            await asyncio.to_thread(self._flush_registry)
+            await self._flush_registry_async()
 
     async def _engine_loop(self) -> None:
         step = self.config.step_s
@@ -302,7 +315,9 @@ class Service:
                     "unknown_device", f"device {msg.device!r}", "raw packets need a hello first (kind 'sensor', or a phone with raw_consent)"
                 )
                 return
-            if d is not None and d.kind == "phone" and not d.raw_consent:
+            if msg.device not in self._listed and (d is None or (d.kind == "phone" and not d.raw_consent)):
+                # only operator-listed sensors stream without a hello on record (a
+                # registry entry forgotten under memory pressure does not open the gate)
                 self.rejects.add("no_consent", f"device {msg.device!r}", "raw packets from a phone need its raw-upload consent")
                 return
             reg.seen(msg.device, msg.cell, arr)
@@ -376,13 +391,17 @@ class Service:
                 self.alert_latency_s.append(self.clock() - u.issued_at_s)
 
     async def _store_update(self, subject: str, u: EventUpdate) -> None:
-        await self._store_call(self.store.save_update, u)
+        # the pseudonyms behind an update are the engine's working data, not a record to
+        # keep: stored they would link a device to a place and time for good
+        await self._store_call(self.store.save_update, msgspec.structs.replace(u, device_ids=()))
 
     async def _store_alert(self, subject: str, a: Alert) -> None:
         await self._store_call(self.store.save_alert, a)
 
     async def _store_call(self, fn, *args) -> None:
-        # a database outage must not lose the record: retry with backoff, keep order
+        # a database outage must not lose the record: retry with backoff, keep order; a
+        # record the database refuses for good (a constraint) is counted and skipped, or
+        # it would block every record after it
         delay = 0.1
         while True:
             try:
@@ -391,6 +410,10 @@ class Service:
                 return
             except Exception as exc:
                 self.last_store_error = f"{type(exc).__name__}: {exc}"
+                if not _transient(exc):
+                    self.rejects.add("store_refused", f"{fn.__name__}", self.last_store_error)
+                    log.error("store refused a record for good (%s); skipped", self.last_store_error)
+                    return
                 log.warning("store write failed (%s); retrying in %.1f s", self.last_store_error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -399,12 +422,14 @@ class Service:
         while True:
             await asyncio.sleep(self.config.registry_flush_s)
             try:
-                await asyncio.to_thread(self._flush_registry)
+                await self._flush_registry_async()
             except Exception as exc:
                 self.last_store_error = f"{type(exc).__name__}: {exc}"
                 log.warning("device registry flush failed: %s", self.last_store_error)
 
-    def _flush_registry(self) -> None:
+    async def _flush_registry_async(self) -> None:
+        # the rows are taken here, in the loop's thread (the engine adds to the registry
+        # there); only the database write goes to a worker thread
         dirty, self.registry.dirty = self.registry.dirty, set()
         rows = []
         for k in dirty:
@@ -412,11 +437,7 @@ class Service:
             if d is not None:
                 rows.append((k, d.cell, d.kind, d.last_seen_s, d.raw_consent))
         try:
-            if hasattr(self.store, "note_devices"):
-                self.store.note_devices(rows)
-            else:
-                for r in rows:
-                    self.store.note_device(*r)
+            await asyncio.to_thread(self.store.note_devices, rows)
         except Exception:
             self.registry.dirty |= dirty  # try again next time
             raise
@@ -437,6 +458,15 @@ class Service:
             "alert_latency_p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
             "store_error": self.last_store_error or None,
         }
+
+
+def _transient(exc: Exception) -> bool:
+    """A store error worth retrying: the database unreachable or busy, not a record it
+    refuses (a constraint, a bad value)."""
+    from .store.backend import StoreError
+
+    name = type(exc).__name__
+    return isinstance(exc, (StoreError, OSError, ConnectionError)) or name in ("OperationalError", "InterfaceError")
 
 
 def _within_cell(dev: Device, cell: str) -> bool:

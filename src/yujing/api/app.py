@@ -14,7 +14,7 @@ route                                 what
 ``GET /api/alerts``                   alert messages, newest first (``event_id``, ``limit``)
 ``GET /api/alerts/{id}/cap``          the alert's newest message as CAP 1.2 XML
 ``GET /api/cap``                      Atom feed of the newest CAP message of each alert
-``GET /api/network``                  devices online per H3 area (k-anonymous)
+``GET /api/network``                  devices online per H3 area, res <= 5 (k-anonymous)
 ``GET /api/triggers``                 recent first triggers per resolution-5 area
 ``GET /api/stream``                   live Server-Sent Events: update, alert, trigger
 ``POST /api/replay``                  replay a scenario (or recording) into the service
@@ -27,7 +27,8 @@ route                                 what
 Every error, whatever raised it (an unknown route, a bad parameter, a missing event, a
 bug), is JSON of one shape: ``{"error": {"status": 404, "code": "not_found", "message":
 "..."}}``; a test enforces it. Public responses never carry a device pseudonym or a
-location finer than a resolution-5 area.
+location finer than a resolution-5 area (two resolutions' counts could be subtracted to
+find a lone device in a finer hidden area, so finer ones are not offered).
 """
 
 from __future__ import annotations
@@ -203,7 +204,7 @@ def create_app(service, replayer=None) -> FastAPI:
 
     # ------------------------------------------------------------------ network
     @app.get("/api/network", summary="Devices online per area, k-anonymous")
-    async def network(res: int = Query(5, ge=0, le=7)) -> dict:
+    async def network(res: int = Query(5, ge=0, le=PUBLIC_TRIGGER_RES)) -> dict:
         now = service.clock()
         k = service.config.k_anonymity
         counts, hidden = service.registry.per_area(now, service.config.online_s, res, k)

@@ -99,6 +99,7 @@ class MqttClient:
         self._connack: asyncio.Future | None = None
         self.closed: asyncio.Future | None = None
         self._ping: asyncio.Task | None = None
+        self._last_in = time.monotonic()
         self.received = 0
 
     async def connect(self, timeout_s: float = 10.0) -> None:
@@ -146,7 +147,14 @@ class MqttClient:
         fut = asyncio.get_running_loop().create_future()
         self._waiting[(PUBACK, pid)] = fut
         self._proto.tr.write(publish_packet(topic, payload, 1, retain, pid))
-        await asyncio.wait_for(fut, timeout_s)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+        except asyncio.TimeoutError:
+            # no PUBACK: the connection is half-open (a dead peer or a stalled route that
+            # TCP takes ~15 min to notice); drop it so the link reconnects and resends
+            self._waiting.pop((PUBACK, pid), None)
+            self._abort("no PUBACK within %.0f s" % timeout_s)
+            raise
 
     async def disconnect(self) -> None:
         if self._ping is not None:
@@ -159,10 +167,20 @@ class MqttClient:
 
     # internals ------------------------------------------------------------------------
     async def _pinger(self) -> None:
+        self._last_in = time.monotonic()
         while True:
             await asyncio.sleep(max(1.0, self.keepalive_s / 2))
-            if self.connected:
-                self._proto.tr.write(PINGREQ_PKT)
+            if not self.connected:
+                continue
+            if time.monotonic() - self._last_in > 1.5 * self.keepalive_s:
+                self._abort(f"nothing from the broker for {1.5 * self.keepalive_s:.0f} s (PINGRESP missing)")
+                continue
+            self._proto.tr.write(PINGREQ_PKT)
+
+    def _abort(self, why: str) -> None:
+        log.warning("MQTT connection to %s:%s dropped: %s", self.host, self.port, why)
+        if self._proto is not None and self._proto.tr is not None:
+            self._proto.tr.abort()  # connection_lost follows: waiters fail, the link reconnects
 
     def _lost(self, exc) -> None:
         if self._ping is not None:
@@ -178,6 +196,7 @@ class MqttClient:
             self.closed.set_result(exc)
 
     def _packet(self, b0: int, p: memoryview) -> None:
+        self._last_in = time.monotonic()
         t = b0 >> 4
         if t == PUBLISH:
             qos = (b0 >> 1) & 3
@@ -196,6 +215,23 @@ class MqttClient:
             fut = self._waiting.pop((t, pid), None)
             if fut is not None and not fut.done():
                 fut.set_result(list(p[2:]) if t == SUBACK else None)
+
+
+ALERT_PREFIX = f"{protocol.TOPIC_ROOT}/alert/"
+
+
+def _device_may_publish(client_id: str, topic: str, retain: bool) -> bool:
+    """Rule of the embedded broker for clients (devices, anyone who can reach the port):
+    only the service speaks on alert topics (it publishes in-process), and device
+    messages are never retained (the broker would keep one device's data for the next
+    subscriber, without bound)."""
+    return not topic.startswith(ALERT_PREFIX) and not retain
+
+
+def _device_may_subscribe(client_id: str, topic_filter: str) -> bool:
+    """Clients may subscribe to alert topics only: device messages go to the service
+    through the broker's hook, and nobody else may read them (a trace per pseudonym)."""
+    return topic_filter.startswith(ALERT_PREFIX)
 
 
 class MqttLink:
@@ -222,9 +258,8 @@ class MqttLink:
         loop = asyncio.get_running_loop()
         if self.broker is not None:
             self.broker.on_message = self._from_broker
-            # only the service speaks on alert topics: it publishes in-process, so no
-            # client (a device, or anyone who can reach the port) may
-            self.broker.may_publish = lambda client_id, topic: not topic.startswith(f"{protocol.TOPIC_ROOT}/alert/")
+            self.broker.may_publish = _device_may_publish
+            self.broker.may_subscribe = _device_may_subscribe
         await self._connect()
         self.service.bus.subscribe("yj.alert.>", self._on_alert, critical=True)
         self._tasks = [loop.create_task(self._sender(), name="mqtt-alerts"),
@@ -283,21 +318,28 @@ class MqttLink:
         sent = self._topics_of.setdefault(a.alert_id, set())
         if a.msg_type == "cancel":
             topics = set(sent)
-        sent |= topics
+            self._topics_of.pop(a.alert_id, None)
+        else:
+            sent |= topics
         clear_at = time.monotonic() + self.retain_s
         for t in sorted(topics):
-            self._owner[t] = (a.alert_id, clear_at)
-            self._outbox.put_nowait((t, payload, a.issued_at_s))
+            owner = self._owner.get(t)
+            # an area's retained message is its newest alert; a cancel of an older alert
+            # there goes to the devices listening now but must not replace the newer one
+            retain = a.msg_type != "cancel" or owner is None or owner[0] == a.alert_id
+            if retain:
+                self._owner[t] = (a.alert_id, clear_at)
+            self._outbox.put_nowait((t, payload, a.issued_at_s, retain))
 
     async def _sender(self) -> None:
         while True:
-            topic, payload, issued = await self._outbox.get()
+            topic, payload, issued, retain = await self._outbox.get()
             if self.broker is not None:
-                self.broker.publish(topic, payload, qos=1, retain=True)
+                self.broker.publish(topic, payload, qos=1, retain=retain)
             else:
                 while True:
                     try:
-                        await self.client.publish(topic, payload, qos=1, retain=True)
+                        await self.client.publish(topic, payload, qos=1, retain=retain)
                         break
                     except (ConnectionError, asyncio.TimeoutError):
                         self.counts["alert_publish_retry"] += 1
@@ -314,7 +356,7 @@ class MqttLink:
             for topic, (aid, at) in list(self._owner.items()):
                 if at <= now:
                     del self._owner[topic]
-                    self._outbox.put_nowait((topic, b"", self.service.clock()))
+                    self._outbox.put_nowait((topic, b"", self.service.clock(), True))
                     self.counts["alert_cleared"] += 1
 
     # stopping -------------------------------------------------------------------------

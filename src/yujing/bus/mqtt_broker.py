@@ -156,6 +156,15 @@ class _Conn(asyncio.Protocol):
             wt, k = read_str(p, k)
             wm, k = read_str(p, k)
             will = (wt.decode(), wm, min((flags >> 3) & 3, 1), bool(flags & 0x20))
+            if not will[0] or "+" in will[0] or "#" in will[0]:
+                raise MqttError("bad_will", f"will topic {will[0]!r}")
+            if not self.b.may_publish("", will[0], will[3]):
+                # a will is a publish the broker makes later on the client's behalf: the
+                # same rule applies, or a client could leave a fake alert behind it
+                self.b.counts["forbidden_will"] += 1
+                self.tr.write(b"\x20\x02\x00\x05")  # not authorised
+                self.tr.close()
+                return
         user = pw = None
         if flags & 0x80:
             user, k = read_str(p, k)
@@ -189,7 +198,7 @@ class _Conn(asyncio.Protocol):
             self.tr.write((b"\x40\x02" if qos == 1 else b"\x50\x02") + pid)  # PUBACK / PUBREC
             qos = 1
         payload = bytes(p[k:])
-        if not self.b.may_publish(self.cid, topic):
+        if not self.b.may_publish(self.cid, topic, retain):
             # a device must not speak for the service (a fake alert to a whole area);
             # the message is dropped, counted, and the connection kept
             self.b.counts["forbidden_publish"] += 1
@@ -213,13 +222,15 @@ class _Conn(asyncio.Protocol):
             q = p[k]
             k += 1
             f = raw.decode()
-            if valid_filter(f) and q <= 2:
+            if valid_filter(f) and q <= 2 and self.b.may_subscribe(self.cid, f):
                 q = min(q, 1)
                 self.subs[f] = q
                 self.b._sub(f, self, q)
                 codes.append(q)
                 granted.append((f, q))
             else:
+                if valid_filter(f) and q <= 2:
+                    self.b.counts["forbidden_subscribe"] += 1
                 codes.append(0x80)
         if not codes:
             raise MqttError("bad_subscribe", "SUBSCRIBE without a filter")
@@ -250,8 +261,9 @@ class _Conn(asyncio.Protocol):
 class EmbeddedBroker:
     """See the module docstring. ``port`` 0 picks a free port (read :attr:`port` after
     :meth:`start`). ``authenticate(client_id, username, password) -> bool``;
-    ``may_publish(client_id, topic) -> bool`` decides which client PUBLISHes are taken
-    (the in-process :meth:`publish` is always allowed)."""
+    ``may_publish(client_id, topic, retain) -> bool`` decides which client PUBLISHes (and
+    wills) are taken, ``may_subscribe(client_id, topic_filter) -> bool`` which filters are
+    granted (the in-process :meth:`publish` is always allowed)."""
 
     def __init__(
         self,
@@ -259,7 +271,8 @@ class EmbeddedBroker:
         port: int = 1883,
         authenticate: Callable[[str, bytes | None, bytes | None], bool] | None = None,
         on_message: Callable[[str, str, bytes, int, bool], None] | None = None,
-        may_publish: Callable[[str, str], bool] | None = None,
+        may_publish: Callable[[str, str, bool], bool] | None = None,
+        may_subscribe: Callable[[str, str], bool] | None = None,
         max_packet: int = 256 * 1024,
         max_unsent: int = MAX_UNSENT,
     ):
@@ -267,7 +280,8 @@ class EmbeddedBroker:
         self.port = port
         self.authenticate = authenticate or (lambda cid, user, pw: True)
         self.on_message = on_message
-        self.may_publish = may_publish or (lambda client_id, topic: True)
+        self.may_publish = may_publish or (lambda client_id, topic, retain: True)
+        self.may_subscribe = may_subscribe or (lambda client_id, topic_filter: True)
         self.max_packet = max_packet
         self.max_unsent = max_unsent
         self.conns: set[_Conn] = set()
