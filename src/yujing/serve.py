@@ -59,13 +59,15 @@ class Server:
         self._http_task: asyncio.Task | None = None
         self.http_port = 0
         self.mqtt_url = ""
+        self.worker = None  # scale-out mode (--bus): the engine worker
 
     async def start(self) -> None:
         from .store import open_store
 
         o = self.opts
         if o.bus is not None:
-            raise OSError(f"--bus {o.bus}: the NATS JetStream scale-out is not in this version yet; run without --bus")
+            await self._start_worker()
+            return
         self.store = await asyncio.to_thread(open_store, o.store)
         bus = MemoryBus()
         self.service = Service(o.settings, bus, self.store, config=o.config, clock=self.clock)
@@ -79,6 +81,32 @@ class Server:
             self.mqtt_url = o.mqtt
         self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker)
         await self.link.start()
+        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir)
+        await self._start_http()
+
+    async def _start_worker(self) -> None:
+        """``--bus nats://...``: this process is one engine worker of the scale-out
+        (:mod:`yujing.scaleout`); devices reach NATS's own MQTT listener (``--mqtt``, required),
+        the API shows this worker's engine and stores every announced event and alert."""
+        from .bus.nats import parse_nats_url
+        from .bus.mqtt import parse_mqtt_url
+        from .scaleout import Worker, config_from_env
+        from .store import open_store
+
+        o = self.opts
+        servers = parse_nats_url(o.bus)
+        if o.mqtt is None:
+            raise ValueError("--bus nats://... needs --mqtt tcp://host:port[,host:port...]: the MQTT listener(s) of the "
+                             "NATS servers (the embedded broker cannot feed a JetStream stream)")
+        mqtt_urls = [u if "://" in u else f"tcp://{u}" for u in o.mqtt.split(",")]
+        for u in mqtt_urls:
+            parse_mqtt_url(u)
+        self.mqtt_url = mqtt_urls[0]
+        self.store = await asyncio.to_thread(open_store, o.store)
+        self.worker = Worker(servers, config_from_env(), o.settings, o.config, mqtt_urls=mqtt_urls, store=self.store)
+        await self.worker.start()
+        self.service = self.worker.main_service
+        self.link = self.worker.link
         self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir)
         await self._start_http()
 
@@ -125,6 +153,9 @@ class Server:
             await asyncio.gather(self._http_task, return_exceptions=True)
         if self.replay is not None and self.replay.task is not None:
             self.replay.task.cancel()
+        if self.worker is not None:
+            await self.worker.stop()  # gives its regions up at once; stops its alert link too
+            self.link = self.service = None
         if self.link is not None:
             await self.link.stop_input()
         if self.service is not None:

@@ -1,0 +1,734 @@
+"""Scale-out over NATS JetStream: engine workers that own regions, and announce once.
+
+The flow (docs/scale-out.md has the why and the figures):
+
+1. Devices publish over MQTT to NATS's MQTT listener; ``yj/v1/<kind>/<res5>`` becomes
+   ``yj.v1.<kind>.<res5>``, kept by the stream ``YJ_IN`` (:mod:`yujing.bus.nats`). A
+   message's arrival time is the stream's timestamp of it, so a worker that reads the
+   stream again after a restart sees the same arrival times: a replay is deterministic.
+2. A *region* is an H3 cell of resolution ``region_res`` (1: ~600,000 km^2). Each region
+   has one owner at a time, a lease ``region.<cell>`` in the KV bucket ``YJ_LEASES``
+   whose max age is the lease TTL: a worker renews its leases every TTL/4; a dead
+   worker's leases vanish and the desired owner among the live workers (a worker that
+   lists the region as home, else rendezvous hashing) takes them.
+3. A worker runs its engine(s) in *shards*: one :class:`~yujing.service.Service` each,
+   reading ``YJ_IN`` in stream order (:class:`~yujing.bus.nats.StreamReader`) and keeping
+   the messages whose subject cell lies in the shard's *view* = its regions plus a halo
+   of neighbouring regions at least ``halo_km`` wide (filtered on the subject's cell
+   token, the payload is not decoded). Regions taken over later get a new shard that
+   starts ``lookback_s`` back in the stream, so the taker rebuilds the state of the
+   region from the durable stream while its other shards carry on live.
+4. Announcing: every shard that sees an event decides through ``YJ_EVENTS``: the key
+   ``claims`` lists recent events (epicentre, origin time, global id); a compare-and-set
+   on that one key serialises claims, so of two workers that detect one quake near a
+   border, the second finds the first's claim (within ``match_km`` and ``match_s``) and
+   follows. A worker claims at once when it owns the region of its epicentre (or nobody
+   does); otherwise it waits ``defer_s`` of engine time for the owner's claim first
+   (two engines can put one epicentre on both sides of a border). ``ev.<id>`` names the
+   announcer and counts the versions sent; every announcement is a compare-and-set on
+   it, so a worker that was taken for dead and comes back cannot announce over the new
+   announcer. When the announcer's worker key lapses, a follower takes over under the
+   same ids and re-sends the last alert (at least once to devices on a takeover).
+5. Announcements go to the stream ``YJ_OUT`` (``yj.event.<id>``, ``yj.alert.<id>``, with
+   a ``Nats-Msg-Id`` so a retried publish is stored once) and, for alerts, over MQTT to
+   ``yj/v1/alert/<res3>``, retained (NATS keeps retained messages only for MQTT
+   publishers: a plain NATS publish on ``yj.v1.alert.<res3>`` reaches connected phones
+   but not one that subscribes later).
+
+Why ids need the claims: an engine names an event after the second of its first origin
+time estimate (:meth:`yujing.associate.Associator._new_id`); two engines that see different
+subsets of the triggers can put that estimate on either side of a second, and a second
+event in the same second gets a letter. The global id is the id of the first claim.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import h3
+import msgspec
+import nats.errors
+import nats.js.errors
+
+from .bus import nats as ynats
+from .bus.memory import MemoryBus
+from .bus.mqtt import MqttClient, MqttLink, parse_mqtt_url
+from .geo import distance_km
+from .records import Alert, EventUpdate
+from .service import ManualClock, Service, ServiceConfig
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+_JSON = msgspec.json.Encoder()
+_KV_ERRORS = (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """One engine worker. Times in seconds, distances in km."""
+
+    worker_id: str
+    home_regions: tuple[str, ...] = ()  # regions this worker owns whenever it is alive
+    region_res: int = 1  # H3 resolution of a region
+    halo_km: float = 300.0  # a shard sees at least this far beyond its regions
+    lease_ttl_s: float = 3.0  # a silent worker loses its regions after this long
+    lookback_s: float = 300.0  # a new shard starts this far back in the stream
+    defer_s: float = 1.0  # engine time a non-owner waits for the owner's claim
+    match_km: float = 100.0  # two workers' events closer than this ...
+    match_s: float = 20.0  # ... and this in origin time are one quake
+    arrival: str = "stream"  # "stream": the stream's timestamp; "header": ARRIVAL_HEADER (simulation)
+    live_grace_s: float = 0.25  # the engine clock trails the wall clock this much when idle
+    replicas: int | None = None  # streams and buckets; None: 3 on a cluster, 1 alone
+
+
+def config_from_env(env=os.environ, worker_id: str | None = None) -> WorkerConfig:
+    """``YJ_WORKER_ID`` (default: host-pid), ``YJ_REGIONS`` (comma-separated H3 cells),
+    ``YJ_REGION_RES``, ``YJ_HALO_KM``, ``YJ_LEASE_TTL_S``: until the CLI has flags."""
+    wid = worker_id or env.get("YJ_WORKER_ID") or f"{os.uname().nodename}-{os.getpid()}"
+    regions = tuple(r.strip() for r in env.get("YJ_REGIONS", "").split(",") if r.strip())
+    res = int(env.get("YJ_REGION_RES", "1"))
+    for r in regions:
+        if not h3.is_valid_cell(r) or h3.get_resolution(r) != res:
+            raise ValueError(f"YJ_REGIONS: {r!r} is not an H3 cell of resolution {res} (YJ_REGION_RES)")
+    return WorkerConfig(worker_id=_safe_id(wid), home_regions=regions, region_res=res,
+                        halo_km=float(env.get("YJ_HALO_KM", "300")), lease_ttl_s=float(env.get("YJ_LEASE_TTL_S", "3")))
+
+
+def _safe_id(s: str) -> str:
+    """KV keys and subjects take [-_A-Za-z0-9]."""
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in s)
+
+
+# ----------------------------------------------------------------------------- regions
+
+
+def halo_rings(res: int, halo_km: float) -> int:
+    """Rings of neighbours (``grid_disk`` k) that reach at least ``halo_km``: a ring is at
+    least one cell across, and the smallest H3 cells are ~0.6x the average edge."""
+    width_km = math.sqrt(3.0) * h3.average_hexagon_edge_length(res, unit="km") * 0.6
+    return max(1, math.ceil(halo_km / width_km))
+
+
+def halo(regions, res: int, halo_km: float) -> frozenset[str]:
+    k = halo_rings(res, halo_km)
+    out: set[str] = set()
+    for r in regions:
+        out.update(h3.grid_disk(r, k))
+    return frozenset(out)
+
+
+def rendezvous(region: str, workers) -> str | None:
+    """The worker that should own ``region`` among ``workers`` (highest random weight:
+    a worker leaving moves only its own regions)."""
+    best, owner = b"", None
+    for w in sorted(workers):
+        h = hashlib.blake2b(f"{w}|{region}".encode(), digest_size=8).digest()
+        if h > best:
+            best, owner = h, w
+    return owner
+
+
+# ----------------------------------------------------------------------------- shards
+
+
+class Shard:
+    """One engine over the messages of its view, driven on message time (see the module
+    docstring). ``regions`` are the regions it was made for (owned while leased)."""
+
+    def __init__(self, worker: "Worker", name: str, regions: set[str], start_time_s: float | None):
+        self.w = worker
+        self.name = name
+        self.regions = set(regions)
+        self.view = halo(regions, worker.cfg.region_res, worker.cfg.halo_km) if regions else frozenset()
+        self.clock = ManualClock()
+        self.svc = Service(worker.settings, MemoryBus(), None, config=worker.service_config, clock=self.clock)
+        self.reader = ynats.StreamReader(worker.js, start_time_s=start_time_s, name=f"{worker.cfg.worker_id}/{name}")
+        self.t: float | None = None  # engine time, s
+        self.next_tick: float | None = None
+        self.live = False
+        self.live_from_s = -math.inf  # updates issued before this are history (catch-up)
+        self.fed = 0
+        self.late = 0
+        self.task: asyncio.Task | None = None
+        self.local_gid: dict[str, str] = {}  # local event id -> global id
+        self.pending: dict[str, float] = {}  # local event id -> engine time first seen unclaimed
+
+    def covers(self, region: str) -> bool:
+        return halo([region], self.w.cfg.region_res, self.w.cfg.halo_km) <= self.view
+
+    async def run(self) -> None:
+        self.svc.bus.subscribe("yj.>", self._on_output, critical=True)
+        step = self.svc.config.step_s
+        header = self.w.cfg.arrival == "header"
+        slice_s = 0.02  # the engine yields the loop this often: leases and announcements must not wait
+        while True:
+            msgs = await self.reader.read()
+            t_yield = time.perf_counter()
+            for m in msgs:
+                if time.perf_counter() - t_yield > slice_s:
+                    await asyncio.sleep(0)
+                    t_yield = time.perf_counter()
+                token = m.subject.rsplit(".", 1)[-1]
+                region = self.w.region_of_token(token)
+                if region not in self.view:
+                    continue
+                arr = m.arrival_header_s if header and m.arrival_header_s is not None else m.stream_time_s
+                if self.t is not None and arr < self.t:
+                    self.late += 1  # stamped before our clock moved on (clock steps between servers)
+                    arr = self.t
+                self._advance(arr, step)
+                self.svc.receive(m.subject, m.data, arr)
+                self.fed += 1
+            if msgs:
+                self.svc.process_queue()
+                if not self.live and msgs[-1].pending == 0:
+                    self._go_live()
+            elif not self.live:
+                self._go_live()
+            elif not header:
+                # nothing new: the engine clock follows the wall clock (a little behind, so
+                # a message stamped just before a step is not taken after it)
+                now = time.time() - self.w.cfg.live_grace_s
+                if self.t is None or now > self.t:
+                    self._advance(now, step)
+            if self.pending:
+                await self.w.resolve_pending(self)
+            await asyncio.sleep(0)
+
+    def _advance(self, t: float, step: float) -> None:
+        if self.next_tick is None:
+            self.next_tick = t + step
+        while self.next_tick <= t:
+            self.clock.t_s = self.next_tick
+            self.svc.process_queue()
+            self.svc.fire_timer()
+            self.next_tick += step
+        self.t = t
+        self.clock.t_s = t
+
+    def _go_live(self) -> None:
+        self.live = True
+        self.live_from_s = self.t if self.t is not None else -math.inf
+        log.info("shard %s/%s live after %d messages", self.w.cfg.worker_id, self.name, self.fed)
+        self.w.spawn(self.w.sweep(self))
+
+    async def _on_output(self, subject: str, obj) -> None:
+        if isinstance(obj, EventUpdate):
+            await self.w.on_update(self, obj)
+        elif isinstance(obj, Alert):
+            await self.w.on_alert(self, obj)
+
+
+# ----------------------------------------------------------------------------- announcing
+
+
+class _NullService:
+    """What :class:`MqttLink` needs of a service, for a link that only sends alerts."""
+
+    def __init__(self, bus: MemoryBus, clock):
+        self.bus = bus
+        self.clock = clock
+
+    def receive(self, topic, payload, arrival_s=None) -> bool:
+        return False
+
+
+class AlertLink(MqttLink):
+    """An :class:`MqttLink` that sends announced alerts (retained, per area) and takes no
+    device messages (those come from the stream), over the first reachable of several
+    MQTT listeners (the nodes of the NATS cluster)."""
+
+    def __init__(self, urls: list[str], bus: MemoryBus, retain_s: float, client_id: str):
+        super().__init__(urls[0], _NullService(bus, time.time), retain_s=retain_s, client_id=client_id)
+        self.urls = [parse_mqtt_url(u) for u in urls]
+        self._next = 0
+
+    async def _connect(self) -> None:
+        last = None
+        for _ in range(len(self.urls)):
+            self.host, self.port = self.urls[self._next % len(self.urls)]
+            self.client = MqttClient(self.host, self.port, self.client_id)
+            try:
+                await self.client.connect(timeout_s=2.0)
+                self.counts["connects"] += 1
+                return
+            except (ConnectionError, OSError, asyncio.TimeoutError) as exc:
+                last = exc
+                self._next += 1
+        raise ConnectionError(f"no MQTT listener reachable: {last}")
+
+
+@dataclass
+class _Announcing:
+    shard: Shard
+    local_id: str
+    rec: dict
+    rev: int
+
+
+@dataclass
+class Announcement:
+    """What a worker announced (for tests and metrics)."""
+
+    kind: str  # "event" or "alert"
+    obj: EventUpdate | Alert
+    worker: str
+    wall_s: float
+
+
+class Worker:
+    """An engine worker: regions, shards, leases, announcements. ``servers``: NATS URLs;
+    ``mqtt_urls``: the cluster's MQTT listeners, for alerts to devices (None: no MQTT)."""
+
+    def __init__(self, servers: list[str], cfg: WorkerConfig, settings: Settings | None = None,
+                 service_config: ServiceConfig | None = None, mqtt_urls: list[str] | None = None, store=None,
+                 on_announce: Callable[[Announcement], None] | None = None):
+        self.servers = servers
+        self.cfg = cfg
+        self.settings = settings or Settings()
+        self.service_config = service_config or ServiceConfig()
+        self.mqtt_urls = mqtt_urls
+        self.store = store
+        self.on_announce = on_announce
+        self.nc = self.js = self.leases = self.events = None
+        self.shards: list[Shard] = []
+        self.owned: dict[str, int] = {}  # region -> lease revision
+        self.alive: set[str] = set()
+        self.homes: dict[str, tuple[str, ...]] = {}  # live worker -> its home regions
+        self.leased: set[str] = set()  # regions someone holds
+        self.seen_regions: set[str] = set()
+        self._token_region: dict[str, str] = {}
+        self.announcing: dict[str, _Announcing] = {}  # gid -> state, for events we announce
+        self.last_alert: dict[str, Alert] = {}  # gid -> newest alert on YJ_OUT (anyone's)
+        self.announced: list[Announcement] = []
+        self.alert_bus = MemoryBus()
+        self.link: AlertLink | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._lock = asyncio.Lock()  # claims and takeovers, one at a time per worker
+        self.errors = 0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.nc = await ynats.connect(self.servers, f"yujing-worker-{self.cfg.worker_id}")
+        self.js = self.nc.jetstream(timeout=2.0)
+        replicas = self.cfg.replicas or min(3, ynats.cluster_size(self.nc))
+        self.leases, self.events = await ynats.ensure_jetstream(self.js, replicas, lease_ttl_s=self.cfg.lease_ttl_s)
+        await self._discover_regions()
+        await self.nc.subscribe("yj.alert.>", cb=self._out_alert)
+        if self.store is not None:
+            await self.nc.subscribe("yj.event.>", cb=self._out_event)
+        if self.mqtt_urls:
+            self.link = AlertLink(self.mqtt_urls, self.alert_bus, self.service_config.alert_retain_s,
+                                  client_id=f"yujing-{self.cfg.worker_id}")
+            await self.link.start()
+        await self._lease_round()  # own regions before the first shard decides its view
+        self._tasks.append(asyncio.get_running_loop().create_task(self._lease_loop(), name="leases"))
+
+    def spawn(self, coro) -> asyncio.Task:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._tasks.append(t)
+        t.add_done_callback(self._done)
+        return t
+
+    def _done(self, t: asyncio.Task) -> None:
+        if not t.cancelled() and t.exception() is not None:
+            self.errors += 1
+            log.error("worker %s task failed", self.cfg.worker_id, exc_info=t.exception())
+
+    async def stop(self) -> None:
+        """Leave cleanly: give the regions up at once (no TTL wait for the others)."""
+        for r, rev in list(self.owned.items()):
+            try:
+                await self.leases.delete(f"region.{r}", last=rev)
+            except _KV_ERRORS:
+                pass
+        try:
+            await self.leases.delete(f"worker.{self.cfg.worker_id}")
+        except _KV_ERRORS:
+            pass
+        await self.crash()
+
+    async def crash(self) -> None:
+        """Stop without a word (tests: a worker that dies). Leases lapse by themselves."""
+        for s in self.shards:
+            if s.task is not None:
+                s.task.cancel()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, *(s.task for s in self.shards if s.task), return_exceptions=True)
+        for s in self.shards:
+            await s.svc.bus.close()
+        if self.link is not None:
+            await self.link.stop()
+        await self.alert_bus.close()
+        if self.nc is not None:
+            await self.nc.close()
+
+    @property
+    def main_service(self) -> Service | None:
+        return self.shards[0].svc if self.shards else None
+
+    # ------------------------------------------------------------------ regions and leases
+    def region_of_token(self, token: str) -> str | None:
+        r = self._token_region.get(token)
+        if r is None:
+            try:
+                r = h3.cell_to_parent(token, self.cfg.region_res) if h3.get_resolution(token) >= self.cfg.region_res else token
+            except Exception:  # not a cell: the engine counts it when decoding; never ours
+                r = ""
+            self._token_region[token] = r
+            if r:
+                self.seen_regions.add(r)
+        return r or None
+
+    def region_of(self, lat: float, lon: float) -> str:
+        return h3.latlng_to_cell(lat, lon, self.cfg.region_res)
+
+    async def _discover_regions(self) -> None:
+        """Regions with devices, from the subjects the stream holds (no payload read)."""
+        try:
+            info = await self.js.stream_info(ynats.STREAM_IN, subjects_filter="yj.v1.>")
+        except _KV_ERRORS as exc:
+            log.warning("cannot list the subjects of %s: %s", ynats.STREAM_IN, exc)
+            return
+        for subj in (info.state.subjects or {}):
+            self.region_of_token(subj.rsplit(".", 1)[-1])
+
+    def desired_owner(self, region: str) -> str | None:
+        homes = sorted(w for w, hs in self.homes.items() if region in hs and w in self.alive)
+        if homes:
+            return homes[0]
+        return rendezvous(region, self.alive)
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.cfg.lease_ttl_s / 4)
+            try:
+                await self._lease_round()
+            except _KV_ERRORS as exc:
+                log.warning("worker %s: lease round failed: %s", self.cfg.worker_id, exc)
+
+    async def _lease_round(self) -> None:
+        me = self.cfg.worker_id
+        # renew first, all at once: a late renewal loses the region (the engine's CPU
+        # shares this event loop; a big engine step holds it for a few hundred ms)
+        regions = list(self.owned.items())
+        res = await asyncio.gather(*(self.leases.update(f"region.{r}", me.encode(), last=rev) for r, rev in regions),
+                                   self.leases.put(f"worker.{me}", json.dumps({"home": list(self.cfg.home_regions)}).encode()),
+                                   return_exceptions=True)
+        for (r, _), x in zip(regions, res):
+            if isinstance(x, nats.js.errors.KeyWrongLastSequenceError):
+                log.warning("worker %s lost region %s (its lease lapsed)", me, r)
+                del self.owned[r]
+            elif isinstance(x, BaseException):
+                log.info("worker %s: renewing region %s failed (%s); next round", me, r, x)
+            else:
+                self.owned[r] = x
+        keys = await self._lease_keys()
+        alive = {k.split(".", 1)[1] for k in keys if k.startswith("worker.")}
+        for w in alive - set(self.homes):
+            try:
+                self.homes[w] = tuple(json.loads((await self.leases.get(f"worker.{w}")).value).get("home", ()))
+            except (_KV_ERRORS + (ValueError,)):
+                continue
+        for w in set(self.homes) - alive:
+            del self.homes[w]
+        self.alive = alive | {me}
+        self.leased = {k.split(".", 1)[1] for k in keys if k.startswith("region.")}
+        for r in list(self.owned):  # hand a region to the worker that should have it (it came back, or joined)
+            d = self.desired_owner(r)
+            if d != me and d in self.homes:  # alive and known: its home, or the rendezvous winner
+                try:
+                    await self.leases.delete(f"region.{r}", last=self.owned[r])
+                except _KV_ERRORS:
+                    pass
+                del self.owned[r]
+        new = []
+        for r in sorted((self.seen_regions | set(self.cfg.home_regions)) - set(self.owned)):
+            if r in self.leased or self.desired_owner(r) != me:
+                continue
+            try:
+                self.owned[r] = await self.leases.create(f"region.{r}", me.encode())
+                new.append(r)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # someone was faster
+        if new or not self.shards:
+            self._place(new)
+        await self._take_over_orphans()
+
+    async def _lease_keys(self) -> list[str]:
+        """Keys in the lease bucket, from the subjects its stream holds: one request (the
+        client's ``keys()`` makes a consumer each time, and timed out for seconds after a
+        node died). A key deleted less than a TTL ago still shows (its delete marker):
+        a released region waits for the marker to age out, as a lapsed one does."""
+        info = await self.js.stream_info(f"KV_{ynats.KV_LEASES}", subjects_filter=f"$KV.{ynats.KV_LEASES}.>")
+        pre = len(f"$KV.{ynats.KV_LEASES}.")
+        return [s[pre:] for s in (info.state.subjects or {})]
+
+    def _place(self, regions: list[str]) -> None:
+        """New regions go to a shard that already sees them with their halo; the rest get a
+        new shard that rebuilds them from the stream."""
+        rest = []
+        for r in regions:
+            s = next((s for s in self.shards if s.covers(r)), None)
+            if s is not None:
+                s.regions.add(r)
+            else:
+                rest.append(r)
+        if rest or not self.shards:
+            first = not self.shards
+            start = None if first and self.cfg.lookback_s <= 0 else time.time() - self.cfg.lookback_s
+            s = Shard(self, f"s{len(self.shards)}", set(rest), start)
+            self.shards.append(s)
+            s.task = self.spawn(s.run())
+            log.info("worker %s: shard %s for %s (view %d regions)", self.cfg.worker_id, s.name, sorted(rest), len(s.view))
+
+    # ------------------------------------------------------------------ events
+    def _my_shard(self, name: str) -> Shard | None:
+        return next((s for s in self.shards if s.name == name), None)
+
+    async def _claims(self) -> tuple[list[dict], int]:
+        try:
+            e = await self.events.get("claims")
+            return json.loads(e.value), e.revision
+        except nats.js.errors.KeyNotFoundError:
+            return [], 0
+
+    def _match(self, claims: list[dict], u: EventUpdate) -> dict | None:
+        best = None
+        for c in claims:
+            d = distance_km(c["lat"], c["lon"], u.latitude, u.longitude)
+            if d <= self.cfg.match_km and abs(c["ot"] - u.origin_time_s) <= self.cfg.match_s:
+                if best is None or d < best[0]:
+                    best = (d, c)
+        return best[1] if best else None
+
+    async def on_update(self, shard: Shard, u: EventUpdate) -> None:
+        if not shard.live or u.issued_at_s < shard.live_from_s:
+            return  # history being replayed: the sweep at the end of catch-up decides
+        gid = shard.local_gid.get(u.event_id)
+        if gid is None:
+            if u.retracted:
+                shard.pending.pop(u.event_id, None)
+                return
+            gid = await self._resolve(shard, u)
+            if gid is None:
+                return
+        a = self.announcing.get(gid)
+        if a is not None and a.shard is shard:
+            await self._announce(gid, update=u)
+        elif a is None:
+            await self._maybe_take_over(shard, gid)
+
+    async def on_alert(self, shard: Shard, al: Alert) -> None:
+        if not shard.live or al.issued_at_s < shard.live_from_s:
+            return
+        gid = shard.local_gid.get(al.event_id)
+        a = self.announcing.get(gid) if gid else None
+        if a is not None and a.shard is shard:
+            await self._announce(gid, alert=al)
+
+    async def resolve_pending(self, shard: Shard) -> None:
+        for lid, since in list(shard.pending.items()):
+            u = shard.svc.latest.get(lid)
+            if u is None or u.retracted:
+                shard.pending.pop(lid, None)
+                continue
+            if shard.t is not None and shard.t - since >= self.cfg.defer_s:
+                gid = await self._resolve(shard, u, force=True)
+                if gid is not None and self.announcing.get(gid) and self.announcing[gid].shard is shard:
+                    await self._announce_latest(gid)
+
+    async def _resolve(self, shard: Shard, u: EventUpdate, force: bool = False) -> str | None:
+        """The global id of a local event (claiming it if it is ours to claim), or None
+        while it waits for the owner of its region."""
+        async with self._lock:
+            while True:
+                claims, rev = await self._retry(self._claims)
+                c = self._match(claims, u)
+                if c is not None:
+                    shard.pending.pop(u.event_id, None)
+                    shard.local_gid[u.event_id] = c["gid"]
+                    await self._maybe_take_over(shard, c["gid"])
+                    return c["gid"]
+                region = self.region_of(u.latitude, u.longitude)
+                ours = region in self.owned or region not in self.leased
+                if not (ours or force):
+                    shard.pending.setdefault(u.event_id, shard.t if shard.t is not None else u.issued_at_s)
+                    return None
+                taken = {c["gid"] for c in claims}
+                gid, n = u.event_id, 0
+                while gid in taken:
+                    n += 1
+                    gid = f"{u.event_id}{chr(ord('a') + n - 1)}"
+                keep = [c for c in claims if abs(c["ot"] - u.origin_time_s) < 3600][-499:]
+                keep.append({"gid": gid, "lat": u.latitude, "lon": u.longitude, "ot": u.origin_time_s,
+                             "worker": self.cfg.worker_id})
+                body = json.dumps(keep).encode()
+                try:
+                    if rev:
+                        await self.events.update("claims", body, last=rev)
+                    else:
+                        await self.events.create("claims", body)
+                except nats.js.errors.KeyWrongLastSequenceError:
+                    continue  # someone claimed meanwhile: look again
+                except _KV_ERRORS as exc:
+                    log.warning("claim failed (%s); retrying", exc)
+                    await asyncio.sleep(0.1)
+                    continue
+                rec = {"worker": self.cfg.worker_id, "shard": shard.name, "ev_v": 0, "al_v": 0,
+                       "last_u_s": -1.0, "last_a_s": -1.0}
+                erev = await self._retry(lambda: self.events.put(f"ev.{gid}", json.dumps(rec).encode()))
+                shard.pending.pop(u.event_id, None)
+                shard.local_gid[u.event_id] = gid
+                self.announcing[gid] = _Announcing(shard, u.event_id, rec, erev)
+                log.info("worker %s claims %s (region %s%s)", self.cfg.worker_id, gid, region, "" if ours else ", deferred")
+                return gid
+
+    async def _maybe_take_over(self, shard: Shard, gid: str) -> None:
+        """Become the announcer of ``gid`` if its announcer is gone."""
+        if gid in self.announcing:
+            return
+        try:
+            e = await self.events.get(f"ev.{gid}")
+        except nats.js.errors.KeyNotFoundError:
+            return  # the claimer died between its two writes: its claim alone is not enough
+        except _KV_ERRORS:
+            return
+        rec = json.loads(e.value)
+        w = rec["worker"]
+        if w in self.alive and (w != self.cfg.worker_id or self._my_shard(rec["shard"]) is not None):
+            return  # alive and well: follow
+        lid = next((k for k, g in shard.local_gid.items() if g == gid), None)
+        if lid is None:
+            return
+        new = {**rec, "worker": self.cfg.worker_id, "shard": shard.name}
+        try:
+            rev = await self.events.update(f"ev.{gid}", json.dumps(new).encode(), last=e.revision)
+        except (nats.js.errors.KeyWrongLastSequenceError,) + _KV_ERRORS:
+            return  # another worker took it first, or the KV is busy: the next update retries
+        self.announcing[gid] = _Announcing(shard, lid, new, rev)
+        log.warning("worker %s takes over announcing %s from %s", self.cfg.worker_id, gid, w)
+        prev = self.last_alert.get(gid)
+        if prev is not None and self.link is not None:
+            # the link learns the areas the old announcer warned (for cancel and clearing),
+            # and devices get the last alert again in case the old one died before sending it
+            self.alert_bus.publish(f"yj.alert.{gid}", prev)
+        self.spawn(self._announce_latest(gid, takeover=True))
+
+    async def _take_over_orphans(self) -> None:
+        for s in self.shards:
+            for lid, gid in list(s.local_gid.items()):
+                if gid not in self.announcing:
+                    await self._maybe_take_over(s, gid)
+
+    async def sweep(self, shard: Shard) -> None:
+        """End of catch-up: decide, for every event the shard rebuilt, who announces."""
+        for lid, u in list(shard.svc.latest.items()):
+            if u.retracted or lid in shard.local_gid:
+                continue
+            gid = await self._resolve(shard, u)
+            if gid is not None and gid in self.announcing and self.announcing[gid].shard is shard:
+                await self._announce_latest(gid)
+
+    async def _announce_latest(self, gid: str, takeover: bool = False) -> None:
+        a = self.announcing.get(gid)
+        if a is None:
+            return
+        u = a.shard.svc.latest.get(a.local_id)
+        if u is not None and (takeover or u.issued_at_s > a.rec["last_u_s"]):
+            await self._announce(gid, update=u)
+        al = a.shard.svc.latest_alert.get(a.local_id)
+        if al is not None and gid in self.announcing and (takeover or al.issued_at_s > a.rec["last_a_s"]):
+            await self._announce(gid, alert=al)
+
+    async def _announce(self, gid: str, update: EventUpdate | None = None, alert: Alert | None = None) -> None:
+        """Publish one update or alert under the global ids, fenced by a compare-and-set
+        on ``ev.<gid>``: a worker that lost the announcer role sends nothing."""
+        a = self.announcing[gid]
+        rec = dict(a.rec)
+        if update is not None:
+            rec["ev_v"] += 1
+            rec["last_u_s"] = update.issued_at_s
+            out = msgspec.structs.replace(update, event_id=gid, version=rec["ev_v"])
+            subject, msg_id = f"yj.event.{gid}", f"{gid}/e{rec['ev_v']}"
+        else:
+            if alert.msg_type != "cancel" and rec["al_v"] > 0 and alert.msg_type == "alert":
+                mt = "update"
+            elif alert.msg_type != "cancel" and rec["al_v"] == 0:
+                mt = "alert"
+            else:
+                mt = alert.msg_type
+            rec["al_v"] += 1
+            rec["last_a_s"] = alert.issued_at_s
+            out = msgspec.structs.replace(alert, alert_id=f"{gid}-alert", event_id=gid, version=rec["al_v"], msg_type=mt)
+            subject, msg_id = f"yj.alert.{gid}", f"{gid}/a{rec['al_v']}"
+        for attempt in range(50):
+            try:
+                rev = await self.events.update(f"ev.{gid}", json.dumps(rec).encode(), last=a.rev)
+                break
+            except nats.js.errors.KeyWrongLastSequenceError:
+                e = await self._retry(lambda: self.events.get(f"ev.{gid}"))
+                cur = json.loads(e.value)
+                if cur["worker"] != self.cfg.worker_id or cur["shard"] != a.shard.name:
+                    log.warning("worker %s: %s is announced by %s now; following", self.cfg.worker_id, gid, cur["worker"])
+                    self.announcing.pop(gid, None)
+                    return
+                a.rec, a.rev = cur, e.revision  # our own earlier write that timed out: go on from it
+                return await self._announce(gid, update, alert)
+            except _KV_ERRORS as exc:
+                log.info("announce %s: KV busy (%s); retrying", msg_id, exc)
+                await asyncio.sleep(0.1)
+        else:
+            log.error("announce %s: gave up (KV unreachable)", msg_id)
+            return
+        a.rec, a.rev = rec, rev
+        if alert is not None:
+            log.info("worker %s announces %s v%d (%s, M%.1f)", self.cfg.worker_id, out.alert_id, out.version, out.msg_type,
+                     out.magnitude)
+            self.alert_bus.publish(subject, out)  # devices first: the alert path is the one that is timed
+        await self._retry(lambda: self.js.publish(subject, _JSON.encode(out), headers={"Nats-Msg-Id": msg_id}))
+        ann = Announcement("event" if update is not None else "alert", out, self.cfg.worker_id, time.time())
+        self.announced.append(ann)
+        if self.on_announce is not None:
+            self.on_announce(ann)
+
+    async def _retry(self, fn, tries: int = 100):
+        for i in range(tries):
+            try:
+                return await fn()
+            except nats.js.errors.KeyNotFoundError:
+                raise
+            except _KV_ERRORS as exc:
+                if i == tries - 1:
+                    raise
+                log.info("worker %s: NATS busy (%s); retrying", self.cfg.worker_id, exc)
+                await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ YJ_OUT listeners
+    async def _out_alert(self, msg) -> None:
+        try:
+            a = msgspec.json.decode(msg.data, type=Alert)
+        except msgspec.DecodeError:
+            return
+        old = self.last_alert.get(a.event_id)
+        if old is None or a.version > old.version:
+            self.last_alert[a.event_id] = a
+        if self.store is not None:
+            await asyncio.to_thread(self.store.save_alert, a)
+
+    async def _out_event(self, msg) -> None:
+        try:
+            u = msgspec.json.decode(msg.data, type=EventUpdate)
+        except msgspec.DecodeError:
+            return
+        await asyncio.to_thread(self.store.save_update, u)
