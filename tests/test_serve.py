@@ -233,3 +233,17 @@ def test_every_error_has_one_json_shape(tmp_path):
             await srv.stop()
 
     asyncio.run(go())
+
+
+def test_replay_can_be_switched_off():
+    async def go():
+        srv = Server(ServeOptions(port=0, mqtt_port=0, store="sqlite://:memory:", replay=False))
+        await srv.start()
+        try:
+            async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
+                r = await api.post("/api/replay", json={"source": "scenario"})
+                assert r.status_code == 503 and "--no-replay" in r.json()["error"]["message"]
+        finally:
+            await srv.stop()
+
+    asyncio.run(go())

@@ -351,6 +351,7 @@ def _serve(args) -> int:
         store=args.store,
         bus=args.bus,
         data_dir=Path(args.data) if args.data else None,
+        replay=not args.no_replay,
         log_http=args.log_http,
     )
 
@@ -453,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="sqlite:///PATH (default sqlite:///yujing.db), sqlite://:memory:, or postgresql://USER@HOST:PORT/DB")
     sv.add_argument("--bus", metavar="nats://HOST:PORT", help="scale-out over NATS JetStream (see docs/scale-out.md)")
     sv.add_argument("--data", metavar="DIR", help="OpenEEW recordings the dashboard can replay (default: none; scenarios always)")
+    sv.add_argument("--no-replay", action="store_true",
+                    help="disable the dashboard's replay control: a replay's alerts go to the real devices of its area, so a "
+                         "service with real devices should run with this")
     sv.add_argument("--log-http", action="store_true", help="log every HTTP request")
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     sv.set_defaults(func=_serve)

@@ -38,6 +38,7 @@ class ServeOptions:
     store: str = "sqlite:///yujing.db"
     bus: str | None = None
     data_dir: Path | None = None
+    replay: bool = True  # the dashboard's replay control (sends real alerts to real devices)
     config: ServiceConfig | None = None
     settings: Settings | None = None
     log_http: bool = False
@@ -81,7 +82,7 @@ class Server:
             self.mqtt_url = o.mqtt
         self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker)
         await self.link.start()
-        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir)
+        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir) if o.replay else None
         await self._start_http()
 
     async def _start_worker(self) -> None:
@@ -107,7 +108,7 @@ class Server:
         await self.worker.start()
         self.service = self.worker.main_service
         self.link = self.worker.link
-        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir)
+        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir) if o.replay else None
         await self._start_http()
 
     async def _start_http(self) -> None:

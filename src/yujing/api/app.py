@@ -275,7 +275,7 @@ def create_app(service, replayer=None) -> FastAPI:
     @app.post("/api/replay", summary="Replay a scenario or a recorded quake into the running service", status_code=202)
     async def replay(request: Request) -> dict:
         if replayer is None:
-            raise HTTPException(503, "this server was started without a replay source")
+            raise HTTPException(503, "replays are disabled on this server (yujing serve --no-replay)")
         try:
             req = msgspec.json.decode(await request.body() or b"{}", type=ReplayRequest)
         except msgspec.DecodeError as exc:
@@ -292,13 +292,13 @@ def create_app(service, replayer=None) -> FastAPI:
     @app.get("/api/replay/sources", summary="What can be replayed: scenario keys and recordings")
     async def replay_sources() -> dict:
         if replayer is None:
-            raise HTTPException(503, "this server was started without a replay source")
+            raise HTTPException(503, "replays are disabled on this server (yujing serve --no-replay)")
         return replayer.sources()
 
     @app.get("/api/replay", summary="State of the current or last replay")
     async def replay_state() -> dict:
         if replayer is None:
-            raise HTTPException(503, "this server was started without a replay source")
+            raise HTTPException(503, "replays are disabled on this server (yujing serve --no-replay)")
         return replayer.state()
 
     # ------------------------------------------------------------------ metrics
