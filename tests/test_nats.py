@@ -173,7 +173,9 @@ def _assert_once(ev, al, sc) -> None:
     sending it; the new announcer goes on from its count)."""
     near = [u for u in ev if distance_km(u.latitude, u.longitude, sc.latitude, sc.longitude) < 100]
     assert near, "no event announced near the epicentre"
-    assert {u.event_id for u in near} == {near[0].event_id}, sorted({u.event_id for u in near})
+    assert {u.event_id for u in near} == {near[0].event_id}, [
+        (u.event_id, u.version, round(u.latitude, 3), round(u.longitude, 3), round(u.origin_time_s - sc.origin_time_s, 2),
+         round(u.magnitude, 2), u.n_devices, round(u.issued_at_s - sc.origin_time_s, 2)) for u in near]
     vs = [u.version for u in near]
     assert vs[0] == 1 and all(b > a for a, b in zip(vs, vs[1:])), vs
     assert al, "no alert announced"

@@ -308,6 +308,10 @@ class Worker:
         self.seen_regions: set[str] = set()
         self._token_region: dict[str, str] = {}
         self.announcing: dict[str, _Announcing] = {}  # gid -> state, for events we announce
+        # gid -> (lat, lon, origin s) of the newest update this worker announced: a claim
+        # keeps the first, rough location, and an engine that splits one quake (after a
+        # gap in the data, a node's death) must still find the quake it already announced
+        self.latest_loc: dict[str, tuple[float, float, float]] = {}
         self.last_alert: dict[str, Alert] = {}  # gid -> newest alert on YJ_OUT (anyone's)
         self.announced: list[Announcement] = []
         self.alert_bus = MemoryBus()
@@ -506,10 +510,14 @@ class Worker:
     def _match(self, claims: list[dict], u: EventUpdate) -> dict | None:
         best = None
         for c in claims:
-            d = distance_km(c["lat"], c["lon"], u.latitude, u.longitude)
-            if d <= self.cfg.match_km and abs(c["ot"] - u.origin_time_s) <= self.cfg.match_s:
-                if best is None or d < best[0]:
-                    best = (d, c)
+            places = [(c["lat"], c["lon"], c["ot"])]
+            if c["gid"] in self.latest_loc:
+                places.append(self.latest_loc[c["gid"]])
+            for lat, lon, ot in places:
+                d = float(distance_km(lat, lon, u.latitude, u.longitude))
+                if d <= self.cfg.match_km and abs(ot - u.origin_time_s) <= self.cfg.match_s:
+                    if best is None or d < best[0]:
+                        best = (d, c)
         return best[1] if best else None
 
     async def on_update(self, shard: Shard, u: EventUpdate) -> None:
@@ -692,6 +700,8 @@ class Worker:
             log.error("announce %s: gave up (KV unreachable)", msg_id)
             return
         a.rec, a.rev = rec, rev
+        if update is not None and not update.retracted:
+            self.latest_loc[gid] = (update.latitude, update.longitude, update.origin_time_s)
         if alert is not None:
             log.info("worker %s announces %s v%d (%s, M%.1f)", self.cfg.worker_id, out.alert_id, out.version, out.msg_type,
                      out.magnitude)
