@@ -4,6 +4,7 @@ Mosquitto at 127.0.0.1:1883, NATS's MQTT listener started here on its own ports)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -256,6 +257,22 @@ class _FakeService:
         return True
 
 
+@contextlib.asynccontextmanager
+async def _embedded_link():
+    """An embedded broker with the service's link on it (a fake service behind)."""
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    await broker.start()
+    svc = _FakeService()
+    link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
+    await link.start()
+    try:
+        yield broker, svc, link
+    finally:
+        await link.stop()
+        await svc.bus.close()
+        await broker.stop()
+
+
 @pytest.mark.parametrize("peer", ["embedded", "mosquitto"])
 def test_link_publishes_alerts_per_area_retained_cancels_and_clears(peer):
     async def go():
@@ -319,72 +336,58 @@ def test_link_publishes_alerts_per_area_retained_cancels_and_clears(peer):
 
 def test_no_client_may_publish_an_alert_through_the_embedded_broker():
     async def go():
-        broker = EmbeddedBroker("127.0.0.1", 0)
-        await broker.start()
-        svc = _FakeService()
-        link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
-        await link.start()
-        here = protocol.alert_topic_for_position(29.6, 102.1)
-        got = []
-        phone = MqttClient("127.0.0.1", broker.port, "phone", on_message=lambda t, p, r: got.append(p))
-        await phone.connect()
-        await phone.subscribe([(here, 1)])
-        fake = MqttClient("127.0.0.1", broker.port, "attacker")
-        await fake.connect()
-        await fake.publish(here, wire.encode_alert(_alert()), qos=1, retain=True)
-        await _collect(got, 1, timeout_s=0.5)
-        assert got == [] and here not in broker.retained
-        assert broker.counts["forbidden_publish"] == 1 and fake.connected
-        # the service's own alert goes through
-        svc.bus.publish("yj.alert.e", _alert())
-        await _collect(got, 1)
-        assert len(got) == 1
-        for c in (phone, fake):
-            await c.disconnect()
-        await link.stop()
-        await svc.bus.close()
-        await broker.stop()
+        async with _embedded_link() as (broker, svc, link):
+            here = protocol.alert_topic_for_position(29.6, 102.1)
+            got = []
+            phone = MqttClient("127.0.0.1", broker.port, "phone", on_message=lambda t, p, r: got.append(p))
+            await phone.connect()
+            await phone.subscribe([(here, 1)])
+            fake = MqttClient("127.0.0.1", broker.port, "attacker")
+            await fake.connect()
+            await fake.publish(here, wire.encode_alert(_alert()), qos=1, retain=True)
+            await _collect(got, 1, timeout_s=0.5)
+            assert got == [] and here not in broker.retained
+            assert broker.counts["forbidden_publish"] == 1 and fake.connected
+            # the service's own alert goes through
+            svc.bus.publish("yj.alert.e", _alert())
+            await _collect(got, 1)
+            assert len(got) == 1
+            for c in (phone, fake):
+                await c.disconnect()
 
     asyncio.run(go())
 
 
 def test_devices_cannot_leave_an_alert_in_a_will_nor_read_each_other():
     async def go():
-        broker = EmbeddedBroker("127.0.0.1", 0)
-        await broker.start()
-        svc = _FakeService()
-        link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
-        await link.start()
-        here = protocol.alert_topic_for_position(29.6, 102.1)
-        # a will on an alert topic: the CONNECT is refused (code 5), nothing is retained
-        r, w = await asyncio.open_connection("127.0.0.1", broker.port)
-        wt = here.encode()
-        body = b"\x00\x04MQTT\x04" + bytes([0x02 | 0x04 | 0x20]) + b"\x00\x3c" + b"\x00\x02ev" + len(wt).to_bytes(2, "big") + wt + b"\x00\x04fake"
-        w.write(bytes([0x10, len(body)]) + body)
-        await w.drain()
-        assert await r.readexactly(4) == b"\x20\x02\x00\x05"
-        w.close()
-        assert here not in broker.retained and broker.counts["forbidden_will"] == 1
-        # a snoop subscribing to device topics is refused; alert topics are granted
-        snoop = MqttClient("127.0.0.1", broker.port, "snoop")
-        await snoop.connect()
-        assert await snoop.subscribe([("yj/v1/#", 0), ("yj/v1/hb/+", 0), (here, 1)]) == [0x80, 0x80, 1]
-        # device messages are never retained
-        dev = MqttClient("127.0.0.1", broker.port, "dev")
-        await dev.connect()
-        cell = h3.latlng_to_cell(29.6, 102.1, 7)
-        hb = protocol.encode(protocol.HeartbeatMsg(device="p1", cell=cell, sent_s=time.time()))
-        await dev.publish(protocol.topic_for("hb", cell), hb, qos=1, retain=True)
-        await asyncio.sleep(0.1)
-        assert broker.retained == {} and svc.received == []
-        await dev.publish(protocol.topic_for("hb", cell), hb, qos=1)
-        await _wait_for(lambda: svc.received)
-        assert snoop.received == 0
-        for c in (snoop, dev):
-            await c.disconnect()
-        await link.stop()
-        await svc.bus.close()
-        await broker.stop()
+        async with _embedded_link() as (broker, svc, link):
+            here = protocol.alert_topic_for_position(29.6, 102.1)
+            # a will on an alert topic: the CONNECT is refused (code 5), nothing is retained
+            r, w = await asyncio.open_connection("127.0.0.1", broker.port)
+            wt = here.encode()
+            body = b"\x00\x04MQTT\x04" + bytes([0x02 | 0x04 | 0x20]) + b"\x00\x3c" + b"\x00\x02ev" + len(wt).to_bytes(2, "big") + wt + b"\x00\x04fake"
+            w.write(bytes([0x10, len(body)]) + body)
+            await w.drain()
+            assert await r.readexactly(4) == b"\x20\x02\x00\x05"
+            w.close()
+            assert here not in broker.retained and broker.counts["forbidden_will"] == 1
+            # a snoop subscribing to device topics is refused; alert topics are granted
+            snoop = MqttClient("127.0.0.1", broker.port, "snoop")
+            await snoop.connect()
+            assert await snoop.subscribe([("yj/v1/#", 0), ("yj/v1/hb/+", 0), (here, 1)]) == [0x80, 0x80, 1]
+            # device messages are never retained
+            dev = MqttClient("127.0.0.1", broker.port, "dev")
+            await dev.connect()
+            cell = h3.latlng_to_cell(29.6, 102.1, 7)
+            hb = protocol.encode(protocol.HeartbeatMsg(device="p1", cell=cell, sent_s=time.time()))
+            await dev.publish(protocol.topic_for("hb", cell), hb, qos=1, retain=True)
+            await asyncio.sleep(0.1)
+            assert broker.retained == {} and svc.received == []
+            await dev.publish(protocol.topic_for("hb", cell), hb, qos=1)
+            await _wait_for(lambda: svc.received)
+            assert snoop.received == 0
+            for c in (snoop, dev):
+                await c.disconnect()
 
     asyncio.run(go())
 
@@ -398,26 +401,19 @@ async def _wait_for(pred, timeout_s=5.0):
 
 def test_a_cancel_does_not_replace_a_newer_alert_in_an_area():
     async def go():
-        broker = EmbeddedBroker("127.0.0.1", 0)
-        await broker.start()
-        svc = _FakeService()
-        link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
-        await link.start()
-        here = protocol.alert_topic_for_position(29.6, 102.1)
-        svc.bus.publish("yj.alert.a", _alert(alert_id="A"))
-        svc.bus.publish("yj.alert.b", _alert(alert_id="B"))
-        svc.bus.publish("yj.alert.a", _alert("cancel", 2, alert_id="A"))  # A was a false event
-        await asyncio.sleep(0.3)
-        got = []
-        late = MqttClient("127.0.0.1", broker.port, "late", on_message=lambda t, p, r: got.append(wire.decode_alert(p)))
-        await late.connect()
-        await late.subscribe([(here, 1)])
-        await _collect(got, 1)
-        assert [(a.alert_id, a.msg_type) for a in got] == [("B", "alert")]
-        await late.disconnect()
-        await link.stop()
-        await svc.bus.close()
-        await broker.stop()
+        async with _embedded_link() as (broker, svc, link):
+            here = protocol.alert_topic_for_position(29.6, 102.1)
+            svc.bus.publish("yj.alert.a", _alert(alert_id="A"))
+            svc.bus.publish("yj.alert.b", _alert(alert_id="B"))
+            svc.bus.publish("yj.alert.a", _alert("cancel", 2, alert_id="A"))  # A was a false event
+            await asyncio.sleep(0.3)
+            got = []
+            late = MqttClient("127.0.0.1", broker.port, "late", on_message=lambda t, p, r: got.append(wire.decode_alert(p)))
+            await late.connect()
+            await late.subscribe([(here, 1)])
+            await _collect(got, 1)
+            assert [(a.alert_id, a.msg_type) for a in got] == [("B", "alert")]
+            await late.disconnect()
 
     asyncio.run(go())
 
