@@ -440,3 +440,22 @@ def test_a_half_open_broker_connection_is_dropped_not_waited_on():
         server.close()
 
     asyncio.run(go())
+
+
+def test_a_packet_sent_a_byte_at_a_time_is_framed():
+    from yujing.bus.mqtt_codec import Framer
+
+    big = publish_packet("t/x", b"y" * 200_000)
+    f = Framer()
+    got = []
+    t = time.perf_counter()
+    for k in range(len(big)):
+        got += list(f.feed(big[k : k + 1]))
+    dt = time.perf_counter() - t
+    assert len(got) == 1 and bytes(got[0][1])[-5:] == b"yyyyy"
+    # two packets and a half in one read: both come out, the half waits
+    two = publish_packet("a", b"1") + publish_packet("b", b"2")
+    out = list(f.feed(two + big[:10]))
+    assert [bytes(b)[-1:] for _, b in out] == [b"1", b"2"]
+    assert list(f.feed(big[10:]))[0][1].nbytes == len(big) - 4
+    print(f"200 kB a byte at a time: {dt:.2f} s")

@@ -108,38 +108,51 @@ def filter_matches(filter_levels: list[str], topic_levels: list[str]) -> bool:
 
 
 class Framer:
-    """Cuts a byte stream into packets: ``feed(data)`` yields ``(first byte, body)``."""
+    """Cuts a byte stream into packets: ``feed(data)`` yields ``(first byte, body)``.
 
-    __slots__ = ("buf", "max_packet")
+    Bytes are gathered in a bytearray and a partial packet is not re-parsed until enough
+    has arrived: a client that sends a large packet one byte at a time must cost linear,
+    not quadratic, time (it shares the loop with the engine)."""
+
+    __slots__ = ("buf", "max_packet", "need")
 
     def __init__(self, max_packet: int = MAX_PACKET):
-        self.buf = b""
+        self.buf = bytearray()
         self.max_packet = max_packet
+        self.need = 2  # bytes needed before parsing is worth trying again
 
     def feed(self, data: bytes):
-        buf = self.buf + data if self.buf else data
+        buf = self.buf
+        buf += data
+        if len(buf) < self.need:
+            return
         i, n = 0, len(buf)
-        while n - i >= 2:
-            b0 = buf[i]
-            j = i + 1
-            rl = 0
-            mul = 1
-            while True:
-                if j >= n:
-                    self.buf = buf[i:]
+        try:
+            while n - i >= 2:
+                b0 = buf[i]
+                j = i + 1
+                rl = 0
+                mul = 1
+                while True:
+                    if j >= n:
+                        self.need = n - i + 1
+                        return
+                    c = buf[j]
+                    j += 1
+                    rl += (c & 0x7F) * mul
+                    if not c & 0x80:
+                        break
+                    mul <<= 7
+                    if mul > 1 << 21:
+                        raise MqttError("bad_length", "remaining length longer than 4 bytes")
+                if rl > self.max_packet:
+                    raise MqttError("too_large", f"packet of {rl} bytes; the limit is {self.max_packet}")
+                if j + rl > n:
+                    self.need = j + rl - i
                     return
-                c = buf[j]
-                j += 1
-                rl += (c & 0x7F) * mul
-                if not c & 0x80:
-                    break
-                mul <<= 7
-                if mul > 1 << 21:
-                    raise MqttError("bad_length", "remaining length longer than 4 bytes")
-            if rl > self.max_packet:
-                raise MqttError("too_large", f"packet of {rl} bytes; the limit is {self.max_packet}")
-            if j + rl > n:
-                break
-            yield b0, memoryview(buf)[j : j + rl]
-            i = j + rl
-        self.buf = buf[i:] if i < n else b""
+                body = bytes(buf[j : j + rl])  # a copy: the buffer is cut below
+                i = j + rl
+                yield b0, memoryview(body)
+            self.need = 2
+        finally:
+            del buf[:i]
