@@ -198,3 +198,13 @@ def test_stop_processes_everything_queued_and_skips_a_record_the_store_refuses(t
     assert svc.rejects.by_reason().get("store_refused") == 1
     assert store.event("good") is not None and store.event("bad") is None
     store.close()
+
+
+def test_a_trigger_delivered_twice_is_taken_once(luding_wire):
+    sc, msgs = luding_wire
+    # MQTT QoS 1 is at least once: every first trigger arrives a second time, 8 s late
+    again = [(arr + 8.0, topic, payload) for arr, topic, payload in msgs if "/trig/" in topic][:3000]
+    svc = _run(sorted(msgs + again, key=lambda m: m[0]))
+    assert svc.rejects.by_reason() == {"duplicate": len(again)}
+    real = [u for u in svc.latest.values() if not u.retracted]
+    assert len(real) == 1 and real[0].magnitude > 6

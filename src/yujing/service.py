@@ -74,6 +74,9 @@ CLOCK_WINDOW_S = 600.0
 #: otherwise shift all the device's real triggers out of any event. Only a signed
 #: message (issue 12) closes this for good; within the bound a forger can still shift.
 CLOCK_AHEAD_MAX_S = 120.0
+#: Onsets per device whose messages are remembered (as a bit per update number, ~90 per
+#: onset) to drop repeats.
+ONSETS_REMEMBERED = 4
 
 
 @dataclass
@@ -84,6 +87,7 @@ class _Dev:
     last_seen_s: float
     raw_consent: bool = False
     off_min_s: float = math.inf  # smallest arrival - sent within the window, s
+    triggers_seen: dict | None = None  # onset_s -> bit mask of the update numbers received
     off_since_s: float = -math.inf  # arrival time when the window's minimum was set
 
     def clock_offset(self, sent_s: float, arrival_s: float) -> float:
@@ -296,6 +300,19 @@ class Service:
             self._note_region(msg.cell)
         if kind is protocol.TriggerMsg:
             d = reg.seen(msg.device, msg.cell, arr)
+            seen = d.triggers_seen
+            if seen is None:
+                seen = d.triggers_seen = {}
+            bit = 1 << min(msg.update, 4095)
+            mask = seen.get(msg.onset_s, 0)
+            if mask & bit:
+                # MQTT QoS 1 delivers at least once: a device that missed the PUBACK sends
+                # again. A repeat, seconds late, would join no event and could seed a new one
+                self.rejects.add("duplicate", f"device {msg.device!r}", f"trigger onset {msg.onset_s:.3f} update {msg.update} again")
+                return
+            seen[msg.onset_s] = mask | bit
+            if len(seen) > ONSETS_REMEMBERED:
+                del seen[next(iter(seen))]  # the oldest onset
             trig = protocol.to_trigger(msg, arr, d.clock_offset(msg.sent_s, arr))
             self.stats.accepted["trig"] += 1
             t0 = time.perf_counter()
