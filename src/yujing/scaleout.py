@@ -185,11 +185,21 @@ class Shard:
                 if self.t is not None and arr < self.t:
                     self.late += 1  # stamped before our clock moved on (clock steps between servers)
                     arr = self.t
-                self._advance(arr, step)
-                self.svc.receive(m.subject, m.data, arr)
+                try:
+                    self._advance(arr, step)
+                    self.svc.receive(m.subject, m.data, arr)
+                except Exception:
+                    # the shard must outlive any one message or step (as the single
+                    # engine's loop does), or its regions go silent while leased
+                    self.w.errors += 1
+                    log.exception("shard %s: engine step failed", self.name)
                 self.fed += 1
             if msgs:
-                self.svc.process_queue()
+                try:
+                    self.svc.process_queue()
+                except Exception:
+                    self.w.errors += 1
+                    log.exception("shard %s: engine step failed", self.name)
                 if not self.live and msgs[-1].pending == 0:
                     self._go_live()
             elif not self.live:
@@ -609,12 +619,28 @@ class Worker:
         try:
             e = await self.events.get(f"ev.{gid}")
         except nats.js.errors.KeyNotFoundError:
-            return  # the claimer died between its two writes: its claim alone is not enough
+            # claimed, but the claimer's record is missing: it died between its two writes,
+            # or its claim went through while the reply was lost. Nobody would announce the
+            # quake: create the record (create is atomic, one worker wins; a claimer that
+            # writes it after all wins the next compare-and-set and this worker follows)
+            lid = next((k for k, g in shard.local_gid.items() if g == gid), None)
+            if lid is None:
+                return
+            rec = {"worker": self.cfg.worker_id, "shard": shard.name, "ev_v": 0, "al_v": 0, "last_u_s": -1.0, "last_a_s": -1.0}
+            try:
+                rev = await self.events.create(f"ev.{gid}", json.dumps(rec).encode())
+            except (nats.js.errors.KeyWrongLastSequenceError,) + _KV_ERRORS:
+                return
+            self.announcing[gid] = _Announcing(shard, lid, rec, rev)
+            log.warning("worker %s announces %s, whose claimer left no record", self.cfg.worker_id, gid)
+            return
         except _KV_ERRORS:
             return
         rec = json.loads(e.value)
         w = rec["worker"]
-        if w in self.alive and (w != self.cfg.worker_id or self._my_shard(rec["shard"]) is not None):
+        # a record in this worker's own name that this process does not announce is from
+        # its previous life (restarted under the same id): take it over like a dead one's
+        if w in self.alive and w != self.cfg.worker_id:
             return  # alive and well: follow
         lid = next((k for k, g in shard.local_gid.items() if g == gid), None)
         if lid is None:
@@ -667,7 +693,8 @@ class Worker:
         if update is not None:
             rec["ev_v"] += 1
             rec["last_u_s"] = update.issued_at_s
-            out = msgspec.structs.replace(update, event_id=gid, version=rec["ev_v"])
+            # no pseudonyms leave the engine: the output stream is replicated and kept
+            out = msgspec.structs.replace(update, event_id=gid, version=rec["ev_v"], device_ids=())
             subject, msg_id = f"yj.event.{gid}", f"{gid}/e{rec['ev_v']}"
         else:
             if alert.msg_type != "cancel" and rec["al_v"] > 0 and alert.msg_type == "alert":

@@ -25,7 +25,8 @@ KV ``YJ_EVENTS``       ``claims`` (recent events, one key so that  the announcin
 
 :class:`StreamReader` reads ``YJ_IN`` in stream order through an ephemeral pull consumer it
 re-creates at the next stream sequence when the consumer or its server goes away, so a
-reader never skips a message and never sees one twice (the client's own "ordered consumer"
+reader never skips a message the stream still holds and never sees one twice (messages
+deleted or aged out before it got to them are counted in ``missing``) (the client's own "ordered consumer"
 gives up when re-creating fails during a leader election; this one retries).
 """
 
@@ -53,6 +54,18 @@ KV_EVENTS = "YJ_EVENTS"
 #: Header that, in simulation mode only, carries a message's scripted arrival time (UNIX s)
 #: instead of the stream's timestamp: tests replay a quake into the stream at full speed.
 ARRIVAL_HEADER = "Yj-Arrival-S"
+
+
+def _arrival_header(m) -> float | None:
+    """The simulation-mode arrival time, or None: anyone who may publish device messages
+    can set headers, and a value that is not a number must not stop a reader."""
+    hdr = m.headers.get(ARRIVAL_HEADER) if m.headers else None
+    if hdr is None:
+        return None
+    try:
+        return float(hdr)
+    except ValueError:
+        return None
 
 
 def parse_nats_url(url: str) -> list[str]:
@@ -167,6 +180,7 @@ class StreamReader:
     def __init__(self, js, start_time_s: float | None = None, start_seq: int | None = None, name: str = "yj"):
         self.js = js
         self.next_seq = start_seq
+        self.missing = 0  # messages that were gone when the reader got to them
         self.start_time_s = start_time_s
         self.name = name
         self._sub = None
@@ -214,13 +228,13 @@ class StreamReader:
             if self.next_seq is not None and seq != self.next_seq:
                 if seq < self.next_seq:
                     continue  # already seen (a re-created consumer overlapping)
-                log.warning("stream reader %s: gap at %d (got %d); re-reading", self.name, self.next_seq, seq)
-                await self._reset()
-                break
+                # a consumer starts at the first message that exists from next_seq on: a
+                # gap means the missing ones are gone (deleted, aged out); re-reading would
+                # find the same gap forever
+                log.warning("stream reader %s: messages %d-%d are gone from the stream; going on", self.name, self.next_seq, seq - 1)
+                self.missing += seq - self.next_seq
             self.next_seq = seq + 1
-            hdr = m.headers.get(ARRIVAL_HEADER) if m.headers else None
-            out.append(InMsg(seq, m.subject, m.data, md.timestamp.timestamp(), md.num_pending,
-                             float(hdr) if hdr is not None else None))
+            out.append(InMsg(seq, m.subject, m.data, md.timestamp.timestamp(), md.num_pending, _arrival_header(m)))
         return out
 
     async def _check(self) -> None:
