@@ -149,11 +149,13 @@ def _note(buf, p: int) -> None:
 class MqttSub(asyncio.Protocol):
     """A phone's alert subscription, as little as it takes: CONNECT, SUBSCRIBE, read."""
 
-    __slots__ = ("tr", "buf", "cid", "topic", "qos", "ready")
+    __slots__ = ("tr", "framer", "cid", "topic", "qos", "ready")
 
     def __init__(self, cid, topic, qos, ready):
+        from yujing.bus.mqtt_codec import Framer
+
         self.cid, self.topic, self.qos, self.ready = cid, topic, qos, ready
-        self.buf = b""
+        self.framer = Framer()
         self.tr = None
 
     def connection_made(self, tr):
@@ -167,48 +169,28 @@ class MqttSub(asyncio.Protocol):
             self.ready.set_exception(ConnectionError(f"{self.cid}: lost ({exc})"))
 
     def data_received(self, data):
-        buf = self.buf + data if self.buf else data
-        i, n = 0, len(buf)
-        while n - i >= 2:
-            b0 = buf[i]
-            j = i + 1
-            rl = mul = 0
-            mul = 1
-            while True:
-                if j >= n:
-                    self.buf = buf[i:]
-                    return
-                c = buf[j]
-                j += 1
-                rl += (c & 0x7F) * mul
-                mul <<= 7
-                if not c & 0x80:
-                    break
-            if j + rl > n:
-                break
+        from yujing.bus.mqtt_codec import subscribe_packet
+
+        for b0, body in self.framer.feed(data):
             t = b0 >> 4
             if t == 3:
                 q = (b0 >> 1) & 3
-                p = j + 2 + ((buf[j] << 8) | buf[j + 1])
+                p = 2 + ((body[0] << 8) | body[1])
                 if q:
-                    self.tr.write(b"\x40\x02" + buf[p : p + 2])
+                    self.tr.write(b"\x40\x02" + bytes(body[p : p + 2]))
                     p += 2
-                if j + rl - p >= HDR.size:
-                    _note(buf, p)
+                if len(body) - p >= HDR.size:
+                    _note(body, p)
             elif t == 2:
-                if buf[j + 1] != 0:
-                    self.ready.set_exception(ConnectionError(f"CONNACK {buf[j + 1]}"))
+                if body[1] != 0:
+                    self.ready.set_exception(ConnectionError(f"CONNACK {body[1]}"))
                     return
-                from yujing.bus.mqtt_codec import subscribe_packet
-
                 self.tr.write(subscribe_packet(1, [(self.topic, self.qos)]))
             elif t == 9 and not self.ready.done():
-                if buf[j + 2] == 0x80:
+                if body[2] == 0x80:
                     self.ready.set_exception(ConnectionError(f"{self.cid}: subscription refused"))
                 else:
                     self.ready.set_result(self)
-            i = j + rl
-        self.buf = buf[i:] if i < n else b""
 
     def close(self):
         if self.tr is not None and not self.tr.is_closing():
