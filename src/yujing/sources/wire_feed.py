@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Awaitable, Callable, Iterator
 
 import h3
+import msgspec
 
 from .. import protocol
 from ..device.features import AGENT_DECISION_LAG_S
@@ -43,13 +44,10 @@ def scenario_wire(net: SimulatedNetwork, heartbeats: bool = True, time_shift_s: 
             cell = cells[key] = h3.latlng_to_cell(m.latitude, m.longitude, protocol.DEVICE_CELL_RES)
         # the device sends when its window has passed, on its own clock
         sent = m.onset_time_s + m.window_s + AGENT_DECISION_LAG_S
-        shifted = Trigger(**{**_fields(m), "onset_time_s": m.onset_time_s + dt})
+        shifted = msgspec.structs.replace(m, onset_time_s=m.onset_time_s + dt)
         msg = protocol.from_trigger(shifted, cell, sent + dt, seq=n)
         yield m.issued_at_s + dt, protocol.topic_for("trig", cell), protocol.encode(msg)
 
-
-def _fields(t: Trigger) -> dict:
-    return {f: getattr(t, f) for f in t.__struct_fields__}
 
 
 def openeew_wire(
