@@ -284,3 +284,50 @@ def test_dense_network_resolves_an_intraslab_depth_despite_the_prior(seed, depth
     loc = locate(lat[k], lon[k], t[k], now_s=float(t[k].max()) + 1.0)
     assert abs(loc.depth_km - depth) <= 20.0, f"depth {loc.depth_km} km for a {depth} km source"
     assert epi_error_km(loc, elat, elon) < 10.0
+
+
+def test_median_last_is_nanmedian():
+    """The sort-based median the locator uses equals numpy's, NaNs left out, for odd and
+    even counts and rows that are all NaN."""
+    from yujing.locate import _median_last
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(40, 3, 7))
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[0, 0, :] = np.nan
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ref = np.nanmedian(x, axis=2)
+    got = _median_last(x)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_allclose(got[~np.isnan(ref)], ref[~np.isnan(ref)], rtol=0, atol=1e-12)
+
+
+def test_silent_devices_sharing_a_place_count_once_each():
+    """Phones in one cell share its centre: scored once with a weight, they cost what
+    each scored alone does."""
+    from yujing.locate import _silent_violations
+    from yujing.settings import LocateSettings
+    from yujing.traveltime import default_table
+
+    s = LocateSettings()
+    rows = default_table().at_depths(s.depths_km)
+    rng = np.random.default_rng(9)
+    lat = 30.0 + rng.uniform(-1, 1, 30)
+    lon = 102.0 + rng.uniform(-1, 1, 30)
+    epi = rng.uniform(5, 150, (30, 4))
+    as_s = np.zeros((30, len(s.depths_km), 4), dtype=bool)
+    ot = np.full((30, len(s.depths_km)), 100.0)
+    places = np.array([[30.1, 102.1], [29.9, 101.8], [30.4, 102.3]])
+    pick = np.array([0, 0, 0, 1, 2, 2])  # three phones in the first cell, two in the third
+    slat, slon = places[pick, 0], places[pick, 1]
+    seen = np.full(len(pick), 160.0)
+    alone = _silent_violations(lat, lon, rows, epi, as_s, ot, (slat, slon, None), seen, s)
+    shared = _silent_violations(
+        lat, lon, rows, epi, as_s, ot, (places[:, 0], places[:, 1], np.array([3, 1, 2])), np.full(3, 160.0), s
+    )
+    assert alone.max() > 0  # the case is not empty
+    np.testing.assert_array_equal(alone, shared)

@@ -134,3 +134,24 @@ def test_default_table_cached_and_described():
     assert t.meta_dict.get("model") == "iasp91"
     assert t.distance_km[0] == 0.0 and t.distance_km[-1] >= 2000.0
     assert t.depth_km[0] == 0.0 and t.depth_km[-1] >= 200.0
+
+
+def test_depth_rows_match_the_bilinear_table():
+    """The fixed-depth fast path gives the table's own times: inside the table, beyond
+    its last distance (extrapolated), at 0 and below it, and NaN for NaN."""
+    t = default_table()
+    depths = (5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 80.0, 100.0)
+    rows = t.at_depths(depths)
+    rng = np.random.default_rng(3)
+    epi = rng.uniform(-5.0, 2500.0, (50, 40))
+    epi[0, :4] = [0.0, 2000.0, 0.25, np.nan]
+    tp, ts = rows.times_s(epi)
+    d = np.asarray(depths)[None, :, None]
+    ref_p = t.p_time_s(epi[:, None, :], d)
+    ref_s = t.s_time_s(epi[:, None, :], d)
+    assert tp.shape == (50, len(depths), 40)
+    np.testing.assert_allclose(tp, ref_p, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(ts, ref_s, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(rows.p_time_s(epi), ref_p, rtol=0, atol=1e-9)
+    assert np.isnan(tp[0, :, 3]).all()
+    assert t.at_depths(list(depths)) is rows  # cached per depth set

@@ -204,6 +204,9 @@ def alert_cells(tier_cells, h3_resolution: int) -> list[str]:
 
 def parse_topic(topic: str) -> tuple[str, str]:
     """``yj/v1/<kind>/<cell>`` (or the NATS form with dots) -> (kind, cell)."""
+    got = _TOPICS.get(topic)
+    if got is not None:
+        return got
     parts = topic.replace(".", "/").split("/")
     if len(parts) != 4 or parts[0] != "yj" or not parts[1].startswith("v"):
         raise ProtocolError("bad_topic", f"topic {topic!r} is not yj/v<N>/<kind>/<cell>")
@@ -211,7 +214,42 @@ def parse_topic(topic: str) -> tuple[str, str]:
         raise ProtocolError("bad_version", f"topic {topic!r}: this server speaks {TOPIC_ROOT}")
     if parts[2] not in _TYPES:
         raise ProtocolError("bad_topic", f"topic {topic!r}: unknown kind {parts[2]!r} (one of {', '.join(KINDS)})")
-    return parts[2], parts[3]
+    return _remember(_TOPICS, topic, (parts[2], parts[3]))
+
+
+#: Memos of what is the same for every message on a topic or from a cell (a million
+#: phones sit in far fewer cells): the parsed topic, a cell's checks, its centre. Only
+#: good values are kept, so an attacker's garbage cannot fill them with one-off entries
+#: beyond the bound, at which a memo starts again empty.
+_MEMO_MAX = 500_000
+_TOPICS: dict[str, tuple[str, str]] = {}
+_CELLS: dict[str, tuple[str, float, float]] = {}  # reported cell -> (topic cell, lat, lon)
+
+
+def _remember(memo: dict, key, value):
+    if len(memo) >= _MEMO_MAX:
+        memo.clear()
+    memo[key] = value
+    return value
+
+
+def _cell_facts(kind: str, msg) -> tuple[str, float, float]:
+    """A reported cell's topic cell and centre, after checking it is a cell a device may
+    report (:class:`ProtocolError` otherwise)."""
+    cell = msg.cell
+    got = _CELLS.get(cell)
+    if got is not None:
+        return got
+    if not h3.is_valid_cell(cell):
+        raise ProtocolError("bad_cell", f"{kind} message from {msg.device!r}: {cell!r} is not an H3 cell")
+    if h3.get_resolution(cell) > DEVICE_CELL_RES:
+        raise ProtocolError(
+            "cell_too_fine",
+            f"{kind} message from {msg.device!r}: cell {cell} has resolution {h3.get_resolution(cell)}; "
+            f"devices report resolution {DEVICE_CELL_RES} or coarser",
+        )
+    lat, lon = h3.cell_to_latlng(cell)
+    return _remember(_CELLS, cell, (topic_cell(cell), lat, lon))
 
 
 # -------------------------------------------------------------------------- codec
@@ -234,17 +272,8 @@ def decode(topic: str, payload: bytes) -> DeviceMsg:
         raise ProtocolError("bad_version", f"{kind} message from {msg.device!r} says v{msg.v} on {topic}")
     if not msg.device or len(msg.device) > 64:
         raise ProtocolError("bad_field", f"{kind} message on {topic}: device id must be 1-64 characters")
-    cell = msg.cell
-    if not h3.is_valid_cell(cell):
-        raise ProtocolError("bad_cell", f"{kind} message from {msg.device!r}: {cell!r} is not an H3 cell")
-    if h3.get_resolution(cell) > DEVICE_CELL_RES:
-        raise ProtocolError(
-            "cell_too_fine",
-            f"{kind} message from {msg.device!r}: cell {cell} has resolution {h3.get_resolution(cell)}; "
-            f"devices report resolution {DEVICE_CELL_RES} or coarser",
-        )
-    if topic_cell(cell) != tcell:
-        raise ProtocolError("cell_mismatch", f"{kind} message from {msg.device!r}: cell {cell} is not in topic cell {tcell}")
+    if _cell_facts(kind, msg)[0] != tcell:
+        raise ProtocolError("cell_mismatch", f"{kind} message from {msg.device!r}: cell {msg.cell} is not in topic cell {tcell}")
     _check_numbers(kind, msg)
     return msg
 
@@ -252,7 +281,9 @@ def decode(topic: str, payload: bytes) -> DeviceMsg:
 def _check_numbers(kind: str, msg) -> None:
     if kind == "trig":
         vals = (msg.sent_s, msg.onset_s, msg.window_s, msg.pga_gal, msg.pgv_cm_s, msg.pd_cm, msg.tau_c_s, msg.snr)
-        if not all(math.isfinite(v) for v in vals):
+        # one sum is finite when every term is (the per-value test runs only when it is
+        # not: a sum of huge finite values may overflow)
+        if not math.isfinite(sum(vals)) and not all(math.isfinite(v) for v in vals):
             raise ProtocolError("non_finite", f"trigger from {msg.device!r}: a time or amplitude is not finite")
         if msg.window_s < 0 or msg.pga_gal < 0 or msg.pgv_cm_s < 0 or msg.pd_cm < 0 or msg.update < 0:
             raise ProtocolError("bad_field", f"trigger from {msg.device!r}: negative window, amplitude or update number")
@@ -281,7 +312,9 @@ def clock_correction_s(offset_s: float) -> float:
 
 
 def cell_centre(cell: str) -> tuple[float, float]:
-    return h3.cell_to_latlng(cell)
+    """Centre (degrees) of an H3 cell."""
+    got = _CELLS.get(cell)
+    return (got[1], got[2]) if got is not None else h3.cell_to_latlng(cell)
 
 
 def to_trigger(msg: TriggerMsg, arrival_s: float, clock_offset_s: float | None = None) -> Trigger:

@@ -192,6 +192,7 @@ class Service:
         self.latest_alert: dict[str, Alert] = {}  # event_id -> newest alert message
         self.last_store_error: str = ""
         self._warm_regions: set[str] = set()
+        self._noted_cells: set[str] = set()  # cells whose region is known (a memo)
 
     # ------------------------------------------------------------------ input
     def now(self) -> float:
@@ -359,6 +360,11 @@ class Service:
         """The first message from a resolution-2 region (~86,000 km^2) has the alert
         policy's cell centres computed for it in a worker thread, so that a first alert
         there does not pay for them (~130 ms for an M7.4's cells) on the alert path."""
+        if cell in self._noted_cells:
+            return
+        if len(self._noted_cells) >= 1_000_000:
+            self._noted_cells.clear()
+        self._noted_cells.add(cell)
         region = h3.cell_to_parent(cell, 2) if h3.get_resolution(cell) > 2 else cell
         if region in self._warm_regions:
             return

@@ -190,6 +190,71 @@ class TravelTimeTable:
         return self._eval(self._coef["p"], k, u, v), self._eval(self._coef["s"], k, u, v)
 
 
+    def at_depths(self, depths_km) -> "DepthRows":
+        """The table at fixed trial depths (a locator's grid), for fast lookups over many
+        distances at once: see :class:`DepthRows`. Cached per tuple of depths."""
+        key = tuple(float(d) for d in np.atleast_1d(depths_km))
+        rows = self._rows.get(key) if hasattr(self, "_rows") else None
+        if rows is None:
+            if not hasattr(self, "_rows"):
+                self._rows = {}
+            rows = self._rows[key] = DepthRows(self, key)
+        return rows
+
+
+class DepthRows:
+    """P and S times at a few fixed depths on a uniform distance grid.
+
+    At a fixed depth the bilinear table is linear in distance between its distance nodes,
+    and every node is a multiple of the axis step, so linear interpolation on a uniform grid
+    of that step gives the same times (to rounding) with two gathers per value instead of
+    a two-axis cell search and four gathers. Distances beyond the table extrapolate with the
+    last cell's slope, as :meth:`TravelTimeTable.p_time_s` does; negative ones count as 0.
+    """
+
+    def __init__(self, table: TravelTimeTable, depths_km: tuple[float, ...]):
+        ax = table._dist
+        if ax.lut is None:
+            raise ValueError("DepthRows needs a distance axis whose nodes are multiples of one step")
+        self.depths_km = np.asarray(depths_km, dtype=float)
+        n = int(round((ax.hi - ax.lo) * ax.inv_step))
+        grid = ax.lo + np.arange(n + 1) * ax.step
+        self.lo, self.inv_step, self.n = ax.lo, ax.inv_step, n
+        dd = self.depths_km[:, None]
+        self.p, self.s = (np.ascontiguousarray(t) for t in table.times_s(grid[None, :], dd))  # (D, n+1)
+        self.dp = np.ascontiguousarray(np.diff(self.p, axis=1))  # (D, n) per step
+        self.ds = np.ascontiguousarray(np.diff(self.s, axis=1))
+
+    def _cells(self, distance_km):
+        x = np.asarray(distance_km, dtype=float)
+        f = x - self.lo
+        f *= self.inv_step
+        np.maximum(f, 0.0, out=f)
+        with np.errstate(invalid="ignore"):
+            i = f.astype(np.intp)  # NaN gives junk, clipped next (its time stays NaN)
+        np.clip(i, 0, self.n - 1, out=i)
+        f -= i  # > 1 beyond the table: extrapolation
+        return i, f, x.shape[:-1] + (len(self.depths_km),) + x.shape[-1:]
+
+    def _gather(self, vals, slopes, i, f, shape):
+        out = np.empty(shape)
+        for k in range(len(self.depths_km)):
+            dst = out[..., k, :]
+            np.take(vals[k], i, out=dst)
+            dst += f * slopes[k].take(i)
+        return out
+
+    def times_s(self, distance_km: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """P and S times (s) for distances (km) of shape ``(G, N)``: arrays ``(G, D, N)``."""
+        i, f, shape = self._cells(distance_km)
+        return self._gather(self.p, self.dp, i, f, shape), self._gather(self.s, self.ds, i, f, shape)
+
+    def p_time_s(self, distance_km: np.ndarray) -> np.ndarray:
+        """P times only, as :meth:`times_s`."""
+        i, f, shape = self._cells(distance_km)
+        return self._gather(self.p, self.dp, i, f, shape)
+
+
 @functools.lru_cache(maxsize=None)
 def default_table() -> TravelTimeTable:
     """The shipped iasp91 table, loaded on first use and cached."""
