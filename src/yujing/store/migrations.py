@@ -101,6 +101,17 @@ STEPS: tuple[Step, ...] = (
         """CREATE TRIGGER audit_log_no_truncate BEFORE TRUNCATE ON audit_log
            FOR EACH STATEMENT EXECUTE FUNCTION audit_log_append_only()""",
     )),
+    Step(4, "API keys (hashes only)", common=(
+        # key_hash: SHA-256 hex of the key; the key itself is shown once and never stored.
+        # A revoked key keeps its row (revoked_at_s set) so that its name, which the audit
+        # log records as the actor, can never be given to someone else.
+        """CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY,
+            role TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            created_at_s DOUBLE PRECISION NOT NULL,
+            revoked_at_s DOUBLE PRECISION)""",
+    )),
 )
 
 LATEST = STEPS[-1].version

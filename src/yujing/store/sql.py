@@ -96,6 +96,19 @@ def _sighting(pseudonym: str, cell: str, kind: str, seen_s: float, raw_consent: 
     return (pseudonym, cell, kind, seen_s, seen_s, bool(raw_consent))
 
 
+#: roles an API key can carry (the public needs no key); yujing.api.auth gives them meaning
+API_KEY_ROLES = ("researcher", "operator")
+
+
+def _check_key_fields(name: str, role: str, key_hash: str) -> None:
+    if not isinstance(name, str) or not 1 <= len(name) <= 64 or not name.isprintable() or name != name.strip():
+        raise ValueError(f"API key name {name!r} must be 1 to 64 printable characters, no leading or trailing space")
+    if role not in API_KEY_ROLES:
+        raise ValueError(f"API key role {role!r} must be one of {', '.join(API_KEY_ROLES)}")
+    if not (isinstance(key_hash, str) and len(key_hash) == 64 and all(c in "0123456789abcdef" for c in key_hash)):
+        raise ValueError("API key hash must be 64 lowercase hex digits (SHA-256 of the key)")
+
+
 class Store:
     """Persistent state of the live service; see docs/store.md. Open with :func:`open_store`."""
 
@@ -325,6 +338,48 @@ class Store:
                     return False, seq
                 prev, expected = h, seq + 1
         return True, None
+
+    # -- API keys -------------------------------------------------------------------------
+
+    def add_api_key(self, name: str, role: str, key_hash: str, at_s: float) -> None:
+        """Keep a new API key: its ``name`` (unique forever, also after revocation: it is
+        the actor in the audit log), ``role`` and ``key_hash`` (64 hex digits: SHA-256 of
+        the key; the key itself is never stored). ValueError for a taken name or a bad field."""
+        _check_key_fields(name, role, key_hash)
+        at_s = _time("at_s", at_s)
+        with self._lock, self._db.transaction():
+            if self._db.query("SELECT 1 AS x FROM api_keys WHERE name = ?", (name,)):
+                raise ValueError(f"an API key named {name!r} exists (or existed: names are never reused); "
+                                 "choose another name")
+            self._db.execute(
+                "INSERT INTO api_keys (name, role, key_hash, created_at_s, revoked_at_s) VALUES (?, ?, ?, ?, NULL)",
+                (name, role, key_hash, at_s),
+            )
+
+    def api_key(self, key_hash: str) -> dict | None:
+        """The live (not revoked) key with this hash: ``{name, role, created_at_s}``, or None."""
+        with self._lock:
+            rows = self._db.query(
+                "SELECT name, role, created_at_s FROM api_keys WHERE key_hash = ? AND revoked_at_s IS NULL",
+                (key_hash,),
+            )
+        return rows[0] if rows else None
+
+    def api_keys(self) -> list[dict]:
+        """Every key, revoked ones too, oldest first: ``{name, role, created_at_s,
+        revoked_at_s}`` (no hashes: nobody needs them outside the lookup)."""
+        with self._lock:
+            return self._db.query(
+                "SELECT name, role, created_at_s, revoked_at_s FROM api_keys ORDER BY created_at_s, name"
+            )
+
+    def revoke_api_key(self, name: str, at_s: float) -> bool:
+        """Revoke a key by name; False if there is no live key of that name."""
+        at_s = _time("at_s", at_s)
+        with self._lock:
+            return self._db.execute(
+                "UPDATE api_keys SET revoked_at_s = ? WHERE name = ? AND revoked_at_s IS NULL", (at_s, name)
+            ).rowcount > 0
 
     # -- retention ------------------------------------------------------------------------
 
