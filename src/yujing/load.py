@@ -28,7 +28,7 @@ subscriptions), each on the alert topic of a random device's resolution-3 cell, 
 when the alerts reached them: from the alert's ``issued_at_s`` (the server's delivery) and
 from the first trigger of the quake (the whole chain). ``--api`` reads the server's
 ``/health`` and ``/metrics`` before and after, so the report says whether the server
-received every message sent.
+received every message sent (``/metrics`` needs an operator key: ``--api-key-file``).
 
 Bounds, so that this cannot be pointed at anyone: loopback addresses only; at most
 ``MAX_DURATION_S`` (the run stops by itself, then waits ``--drain-s`` for late alerts); at
@@ -37,7 +37,8 @@ faster; at most ``MAX_DEVICES`` devices, ``MAX_CONNECTIONS`` connections and
 ``MAX_SUBSCRIBERS`` subscribers.
 
     yujing load --mqtt tcp://127.0.0.1:1883 --devices 1000000 --duration-s 60 \\
-        --quake luding2022 --quake-at-s 20 --subscribers 2000 --api http://127.0.0.1:8000
+        --quake luding2022 --quake-at-s 20 --subscribers 2000 --api http://127.0.0.1:8000 \\
+        --api-key-file yujing.db.operator-key
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from urllib.parse import urlparse
 
 log = logging.getLogger(__name__)
@@ -94,6 +96,7 @@ class LoadOptions:
     drain_s: float = 5.0
     seed: int = 0
     api: str | None = None
+    api_key: str | None = None  # an operator key: /metrics needs one
     client_prefix: str = "yjload"
 
 
@@ -663,19 +666,21 @@ def _dist(xs: list[float]) -> dict | None:
 # ------------------------------------------------------------------------ the server's view
 
 
-def _get(url: str, timeout_s: float = 5.0) -> bytes:
+def _get(url: str, timeout_s: float = 5.0, key: str | None = None) -> bytes:
     import urllib.request
 
-    with urllib.request.urlopen(url, timeout=timeout_s) as r:  # noqa: S310 (loopback, checked)
+    req = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
+    with urllib.request.urlopen(req, timeout=timeout_s) as r:  # noqa: S310 (loopback, checked)
         return r.read()
 
 
-async def server_view(api: str) -> dict:
-    """The server's ``/health`` and the ``yujing_*`` samples of its ``/metrics``."""
+async def server_view(api: str, key: str | None = None) -> dict:
+    """The server's ``/health`` and the ``yujing_*`` samples of its ``/metrics`` (which
+    needs an operator ``key``)."""
     base = api.rstrip("/")
     try:
         health = json.loads(await asyncio.to_thread(_get, base + "/health"))
-        text = (await asyncio.to_thread(_get, base + "/metrics")).decode()
+        text = (await asyncio.to_thread(_get, base + "/metrics", 5.0, key)).decode()
     except OSError as exc:
         return {"error": f"{base}: {exc}"}
     metrics = {}
@@ -701,7 +706,7 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
     prep_s = time.perf_counter() - t_prep
     target = MqttTarget(o.mqtt, o.connections, o.qos, o.client_prefix) if o.mqtt else NatsTarget(o.nats, o.connections, o.client_prefix)
     subs = Subscribers(o, plan.sub_topics) if plan.sub_topics else None
-    before = await server_view(o.api) if o.api else None
+    before = await server_view(o.api, o.api_key) if o.api else None
     sent: Counter = Counter()
     errors: Counter = Counter()
     late = {"over_1s": 0, "max_s": 0.0, "backpressure_waits": 0, "backpressure_s": 0.0}
@@ -768,7 +773,7 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
             await subs.close()
     after = None
     if o.api:
-        after = await _settled_view(o.api, before, sum(sent.values()))
+        after = await _settled_view(o.api, before, sum(sent.values()), key=o.api_key)
     total = sum(sent.values())
     asked = (len(plan.hb_t) + len(plan.ft_t)) / o.duration_s
     rep = {
@@ -798,13 +803,13 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
     return rep
 
 
-async def _settled_view(api: str, before: dict, sent: int, timeout_s: float = 15.0) -> dict:
+async def _settled_view(api: str, before: dict, sent: int, timeout_s: float = 15.0, key: str | None = None) -> dict:
     """The server's view once it has taken what was sent (or stopped changing)."""
     want = before.get("health", {}).get("received", 0) + sent
     last, same_since = None, time.monotonic()
     t = time.monotonic()
     while True:
-        v = await server_view(api)
+        v = await server_view(api, key)
         h = v.get("health", {})
         if "error" in v or (h.get("received", 0) >= want and h.get("queue", 0) == 0):
             return v
@@ -913,6 +918,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--drain-s", type=float, default=5.0, help="wait after the run for late alerts, s (default 5)")
     p.add_argument("--seed", type=int, default=0, help="seed of placement, schedule and quake (default 0)")
     p.add_argument("--api", metavar="http://127.0.0.1:PORT", help="the server's HTTP API: report its /health and /metrics")
+    p.add_argument("--api-key-file", metavar="PATH",
+                   help="file holding an operator key for /metrics (e.g. yujing.db.operator-key, which yujing serve writes)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="only the report")
     p.set_defaults(func=main)
@@ -924,7 +931,7 @@ def options_from_args(a) -> LoadOptions:
                        heartbeat_s=a.heartbeat_s, trigger_rate_per_device_day=a.trigger_rate_per_device_day,
                        quake=a.quake, quake_at_s=a.quake_at_s, burst=a.burst, burst_s=a.burst_s, region=a.region,
                        subscribers=a.subscribers, qos=a.qos, max_rate=a.max_rate, drain_s=a.drain_s, seed=a.seed,
-                       api=a.api)
+                       api=a.api, api_key=Path(a.api_key_file).read_text().strip() if a.api_key_file else None)
 
 
 def main(args) -> int:
