@@ -28,7 +28,8 @@ def test_load_against_a_running_server_with_a_quake():
         try:
             got0 = srv.service.stats.received
             o = LoadOptions(mqtt=f"tcp://127.0.0.1:{srv.broker.port}", devices=100_000, duration_s=12.0,
-                            quake="luding2022", quake_at_s=1.0, subscribers=50, drain_s=3.0, api=srv.http_url, seed=1)
+                            quake="luding2022", quake_at_s=1.0, subscribers=50, drain_s=3.0, api=srv.http_url,
+                            api_key=srv.operator_key, seed=1)  # /metrics is operator-only
             rep = await run(o)
             received = srv.service.stats.received - got0
             return rep, received, srv.service.rejects.by_reason(), srv.service.stats.alerts, srv.link.counts["alert_publish"]

@@ -81,12 +81,15 @@ async def _quake_through_the_service(opts: ServeOptions, phones: int = 20_000):
         stop = asyncio.Event()
         sse = asyncio.get_running_loop().create_task(_sse(srv.http_url + "/api/stream", stream, stop))
         await asyncio.sleep(0.3)
-        async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
-            r = await api.post("/api/replay", json={"source": "scenario", "scenario": "luding2022", "phones": phones, "seed": 3, "lead_s": 1.0})
+        # the operator key the server made on its first start (a memory store: returned, not written)
+        op = {"Authorization": f"Bearer {operator_key(srv)}"}
+        async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api, \
+                httpx.AsyncClient(base_url=srv.http_url, timeout=30, headers=op) as ops:
+            r = await ops.post("/api/replay", json={"source": "scenario", "scenario": "luding2022", "phones": phones, "seed": 3, "lead_s": 1.0})
             assert r.status_code == 202, r.text
             info = r.json()
             origin = info["origin_time_s"]
-            r2 = await api.post("/api/replay", json={"source": "scenario"})
+            r2 = await ops.post("/api/replay", json={"source": "scenario"})
             assert r2.status_code == 409 and r2.json()["error"]["code"] == "conflict"
             # this phone's own alert: decoded on the device, which then works out its warning
             fresh = lambda: [g for g in got if g[2] and wire.decode_alert(g[2]).origin_time_s > origin - 60]
@@ -110,9 +113,9 @@ async def _quake_through_the_service(opts: ServeOptions, phones: int = 20_000):
             seen["mmi"] = (await api.get(f"/api/events/{eid}/mmi.geojson")).json()
             seen["network"] = (await api.get("/api/network", params={"res": 5})).json()
             seen["triggers"] = (await api.get("/api/triggers")).json()
-            seen["metrics"] = (await api.get("/metrics")).text
+            seen["metrics"] = (await ops.get("/metrics")).text
             seen["health"] = (await api.get("/health")).json()
-            seen["replay"] = (await api.get("/api/replay")).json()
+            seen["replay"] = (await ops.get("/api/replay")).json()
         stop.set()
         sse.cancel()
         await asyncio.gather(sse, return_exceptions=True)
@@ -123,6 +126,16 @@ async def _quake_through_the_service(opts: ServeOptions, phones: int = 20_000):
     finally:
         await srv.stop()
     return seen
+
+
+def operator_key(srv: Server) -> str:
+    """The operator key the server made on its first start, found as its user would: printed
+    (memory or PostgreSQL store) or in the 0600 file beside a SQLite database."""
+    if srv.operator_key is not None:
+        return srv.operator_key
+    assert srv.operator_key_file is not None, "the server made no operator key on its first start"
+    assert srv.operator_key_file.stat().st_mode & 0o077 == 0, "the operator key file is readable by others"
+    return srv.operator_key_file.read_text().strip()
 
 
 def protocol_host(url: str):
@@ -225,9 +238,10 @@ def test_every_error_has_one_json_shape(tmp_path):
                     assert body["error"]["status"] == r.status_code and body["error"]["message"]
                     seen_codes.add(r.status_code)
                 assert {404, 405, 422} <= seen_codes
-                r = await api.post("/api/replay", json={"source": "scenario", "scenario": "atlantis"})
+                op = {"Authorization": f"Bearer {operator_key(srv)}"}
+                r = await api.post("/api/replay", json={"source": "scenario", "scenario": "atlantis"}, headers=op)
                 assert r.status_code == 422 and "atlantis" in r.json()["error"]["message"]
-                r = await api.post("/api/replay", json={"source": "openeew", "event": "2018_2_16"})
+                r = await api.post("/api/replay", json={"source": "openeew", "event": "2018_2_16"}, headers=op)
                 assert r.status_code == 422 and "--data" in r.json()["error"]["message"]
         finally:
             await srv.stop()
@@ -241,7 +255,8 @@ def test_replay_can_be_switched_off():
         await srv.start()
         try:
             async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
-                r = await api.post("/api/replay", json={"source": "scenario"})
+                r = await api.post("/api/replay", json={"source": "scenario"},
+                                   headers={"Authorization": f"Bearer {operator_key(srv)}"})
                 assert r.status_code == 503 and "--no-replay" in r.json()["error"]["message"]
         finally:
             await srv.stop()

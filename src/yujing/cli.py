@@ -339,9 +339,15 @@ def _serve(args) -> int:
     import asyncio
     import logging
 
+    from .api.auth import ApiLimits
     from .serve import ServeOptions, run
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        limits = ApiLimits(max_body_bytes=args.max_request_bytes, rate_per_s=args.rate_limit, burst=args.rate_burst)
+    except ValueError as exc:
+        print(f"yujing serve: {exc}", file=sys.stderr)
+        return 2
     opts = ServeOptions(
         host=args.host,
         port=args.port,
@@ -353,6 +359,7 @@ def _serve(args) -> int:
         data_dir=Path(args.data) if args.data else None,
         replay=not args.no_replay,
         log_http=args.log_http,
+        limits=limits,
     )
 
     def ready(srv) -> None:
@@ -360,11 +367,63 @@ def _serve(args) -> int:
         print(f"yujing serve: dashboard and API at {srv.http_url}/  (OpenAPI: {srv.http_url}/docs)", flush=True)
         print(f"  devices: MQTT ({where}) at {srv.mqtt_url}, topics {srv.mqtt_topics}", flush=True)
         print(f"  store: {srv.store_label}; stop with Ctrl-C", flush=True)
+        if srv.operator_key_file is not None:
+            print(f"  operator key (first start) written to {srv.operator_key_file} (mode 0600); for the replay "
+                  f"control open {srv.http_url}/#key=<that key>", flush=True)
+        elif srv.operator_key is not None:
+            print(f"  operator key (first start; shown only now, keep it): {srv.operator_key}\n"
+                  f"  replay control: {srv.http_url}/#key={srv.operator_key}", flush=True)
 
     try:
         return asyncio.run(run(opts, on_ready=ready))
     except KeyboardInterrupt:
         return 130
+
+
+def _keys(args) -> int:
+    import getpass
+
+    from .api.auth import create_key, revoke_key
+    from .store import StoreError, open_store
+
+    try:
+        store = open_store(args.store)
+    except (ValueError, StoreError) as exc:
+        print(f"yujing keys: {exc}", file=sys.stderr)
+        return 2
+    # the audit log names who made or revoked a key: the account that ran this command
+    actor = f"cli:{getpass.getuser()}"
+    try:
+        if args.keys_command == "add":
+            try:
+                key = create_key(store, args.name, args.role, actor)
+            except ValueError as exc:
+                print(f"yujing keys add: {exc}", file=sys.stderr)
+                return 2
+            print(key)
+            print(f"made {args.role} key {args.name!r}; it is shown only now (the store keeps its SHA-256). "
+                  "Send it as 'Authorization: Bearer <key>'.", file=sys.stderr)
+        elif args.keys_command == "list":
+            rows = store.api_keys()
+            if not rows:
+                print("no API keys", file=sys.stderr)
+            for k in rows:
+                state = "live" if k["revoked_at_s"] is None else f"revoked {_iso(k['revoked_at_s'])}"
+                print(f"{k['name']}\t{k['role']}\tmade {_iso(k['created_at_s'])}\t{state}")
+        elif args.keys_command == "revoke":
+            if not revoke_key(store, args.name, actor):
+                print(f"yujing keys revoke: no live key named {args.name!r} (see yujing keys list)", file=sys.stderr)
+                return 1
+            print(f"revoked {args.name!r}; a running server stops taking it within seconds", file=sys.stderr)
+    finally:
+        store.close()
+    return 0
+
+
+def _iso(t: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -442,7 +501,10 @@ def build_parser() -> argparse.ArgumentParser:
             "Run the whole live system in one process on embedded defaults, with no configuration: an "
             "MQTT broker for devices, the detection engine and alert policy, SQLite, and the HTTP API with "
             "the live map dashboard on 127.0.0.1. Options switch each part to a real server. The device "
-            "protocol is in docs/protocol.md, the API in docs/api.md (and at /docs when running)."
+            "protocol is in docs/protocol.md, the API in docs/api.md (and at /docs when running). Events, "
+            "alerts and k-anonymous counts are public; the rest needs an API key (yujing keys). On its first "
+            "start the server makes an operator key, for the dashboard's replay control, and writes it to "
+            "<database>.operator-key (mode 0600), or prints it once for a memory or PostgreSQL store."
         ),
     )
     sv.add_argument("--host", default="127.0.0.1", help="HTTP address (default 127.0.0.1: this machine only)")
@@ -458,8 +520,37 @@ def build_parser() -> argparse.ArgumentParser:
                     help="disable the dashboard's replay control: a replay's alerts go to the real devices of its area, so a "
                          "service with real devices should run with this")
     sv.add_argument("--log-http", action="store_true", help="log every HTTP request")
+    sv.add_argument("--max-request-bytes", type=int, default=64 * 1024, metavar="N",
+                    help="largest HTTP request body accepted, bytes (default 65536; larger: 413)")
+    sv.add_argument("--rate-limit", type=float, default=20.0, metavar="PER_S",
+                    help="HTTP requests per second allowed to each API key, or each client address without a key "
+                         "(default 20; 0: no limit; beyond it: 429 with Retry-After)")
+    sv.add_argument("--rate-burst", type=int, default=200, metavar="N",
+                    help="requests a caller may make at once before the rate limit applies (default 200)")
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     sv.set_defaults(func=_serve)
+
+    ks = sub.add_parser(
+        "keys",
+        help="make, list and revoke API keys of the HTTP API",
+        description=(
+            "API keys of yujing serve's HTTP API, kept in the service's store (only a SHA-256 of each key; the key "
+            "is printed once, when made). Roles: researcher (finer k-anonymous counts), operator (everything: "
+            "replay control, metrics, audited reads of personal data). Making and revoking keys is written to the "
+            "audit log. See docs/api.md."
+        ),
+    )
+    ksub = ks.add_subparsers(dest="keys_command", required=True)
+    ka = ksub.add_parser("add", help="make a key and print it (once)")
+    ka.add_argument("--role", required=True, choices=("researcher", "operator"), help="what the key may do")
+    ka.add_argument("--name", required=True, help="who holds it (unique, never reused; the audit log's actor)")
+    kl = ksub.add_parser("list", help="names, roles, when made and revoked (never the keys)")
+    kr = ksub.add_parser("revoke", help="revoke a key by name")
+    kr.add_argument("name", metavar="NAME")
+    for k in (ka, kl, kr):
+        k.add_argument("--store", default="sqlite:///yujing.db", metavar="URL",
+                       help="the store yujing serve uses (default sqlite:///yujing.db)")
+        k.set_defaults(func=_keys)
 
     from . import load as _load
 

@@ -6,6 +6,10 @@ the live map on 127.0.0.1. Options switch each part to a real server:
 ``--mqtt tcp://host:port`` (any MQTT 3.1.1 broker: Mosquitto, NATS's MQTT listener),
 ``--store postgresql://...``, ``--bus nats://...`` (scale-out; see :mod:`yujing.bus.nats`).
 
+Access control (:mod:`yujing.api.auth`) also needs no configuration: on its first start
+with a store that has no operator key, the server makes one, writes it to
+``<database>.operator-key`` (mode 0600) for a SQLite file, or prints it once otherwise.
+
 :class:`Server` is what tests start (ports 0 pick free ones); :func:`run` is the command.
 """
 
@@ -18,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .api.auth import ApiLimits
 from .bus.memory import MemoryBus
 from .bus.mqtt import MqttLink, parse_mqtt_url
 from .bus.mqtt_broker import EmbeddedBroker
@@ -42,14 +47,24 @@ class ServeOptions:
     config: ServiceConfig | None = None
     settings: Settings | None = None
     log_http: bool = False
+    limits: ApiLimits | None = None  # request size and rate limits of the HTTP API (None: defaults)
+    operator_key: bool = True  # make an operator key on the first start (see the module docstring)
 
 
 class Server:
-    """All parts of the service, started and stopped in order."""
+    """All parts of the service, started and stopped in order. ``clock``: the service's
+    UNIX time; ``api_clock``: monotonic seconds of the API's rate limit and key cache.
 
-    def __init__(self, opts: ServeOptions, clock=time.time):
+    After :meth:`start`, ``operator_key`` holds the operator key made on this start when it
+    could not be written to a file (memory or PostgreSQL store), ``operator_key_file`` the
+    file it was written to; both None when the store already had an operator key."""
+
+    def __init__(self, opts: ServeOptions, clock=time.time, api_clock=time.monotonic):
         self.opts = opts
         self.clock = clock
+        self.api_clock = api_clock
+        self.operator_key: str | None = None
+        self.operator_key_file: Path | None = None
         self.broker: EmbeddedBroker | None = None
         self.link: MqttLink | None = None
         self.store = None
@@ -115,8 +130,12 @@ class Server:
         import uvicorn
 
         from .api.app import create_app
+        from .api.auth import bootstrap_operator_key
 
-        app = self.app = create_app(self.service, self.replay)
+        if self.opts.operator_key:
+            self.operator_key, self.operator_key_file = await asyncio.to_thread(
+                bootstrap_operator_key, self.store, _sqlite_file(self.opts.store))
+        app = self.app = create_app(self.service, self.replay, limits=self.opts.limits, clock=self.api_clock)
         cfg = uvicorn.Config(app, host=self.opts.host, port=self.opts.port, log_level="info" if self.opts.log_http else "warning",
                              access_log=self.opts.log_http, lifespan="off", timeout_graceful_shutdown=3)
         self._uvicorn = uvicorn.Server(cfg)
@@ -167,6 +186,14 @@ class Server:
             await self.broker.stop()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The SQLite database file of a store URL; None for memory or PostgreSQL."""
+    from .store.backend import SQLITE, parse_url
+
+    dialect, target = parse_url(url)
+    return Path(target) if dialect == SQLITE and target != ":memory:" else None
 
 
 async def run(opts: ServeOptions, on_ready=None) -> int:

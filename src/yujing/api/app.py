@@ -1,40 +1,49 @@
 """The HTTP API of ``yujing serve`` (FastAPI; OpenAPI at ``/openapi.json``).
 
-Public, read-only views of what the service knows, plus the dashboard's replay control:
+Views of what the service knows, the dashboard's replay control, and operators' reads of
+personal data. Who may call what is :data:`ROUTE_ROLES` (docs/api.md has it as a table, a
+test checks the two agree and that every route of the OpenAPI description is in it);
+:mod:`.auth` has the roles, API keys and the request-size and rate limits.
 
-====================================  ===================================================
-route                                 what
-====================================  ===================================================
-``GET /health``                       liveness, queue, counts, alert latency p50
-``GET /api/events``                   events, newest first (``limit``, ``since``)
-``GET /api/events/{id}``              one event: its newest update and all its updates
-``GET /api/events.geojson``           the events as a USGS-feed-like FeatureCollection
-``GET /api/events/{id}/mmi.geojson``  forecast intensity of the newest update, by band
-``GET /api/quakeml``                  QuakeML 1.2 of the events (``event_id`` for one)
-``GET /api/alerts``                   alert messages, newest first (``event_id``, ``limit``)
-``GET /api/alerts/{id}/cap``          the alert's newest message as CAP 1.2 XML
-``GET /api/cap``                      Atom feed of the newest CAP message of each alert
-``GET /api/network``                  devices online per H3 area, res <= 5 (k-anonymous)
-``GET /api/triggers``                 recent first triggers per resolution-5 area
-``GET /api/stream``                   live Server-Sent Events: update, alert, trigger
-``POST /api/replay``                  replay a scenario (or recording) into the service
-``GET /api/replay``                   state of the current or last replay
-``GET /api/replay/sources``           scenario keys and recordings that can be replayed
-``GET /metrics``                      Prometheus text format
-``GET /``                             the live map dashboard (static files)
-====================================  ===================================================
+====================================  ===========  ==================================================
+route                                 role         what
+====================================  ===========  ==================================================
+``GET /health``                       public       liveness, queue, counts, alert latency p50
+``GET /api/events``                   public       events, newest first (``limit``, ``since``)
+``GET /api/events/{id}``              public       one event: its newest update and all its updates
+``GET /api/events.geojson``           public       the events as a USGS-feed-like FeatureCollection
+``GET /api/events/{id}/mmi.geojson``  public       forecast intensity of the newest update, by band
+``GET /api/quakeml``                  public       QuakeML 1.2 of the events (``event_id`` for one)
+``GET /api/alerts``                   public       alert messages, newest first
+``GET /api/alerts/{id}/cap``          public       the alert's newest message as CAP 1.2 XML
+``GET /api/cap``                      public       Atom feed of the newest CAP message of each alert
+``GET /api/network``                  public       devices online per H3 area, res <= 5 (k-anonymous)
+``GET /api/triggers``                 public       recent triggers per res-5 area (k-anonymous)
+``GET /api/stream``                   public       live Server-Sent Events: update, alert, trigger
+``GET /api/research/network``         researcher   devices online per area down to res 7, k >= 10
+``POST /api/replay``                  operator     replay a scenario (or recording) into the service
+``GET /api/replay``                   operator     state of the current or last replay
+``GET /api/replay/sources``           operator     scenario keys and recordings that can be replayed
+``GET /metrics``                      operator     Prometheus text format
+``GET /api/ops/triggers``             operator     every recent trigger area, also lone ones (audited)
+``GET /api/ops/devices/{pseudonym}``  operator     one device's registry row (audited)
+``GET /api/ops/audit``                operator     the audit log, newest first (audited)
+``GET /``                             public       the live map dashboard (static files)
+====================================  ===========  ==================================================
 
 Every error, whatever raised it (an unknown route, a bad parameter, a missing event, a
-bug), is JSON of one shape: ``{"error": {"status": 404, "code": "not_found", "message":
-"..."}}``; a test enforces it. Public responses never carry a device pseudonym or a
-location finer than a resolution-5 area (two resolutions' counts could be subtracted to
-find a lone device in a finer hidden area, so finer ones are not offered).
+missing key, a bug), is JSON of one shape: ``{"error": {"status": 404, "code": "not_found",
+"message": "..."}}``; a test enforces it. Public responses never carry a device pseudonym or
+a location finer than a resolution-5 area (two resolutions' counts could be subtracted to
+find a lone device in a finer hidden area, so finer ones are offered only to researchers),
+nor an area where fewer than k devices triggered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from importlib import resources
@@ -42,9 +51,10 @@ from typing import Any
 
 import h3
 import msgspec
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -53,43 +63,153 @@ from ..formats import alert_to_cap, events_to_geojson, events_to_quakeml, mmi_to
 from ..formats.cap import cap_identifier
 from ..records import Alert, EventUpdate
 from ..replay import iso, update_to_json
+from .auth import PUBLIC, RANK, ApiLimits, Guard, KeyRing, Principal, TokenBuckets
+
+log = logging.getLogger(__name__)
 
 _CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found", 405: "method_not_allowed",
           409: "conflict", 413: "too_large", 422: "invalid_parameter", 429: "rate_limited", 500: "internal_error",
           503: "unavailable"}
 #: resolution of the public trigger map (an area of ~250 km^2, never one device)
 PUBLIC_TRIGGER_RES = 5
+#: finest area of the researchers' device counts (the device registry holds nothing finer)
+RESEARCH_RES = 7
+#: smallest k a researcher may ask for (k-anonymity of the finer counts)
+RESEARCH_MIN_K = 10
+#: how far back the trigger maps look, s
+TRIGGER_WINDOW_S = 600.0
+
+#: (method, route) -> the weakest role that may call it. Every route of the app must be here
+#: (create_app refuses to build otherwise); docs/api.md shows the same table, and
+#: tests/test_api_auth.py checks both against /openapi.json. Personal data (anything that can
+#: single out one device) is operator-only and every read of it is audited.
+ROUTE_ROLES: dict[tuple[str, str], str] = {
+    ("GET", "/health"): "public",
+    ("GET", "/api/events"): "public",
+    ("GET", "/api/events.geojson"): "public",
+    ("GET", "/api/events/{event_id}"): "public",
+    ("GET", "/api/events/{event_id}/mmi.geojson"): "public",
+    ("GET", "/api/quakeml"): "public",
+    ("GET", "/api/alerts"): "public",
+    ("GET", "/api/alerts/{alert_id}/cap"): "public",
+    ("GET", "/api/cap"): "public",
+    ("GET", "/api/network"): "public",
+    ("GET", "/api/triggers"): "public",
+    ("GET", "/api/stream"): "public",
+    ("GET", "/"): "public",
+    ("GET", "/api/research/network"): "researcher",
+    # replays send real alerts to the real devices of an area
+    ("POST", "/api/replay"): "operator",
+    ("GET", "/api/replay"): "operator",
+    ("GET", "/api/replay/sources"): "operator",
+    # rejections by reason would tell an attacker which fake triggers get through
+    ("GET", "/metrics"): "operator",
+    ("GET", "/api/ops/triggers"): "operator",
+    ("GET", "/api/ops/devices/{pseudonym}"): "operator",
+    ("GET", "/api/ops/audit"): "operator",
+}
+
+_PURPOSE = Query(..., min_length=3, max_length=200,
+                 description="why you read personal data (e.g. a ticket number); written to the audit log")
 
 
 def error_body(status: int, message: str, code: str | None = None) -> dict:
     return {"error": {"status": status, "code": code or _CODES.get(status, "error"), "message": message}}
 
 
-def _err(status: int, message: str, code: str | None = None) -> JSONResponse:
-    return JSONResponse(error_body(status, message, code), status_code=status)
+def _err(status: int, message: str, code: str | None = None, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(error_body(status, message, code), status_code=status, headers=headers)
 
 
-def create_app(service, replayer=None) -> FastAPI:
+def principal(request: Request) -> Principal:
+    """Who sent the request (set by :class:`.auth.Guard`; public without a key)."""
+    return request.scope.get("yujing.principal", PUBLIC)
+
+
+async def _authorize(request: Request) -> None:
+    """Refuse a request whose key's role is below its route's (401 without a key, 403 with a
+    key of too low a role). A route missing from ROUTE_ROLES is refused to everyone."""
+    route = request.scope.get("route")
+    need = ROUTE_ROLES.get((request.method, getattr(route, "path", "")), "nobody")
+    who = principal(request)
+    if need == "public":
+        return
+    if need == "nobody":
+        raise HTTPException(500, f"route {request.method} {getattr(route, 'path', '?')} has no role in ROUTE_ROLES")
+    if who is PUBLIC:
+        raise HTTPException(401, f"{request.method} {route.path} needs a key of role {need} or higher: send "
+                                 "'Authorization: Bearer <key>'; an operator makes keys with "
+                                 f"'yujing keys add --role {need} --name NAME'",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if RANK[who.role] < RANK[need]:
+        raise HTTPException(403, f"{request.method} {route.path} needs role {need}; the key {who.name!r} is "
+                                 f"{who.role}: ask an operator for a {need} key")
+
+
+class _TriggerAreas:
+    """Distinct devices with a first trigger in the last :data:`TRIGGER_WINDOW_S` per res-5
+    area, kept once for all live streams. Fed lazily from ``service.recent_triggers``, which
+    the service appends to before it publishes a trigger, so a stream that just received a
+    trigger always finds it counted."""
+
+    def __init__(self, recent):
+        self.recent = recent
+        self.last = None  # the newest trigger counted (held, so `is` cannot match a new object)
+        self.areas: dict[str, dict[str, float]] = {}  # cell -> device -> newest issued_at_s
+
+    def devices(self, cell: str, now_s: float) -> int:
+        """Devices that triggered in ``cell`` within the window before ``now_s`` (UNIX s)."""
+        new = []
+        for t in reversed(self.recent):
+            if t is self.last:
+                break
+            new.append(t)
+        if new:
+            self.last = new[0]
+            for t in reversed(new):
+                c = h3.latlng_to_cell(t.latitude, t.longitude, PUBLIC_TRIGGER_RES)
+                self.areas.setdefault(c, {})[t.device_id] = t.issued_at_s
+            if len(self.areas) > 5_000:  # forget areas whose triggers all left the window
+                self.areas = {c: d for c, d in self.areas.items()
+                              if max(d.values()) >= now_s - TRIGGER_WINDOW_S}
+        devs = self.areas.get(cell, {})
+        return sum(1 for t in devs.values() if t >= now_s - TRIGGER_WINDOW_S)
+
+
+def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=time.monotonic) -> FastAPI:
     """The API over a running :class:`yujing.service.Service` (its store may be None:
-    then history comes from memory). ``replayer`` backs ``POST /api/replay``."""
+    then history comes from memory, keys cannot be looked up and personal data, which must
+    be audited, is not served). ``replayer`` backs ``POST /api/replay``. ``limits``: request
+    size and rate (default :class:`.auth.ApiLimits`); ``clock``: monotonic seconds for the
+    rate limit and the key cache (tests pass their own)."""
     app = FastAPI(
         title="yujing",
         version="1",
-        description="Earthquake early warning from phones and low-cost sensors: events, alerts, network health.",
+        description="Earthquake early warning from phones and low-cost sensors: events, alerts, network health. "
+                    "Routes beyond the public ones need an API key: 'Authorization: Bearer <key>'.",
+        dependencies=[Depends(_authorize)],
     )
     store = service.store
+    limits = limits or ApiLimits()
     app.state.closing = asyncio.Event()  # set by the server before it stops: streams end
+    app.state.keys = KeyRing(store, clock)
+    app.state.buckets = TokenBuckets(limits.rate_per_s, limits.burst, clock)
+    app.add_middleware(Guard, keys=app.state.keys, limits=limits, buckets=app.state.buckets,
+                       error=lambda status, message, headers: _err(status, message, headers=headers))
+    trigger_areas = _TriggerAreas(service.recent_triggers)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        return _err(exc.status_code, str(exc.detail))
+        return _err(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         parts = []
         for e in exc.errors():
             loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("query", "path", "body"))
-            parts.append(f"{loc}: {e.get('msg')}")
+            hint = (" (say why you read personal data, e.g. ?purpose=ticket-123: it is written to the audit log)"
+                    if loc == "purpose" else "")
+            parts.append(f"{loc}: {e.get('msg')}{hint}")
         return _err(422, "; ".join(parts) or "invalid request")
 
     @app.exception_handler(Exception)
@@ -215,10 +335,83 @@ def create_app(service, replayer=None) -> FastAPI:
         return {"res": res, "k": k, "online_s": service.config.online_s, "areas": cells,
                 "devices_in_areas_below_k": hidden, "devices_online": sum(counts.values()) + hidden}
 
-    @app.get("/api/triggers", summary="Recent first triggers, counted per resolution-5 area")
+    @app.get("/api/research/network", summary="Devices online per area down to resolution 7, k >= 10 (researchers)")
+    async def research_network(res: int = Query(7, ge=0, le=RESEARCH_RES),
+                               k: int = Query(RESEARCH_MIN_K, ge=RESEARCH_MIN_K, le=1000,
+                                              description="areas with fewer devices are left out")) -> dict:
+        # no audit: k-anonymous counts are not personal data. A researcher could subtract two
+        # resolutions' counts; researchers are known by their key, which is the control here.
+        k = max(k, service.config.k_anonymity)
+        now = service.clock()
+        counts, hidden = service.registry.per_area(now, service.config.online_s, res, k)
+        return {"res": res, "k": k, "online_s": service.config.online_s,
+                "areas": [{"cell": c, "devices": n} for c, n in sorted(counts.items())],
+                "devices_in_areas_below_k": hidden, "devices_online": sum(counts.values()) + hidden}
+
+    def _recent(since: float | None) -> list:
+        t0 = service.clock() - TRIGGER_WINDOW_S if since is None else since
+        return [t for t in service.recent_triggers if t.issued_at_s >= t0]
+
+    @app.get("/api/triggers", summary="Recent first triggers per resolution-5 area, k-anonymous")
     async def triggers(since: float | None = Query(None, description="UNIX s; default: the last 10 minutes")) -> dict:
-        t0 = service.clock() - 600.0 if since is None else since
-        return {"areas": _trigger_areas([t for t in service.recent_triggers if t.issued_at_s >= t0])}
+        # A lone trigger in an area says "this one phone moved at this time": only areas
+        # where at least k distinct devices triggered are shown.
+        k = service.config.k_anonymity
+        trigs = _recent(since)
+        devices: dict[str, set] = {}
+        for t in trigs:
+            devices.setdefault(h3.latlng_to_cell(t.latitude, t.longitude, PUBLIC_TRIGGER_RES), set()).add(t.device_id)
+        shown = {c for c, d in devices.items() if len(d) >= k}
+        areas = _trigger_areas(t for t in trigs if h3.latlng_to_cell(t.latitude, t.longitude, PUBLIC_TRIGGER_RES) in shown)
+        return {"k": k, "areas": areas,
+                "triggers_in_areas_below_k": len(trigs) - sum(a["triggers"] for a in areas)}
+
+    # ------------------------------------------------------------------ personal data (operators, audited)
+    async def _audit(request: Request, action: str, target: str, purpose: str) -> None:
+        """Write the read to the audit log before anything personal is read: no audit, no data."""
+        if store is None:
+            raise HTTPException(503, "this server has no store, so the read could not be audited; personal data is "
+                                     "served only by a server with a store")
+        try:
+            await _db(store.audit, principal(request).actor, action, target, purpose, service.clock())
+        except ValueError as exc:
+            raise HTTPException(422, f"purpose: {exc}") from None
+        except Exception as exc:
+            raise HTTPException(503, f"the audit log could not be written ({type(exc).__name__}: {exc}); personal "
+                                     "data is not served unaudited, try again when the store is back") from None
+
+    @app.get("/api/ops/triggers", summary="Every recent trigger area, also those of a single device (operators; audited)")
+    async def ops_triggers(request: Request, purpose: str = _PURPOSE,
+                           since: float | None = Query(None, description="UNIX s; default: the last 10 minutes")) -> dict:
+        t0 = service.clock() - TRIGGER_WINDOW_S if since is None else since
+        await _audit(request, "read_triggers", f"res{PUBLIC_TRIGGER_RES} trigger areas since {iso(t0)}", purpose)
+        return {"areas": _trigger_areas(_recent(since))}
+
+    @app.get("/api/ops/devices/{pseudonym}", summary="One device's registry entry (operators; audited)")
+    async def ops_device(request: Request, pseudonym: str, purpose: str = _PURPOSE) -> dict:
+        # One device at a time, by the pseudonym its owner reads off the device: no listing,
+        # so an operator cannot browse who is where (minimum necessary).
+        await _audit(request, "read_device", pseudonym, purpose)
+        row = await _db(store.device, pseudonym)
+        live = service.registry.devs.get(pseudonym)
+        if live is not None:  # newer than the store's copy, which is written every few seconds
+            row = {"pseudonym": pseudonym, "cell": live.cell, "kind": live.kind, "first_seen_s": live.first_seen_s,
+                   "last_seen_s": live.last_seen_s, "raw_consent": bool(live.raw_consent)}
+        if row is None:
+            raise HTTPException(404, f"no device {pseudonym!r} (pseudonyms change daily: ask for today's)")
+        return {"device": row}
+
+    @app.get("/api/ops/audit", summary="The audit log, newest first (operators; audited)")
+    async def ops_audit(request: Request, purpose: str = _PURPOSE, limit: int = Query(100, ge=1, le=10_000),
+                        verify: bool = Query(False, description="recompute the whole hash chain (slow on a long log)")) -> dict:
+        # reading who read what is itself recorded: the watchers are watched
+        await _audit(request, "read_audit_log", f"newest {limit}", purpose)
+        rows = await _db(store.audit_log, limit)
+        out: dict[str, Any] = {"rows": rows}
+        if verify:
+            ok, bad = await _db(store.verify_audit)
+            out["chain"] = {"ok": ok, "first_bad_seq": bad}
+        return out
 
     # ------------------------------------------------------------------ live stream
     @app.get("/api/stream", summary="Server-Sent Events: update, alert, trigger")
@@ -256,6 +449,8 @@ def create_app(service, replayer=None) -> FastAPI:
                         name, data = "alert", alert_to_json(obj)
                     else:
                         name, data = "trigger", _public_trigger(obj)
+                        if trigger_areas.devices(data["cell"], obj.issued_at_s) < service.config.k_anonymity:
+                            continue  # an area with fewer than k devices triggered stays hidden
                     yield f"event: {name}\ndata: {json.dumps(data)}\n\n".encode()
             finally:
                 for s in subs:
@@ -287,6 +482,13 @@ def create_app(service, replayer=None) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         except RuntimeError as exc:
             raise HTTPException(409, str(exc)) from None
+        if store is not None:
+            # not a read of personal data, but it sends real alerts to real devices: keep who did it
+            target = f"{req.source}:{req.scenario if req.source == 'scenario' else req.event}"
+            try:
+                await _db(store.audit, principal(request).actor, "start_replay", target, "replay control", service.clock())
+            except Exception as exc:  # the replay is running; a lost record must not hide that
+                log.error("replay %s started by %s could not be audited: %s", target, principal(request).actor, exc)
         return info
 
     @app.get("/api/replay/sources", summary="What can be replayed: scenario keys and recordings")
@@ -314,6 +516,12 @@ def create_app(service, replayer=None) -> FastAPI:
     async def index() -> Response:
         return RedirectResponse("/static/index.html")
 
+    # fail closed: a route added without a role must not start with the dependency's 500
+    # as its only guard, nor a role be kept for a route that is gone
+    routes = {(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+    if routes != set(ROUTE_ROLES):
+        raise RuntimeError(f"ROUTE_ROLES and the app's routes differ: no role for {sorted(routes - set(ROUTE_ROLES))}, "
+                           f"no route for {sorted(set(ROUTE_ROLES) - routes)}")
     return app
 
 

@@ -2,6 +2,8 @@
  *
  * Data: GET /api/events, /api/alerts, /api/network, /api/triggers, /health, /api/replay*,
  * /api/events/{id}/mmi.geojson, and the live stream GET /api/stream (SSE: update, alert, trigger).
+ * Only the replay control (/api/replay*) needs a key, an operator's: it is taken from the
+ * URL (#key=...) or the key field, kept in sessionStorage (this tab only) and sent only there.
  * Libraries (vendor/): Leaflet (map), topojson-client (basemap), h3-js (hexagon outlines).
  */
 "use strict";
@@ -43,11 +45,33 @@
     }
   }
 
-  /** fetch JSON from this origin; errors carry the API's {"error": {status, code, message}} shape. */
-  async function api(path, opts) {
+  // ------------------------------------------------------------------ operator key
+  const KEY_STORAGE = "yujing.operatorKey";
+  function operatorKey() {
+    return sessionStorage.getItem(KEY_STORAGE) || "";
+  }
+  function setOperatorKey(k) {
+    if (k) sessionStorage.setItem(KEY_STORAGE, k);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  }
+  // `yujing serve` prints /#key=...: a fragment never reaches a server or its logs; take it
+  // and drop it from the address bar (and history) at once
+  {
+    const m = /(?:^#|&)key=([^&]+)/.exec(location.hash);
+    if (m) {
+      setOperatorKey(decodeURIComponent(m[1]));
+      history.replaceState(null, "", location.pathname + location.search);
+    }
+  }
+
+  /** fetch JSON from this origin; errors carry the API's {"error": {status, code, message}} shape.
+   *  `withKey`: send the operator key (only the replay control's routes need it). */
+  async function api(path, opts, withKey = false) {
     let r;
+    const headers = { Accept: "application/json", ...((opts && opts.headers) || {}) };
+    if (withKey && operatorKey()) headers.Authorization = `Bearer ${operatorKey()}`;
     try {
-      r = await fetch(path, { headers: { Accept: "application/json" }, ...opts });
+      r = await fetch(path, { ...opts, headers });
     } catch (e) {
       throw new ApiError(0, "network", `cannot reach the server (${e.message})`);
     }
@@ -651,10 +675,24 @@
   // ------------------------------------------------------------------ replay control
   const replay = { polling: null };
 
+  /** the replay control needs an operator key: without one, show the key field instead */
+  function needKey(why) {
+    $("key-form").hidden = false;
+    $("replay-form").hidden = true;
+    showReplay(why, !!operatorKey());
+    if (!operatorKey()) $("replay-state").dataset.state = "need-key";
+  }
+
   async function loadSources() {
     const sel = $("replay-source");
+    if (!operatorKey()) {
+      needKey("the replay control needs an operator key: yujing serve wrote it beside its database (<db>.operator-key) or printed it");
+      return false;
+    }
     try {
-      const s = await api("/api/replay/sources");
+      const s = await api("/api/replay/sources", {}, true);
+      $("key-form").hidden = true;
+      $("replay-form").hidden = false;
       const groups = [];
       if (s.scenario && s.scenario.length) {
         groups.push(el("optgroup", { label: "simulated scenarios" }, ...s.scenario.map((k) => el("option", { value: `scenario:${k}` }, k))));
@@ -666,12 +704,28 @@
       if (sel.querySelector('option[value="scenario:luding2022"]')) sel.value = "scenario:luding2022";
       sel.dispatchEvent(new Event("change"));
       $("replay-button").disabled = false;
+      return true;
     } catch (e) {
+      if (e.status === 401 || e.status === 403) {
+        setOperatorKey("");
+        needKey(`key refused: ${e}`);
+        return false;
+      }
       sel.replaceChildren(el("option", { value: "" }, "unavailable"));
       $("replay-button").disabled = true;
       showReplay(`cannot replay: ${e}`, true);
+      return false;
     }
   }
+
+  $("key-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const k = $("operator-key").value.trim();
+    if (!k) return;
+    setOperatorKey(k);
+    $("operator-key").value = "";
+    if (await loadSources()) pollReplay();
+  });
 
   function showReplay(text, isError = false) {
     const p = $("replay-state");
@@ -689,7 +743,7 @@
 
   async function pollReplay() {
     try {
-      const s = await api("/api/replay");
+      const s = await api("/api/replay", {}, true);
       showReplay(describeReplay(s));
       $("replay-state").dataset.running = String(!!s.running);
       if (!s.running && replay.polling) {
@@ -718,7 +772,7 @@
     btn.disabled = true;
     showReplay("starting…");
     try {
-      const s = await api("/api/replay", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(req) });
+      const s = await api("/api/replay", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(req) }, true);
       showReplay(describeReplay(s));
       $("replay-state").dataset.running = "true";
       state.userSelected = false; // follow the quake about to appear
@@ -744,8 +798,7 @@
   // ------------------------------------------------------------------ start
   drawMmiScale();
   loadBasemap();
-  loadSources();
-  pollReplay();
+  loadSources().then((ok) => ok && pollReplay());
   pollHealth();
   pollNetwork();
   loadTriggers();
