@@ -6,6 +6,8 @@ without the data cannot pass by testing nothing.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,14 @@ def openeew_dir() -> Path:
             f"set {ENV_DATA_DIR} to the folder holding them"
         )
     return data
+
+
+def load_script(path: Path, name: str):
+    """Import a file of scripts/ (no package) as module ``name``, once. The module is put in
+    sys.modules before it runs: dataclasses look their module up there."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]

@@ -6,26 +6,19 @@ checks use a tiny synthetic pool, so they need neither the PyPI data sets nor mu
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "chain_false_rate.py"
 
 
 @pytest.fixture(scope="module")
 def cfr():
-    name = "yujing_chain_false_rate"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, SCRIPT)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
+    return load_script(SCRIPT, "yujing_chain_false_rate")
 
 
 def _pool():
