@@ -189,6 +189,9 @@ def _check(seen: dict, store_url: str):
         ups = st.updates(final["event_id"])
         assert [u.version for u in ups][: final["version"]] == list(range(1, final["version"] + 1))
         assert {x.alert_id for x in st.alerts(event_id=final["event_id"])} == {seen["alerts"][0]["alert_id"]}
+        # the replay sent real alerts: who started it is on record
+        started = [(r["actor"], r["target"]) for r in st.audit_log() if r["action"] == "start_replay"]
+        assert started == [("operator:operator", "scenario:luding2022")], started
     finally:
         st.close()
 
