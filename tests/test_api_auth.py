@@ -219,6 +219,8 @@ def test_rate_limit_per_address_and_per_key(tmp_path):
             r = await api.get("/metrics", headers=operator)
             e = assert_error(r, 429, "rate_limited")
             assert "this key" in e["message"]
+            # a client cannot pick a new bucket by naming another address (no proxy is trusted)
+            assert_error(await api.get("/health", headers={"X-Forwarded-For": "10.9.8.7"}), 429, "rate_limited")
             clock.t += 1.0  # half a token: still refused, and told to wait the other second
             r = await api.get("/health")
             assert_error(r, 429, "rate_limited")

@@ -360,6 +360,7 @@ def _serve(args) -> int:
         replay=not args.no_replay,
         log_http=args.log_http,
         limits=limits,
+        trusted_proxies=args.trusted_proxy,
     )
 
     def ready(srv) -> None:
@@ -527,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default 20; 0: no limit; beyond it: 429 with Retry-After)")
     sv.add_argument("--rate-burst", type=int, default=200, metavar="N",
                     help="requests a caller may make at once before the rate limit applies (default 200)")
+    sv.add_argument("--trusted-proxy", metavar="ADDR[,ADDR...]",
+                    help="reverse proxies whose X-Forwarded-For header names the client, for the rate limit "
+                         "(default: none; the header is ignored)")
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     sv.set_defaults(func=_serve)
 

@@ -49,6 +49,9 @@ class ServeOptions:
     log_http: bool = False
     limits: ApiLimits | None = None  # request size and rate limits of the HTTP API (None: defaults)
     operator_key: bool = True  # make an operator key on the first start (see the module docstring)
+    # addresses of reverse proxies whose X-Forwarded-For names the client (comma-separated);
+    # None: the header is ignored, else any local process could pick its own rate-limit bucket
+    trusted_proxies: str | None = None
 
 
 class Server:
@@ -137,7 +140,9 @@ class Server:
                 bootstrap_operator_key, self.store, _sqlite_file(self.opts.store))
         app = self.app = create_app(self.service, self.replay, limits=self.opts.limits, clock=self.api_clock)
         cfg = uvicorn.Config(app, host=self.opts.host, port=self.opts.port, log_level="info" if self.opts.log_http else "warning",
-                             access_log=self.opts.log_http, lifespan="off", timeout_graceful_shutdown=3)
+                             access_log=self.opts.log_http, lifespan="off", timeout_graceful_shutdown=3,
+                             proxy_headers=self.opts.trusted_proxies is not None,
+                             forwarded_allow_ips=self.opts.trusted_proxies or "")
         self._uvicorn = uvicorn.Server(cfg)
         # serve() would install its own signal handlers; run() owns the signals
         self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
