@@ -234,3 +234,62 @@ def test_a_p_pick_earlier_than_a_loose_location_predicts_is_tried_as_p():
     assert float(distance_km(ups[0].latitude, ups[0].longitude, *pos["006"])) < 40.0  # the loose start
     assert "001" in ups[-1].device_ids
     assert float(distance_km(ups[-1].latitude, ups[-1].longitude, *pos["006"])) > 50.0  # true: 66 km
+
+
+def _still_phones(n: int, seed: int, half_deg: float = 0.6):
+    rng = np.random.default_rng(seed)
+    lat = LAT0 + rng.uniform(-half_deg, half_deg, n)
+    lon = LON0 + rng.uniform(-half_deg, half_deg, n)
+    return [f"p{i}" for i in range(n)], lat, lon
+
+
+def test_a_chance_group_among_quiet_phones_is_refused_without_locating():
+    """Three false triggers 50-90 km apart, the first 12 s before the last (pairwise within
+    P move-out), around 2,000 phones lying still: the phones inside their triangle near
+    the early sites are long overdue, so the group is refused by the cheap polygon test
+    and never located (a locate costs tens of ms; a million phones bring many such
+    groups a second)."""
+    ids, lat, lon = _still_phones(2000, 12)
+    eng = Engine({})
+    for k in range(60):
+        eng.feed_heartbeats(ids, lat, lon, T0 + k)
+    corners = [(-0.35, -0.35), (0.35, -0.3), (0.0, 0.4)]
+    picked = [Device(f"x{i}", LAT0 + dy, LON0 + dx) for i, (dy, dx) in enumerate(corners)]
+    onsets = [T0 + 48.0, T0 + 55.0, T0 + 60.0]
+    group = [trig(d, t, issued_s=t + 2.0) for d, t in zip(picked, onsets)]
+    assert eng.assoc._hull_fraction(group, T0 + 62.0) < 0.05
+    located = []
+    real = eng.assoc._locate
+    eng.assoc._locate = lambda *a, **k: located.append(1) or real(*a, **k)
+    ups = []
+    for t in group:
+        eng.feed_heartbeats(ids, lat, lon, t.issued_at_s - 0.01)
+        ups += eng.feed_trigger(t)
+    ups += eng.flush()
+    assert ups == []
+    assert located == []
+
+
+def test_a_quakes_first_sites_pass_the_polygon_test():
+    """The first three phones to pick a quake's P, tested when the third report arrives:
+    the phones between them were reached by P only seconds ago, so they do not count
+    against the group yet and the group goes on to be located."""
+    ids, lat, lon = _still_phones(2000, 13)
+    eng = Engine({})
+    for k in range(60):
+        eng.feed_heartbeats(ids, lat, lon, T0 + k)
+    tab = default_table()
+    origin = T0 + 55.0
+    epi = distance_km(LAT0, LON0, lat, lon)
+    tp = origin + tab.p_time_s(epi, 10.0)
+    first = np.argsort(tp)
+    # three distinct sites among the earliest: the nearest phones to the epicentre
+    chosen: list[int] = []
+    for i in first:
+        if all(float(distance_km(lat[i], lon[i], lat[j], lon[j])) > 3.0 for j in chosen):
+            chosen.append(int(i))
+        if len(chosen) == 3:
+            break
+    group = [trig(Device(ids[i], lat[i], lon[i]), float(tp[i])) for i in chosen]
+    now = max(t.onset_time_s for t in group) + 1.5
+    assert eng.assoc._hull_fraction(group, now) >= 0.5

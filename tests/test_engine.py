@@ -113,5 +113,12 @@ def test_record_json_round_trip():
 
 
 def test_shared_data_is_not_in_the_repository():
+    """Recordings are read from ../shared (or built into an ignored folder), never
+    committed: only the small fixtures under tests/data may be JSONL files in git."""
+    import subprocess
+
     repo = Path(__file__).resolve().parents[1]
-    assert not list(repo.rglob("*.jsonl")) or all("tests/data" in str(p) for p in repo.rglob("*.jsonl") if ".git" not in p.parts)
+    tracked = subprocess.run(["git", "ls-files", "*.jsonl"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
+    files = set(tracked) | {f for f in staged if f.endswith(".jsonl")}
+    assert all(f.startswith("tests/data/") for f in files), sorted(f for f in files if not f.startswith("tests/data/"))

@@ -32,7 +32,7 @@ from datetime import datetime, timezone
 import msgspec
 import numpy as np
 
-from .geo import distance_km
+from .geo import KM_PER_DEG, distance_km
 from .locate import Location, locate
 from .magnitude import event_magnitude
 from .records import Device, EventUpdate, Trigger
@@ -56,6 +56,10 @@ REPORT_DELAY_SAMPLES = 256
 #: AssociateSettings.phone_report_delay_s before the engine clock (a trigger of a P onset
 #: before that would have arrived)
 HEARTBEAT_WINDOW_S = 90.0
+#: A candidate group is not located when, among the live devices inside the polygon of its
+#: sites, the share that triggered is below this factor times min_triggered_fraction
+#: (see Associator._hull_fraction): a margin for what a cheap test cannot know
+HULL_FRACTION_FACTOR = 0.5
 
 
 class Presence:
@@ -109,6 +113,12 @@ class Presence:
         self.heartbeat[idx] = True
         self.last[idx] = np.where(ok, time_s, -np.inf)
         self.started[idx] = np.minimum(self.started[idx], time_s)
+
+    def in_box(self, lat_min: float, lat_max: float, lon_min: float, lon_max: float) -> np.ndarray:
+        """Rows (indices) whose position lies strictly inside a latitude/longitude box."""
+        n = self.n
+        lat, lon = self.lat[:n], self.lon[:n]
+        return np.flatnonzero((lat > lat_min) & (lat < lat_max) & (lon > lon_min) & (lon < lon_max))
 
     def silent(self, now_s: float, busy: set[str], warmup_s: float, report_delay_s: float = 2.5, kinds: bool = False):
         """Positions and 'quiet up to' times of the live devices not in ``busy`` (and,
@@ -450,6 +460,11 @@ class Associator:
         if len(group) < a.min_devices or self._n_sites(group) < a.min_devices:
             return [], group
         sig = self.s.locate.pick_sigma_s
+        # only when every member must fit (below): a member that may be left out as an
+        # outlier says nothing about when P passed its site
+        need = max(a.min_devices, (len(group) + 1) // 2)
+        if need >= len(group) and self._hull_fraction(group, now_s) < HULL_FRACTION_FACTOR * a.min_triggered_fraction:
+            return [], group
         loc = self._locate(group, now_s, exclude={g.device_id for g in group})
         fits = ~loc.is_s & (np.abs(loc.residual_s) <= 3 * sig)
         members = [g for g, f in zip(group, fits) if f]
@@ -510,6 +525,62 @@ class Associator:
             ):
                 sites.append(t)
         return len(sites)
+
+    def _hull_fraction(self, group: list[Trigger], now_s: float) -> float:
+        """Of the live devices able to detect inside the polygon (convex hull) of a
+        candidate's sites, the share that triggered, as :meth:`_triggered_fraction` counts
+        it; 1.0 when the sites span no area. A locate costs tens of milliseconds (a million
+        phones bring a dozen chance groups of false triggers a second), this a few.
+
+        No location is needed: were the group's triggers P onsets of one quake (the full
+        test asks that of all of a three-site group, within ``3 sigma``), a device inside
+        the polygon is no farther from the epicentre than the farthest site, so within the
+        reach the full test counts; and P reached it no later than ``onset_i + 3 sigma +
+        slowness x distance_i`` for every site ``i`` (the steepest P slowness of the table,
+        the triangle inequality), so a quiet phone near a site that triggered long ago is
+        long overdue. Chance groups span tens to hundreds of km around thousands of quiet
+        phones; a quake's first sites enclose few, reached seconds ago. Triggered are the
+        group and the pooled triggers inside the polygon."""
+        lat0 = sum(g.latitude for g in group) / len(group)
+        lon0 = sum(g.longitude for g in group) / len(group)
+        kx = KM_PER_DEG * max(math.cos(math.radians(lat0)), 0.05)
+        pts = [((g.longitude - lon0) * kx, (g.latitude - lat0) * KM_PER_DEG, g.onset_time_s) for g in group]
+        hull = _convex_hull([(x, y) for x, y, _ in pts])
+        if len(hull) < 3:
+            return 1.0
+        hx = np.array([p[0] for p in hull])
+        hy = np.array([p[1] for p in hull])
+        pr = self.presence
+        idx = pr.in_box(lat0 + hy.min() / KM_PER_DEG, lat0 + hy.max() / KM_PER_DEG, lon0 + hx.min() / kx, lon0 + hx.max() / kx)
+        px = (pr.lon[idx] - lon0) * kx
+        py = (pr.lat[idx] - lat0) * KM_PER_DEG
+        keep = _inside_convex(px, py, hx, hy)
+        idx, px, py = idx[keep], px[keep], py[keep]
+        ids = {g.device_id for g in group}
+        k = len(ids)
+        for p in self.pool:
+            if p.device_id not in ids:
+                x, y = (p.longitude - lon0) * kx, (p.latitude - lat0) * KM_PER_DEG
+                if _inside_convex(np.array([x]), np.array([y]), hx, hy)[0]:
+                    ids.add(p.device_id)
+                    k += 1
+        if not len(idx):
+            return 1.0
+        busy = self._busy() | ids
+        free = np.array([pr.ids[i] not in busy for i in idx.tolist()], dtype=bool)
+        idx, px, py = idx[free], px[free], py[free]
+        last, hb = pr.last[idx], pr.heartbeat[idx]
+        a = self.s
+        stream_ok = ~hb & (now_s - last <= 5.0) & (last - pr.started[idx] >= a.picker.warmup_s)
+        phone_ok = hb & (now_s - last <= HEARTBEAT_WINDOW_S)
+        slowness = _steepest_p_slowness(a.locate.depths_km)
+        reached = np.full(len(idx), np.inf)
+        for x, y, t in pts:
+            np.minimum(reached, t + 3 * a.locate.pick_sigma_s + slowness * np.hypot(px - x, py - y), out=reached)
+        due = reached + a.locate.silent_grace_s
+        n_streams = int(np.count_nonzero(stream_ok & (due < last)))
+        n_phones = float(self._report_share(now_s - due[phone_ok]).sum()) if phone_ok.any() else 0.0
+        return k / (k + n_streams + n_phones)
 
     def _busy(self) -> set[str]:
         out = set()
@@ -696,3 +767,49 @@ class Associator:
                         out.extend(self._refresh(ev, now_s))
         return out
 
+
+
+def _convex_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Convex hull (counter-clockwise, no collinear points) of a few points in a plane."""
+    pts = sorted(set(points))
+    if len(pts) < 3:
+        return pts
+
+    def cross(o, a, b):
+        return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])
+
+    lower: list = []
+    upper: list = []
+    for p in pts:
+        while len(lower) >= 2 and cross(lower[-2], lower[-1], p) <= 1e-9:
+            lower.pop()
+        lower.append(p)
+    for p in reversed(pts):
+        while len(upper) >= 2 and cross(upper[-2], upper[-1], p) <= 1e-9:
+            upper.pop()
+        upper.append(p)
+    return lower[:-1] + upper[:-1]
+
+
+def _inside_convex(x: np.ndarray, y: np.ndarray, hx: np.ndarray, hy: np.ndarray) -> np.ndarray:
+    """Points strictly inside a counter-clockwise convex polygon (the edge is outside: a
+    phone in a site's own cell is that site's neighbour, not enclosed by the group)."""
+    ok = np.ones(len(x), dtype=bool)
+    m = len(hx)
+    for i in range(m):
+        x1, y1, x2, y2 = hx[i], hy[i], hx[(i + 1) % m], hy[(i + 1) % m]
+        ok &= (x2 - x1) * (y - y1) - (y2 - y1) * (x - x1) > 1e-6
+    return ok
+
+
+_SLOWNESS: dict[tuple, float] = {}
+
+
+def _steepest_p_slowness(depths_km) -> float:
+    """Largest d(P time)/d(distance) of the travel-time table at these depths, s/km."""
+    key = tuple(depths_km)
+    got = _SLOWNESS.get(key)
+    if got is None:
+        rows = default_table().at_depths(key)
+        got = _SLOWNESS[key] = float(rows.dp.max()) * rows.inv_step
+    return got
