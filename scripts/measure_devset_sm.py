@@ -54,6 +54,7 @@ class QuakeRow:
     events: int
     announced_before_origin: int  # events whose first update was issued before the origin
     first_announcement: str  # what the earliest event said first: "M3.7 at -3.6 s"
+    magnitude_range: tuple[float, float]  # lowest and highest M over the matched event's updates
 
 
 @dataclass
@@ -116,10 +117,11 @@ def measure(data: Path) -> tuple[list[QuakeRow], list[RecordRow]]:
             firsts.setdefault(u.event_id, u)
         early = sorted(firsts.values(), key=lambda u: u.issued_at_s)
         said = f"M{early[0].magnitude:.1f} at {early[0].issued_at_s - c.origin_time_s:+.1f} s" if early else "-"
+        ms = [u.magnitude for u in f.updates if u.event_id == s.event_id] or [math.nan]
         quakes.append(QuakeRow(
             f.folder, c.magnitude, s.detected, s.first_delay_origin_s, s.first_magnitude_error, s.final_magnitude_error,
             s.first_location_error_km, s.final_location_error_km, len(firsts),
-            sum(u.issued_at_s < c.origin_time_s for u in firsts.values()), said,
+            sum(u.issued_at_s < c.origin_time_s for u in firsts.values()), said, (min(ms), max(ms)),
         ))
         picks: dict[str, list[float]] = {}
         for t in f.triggers:
@@ -197,12 +199,13 @@ def _f(v: float, fmt: str) -> str:
 
 def markdown(quakes: list[QuakeRow], records: list[RecordRow]) -> str:
     out = ["| folder | M | events | first announcement | announced before origin | "
-           "M error first / final | epicentre error first / final |", "|---|---|---|---|---|---|---|"]
+           "M error first / final | M over the updates | epicentre error first / final |", "|---|---|---|---|---|---|---|---|"]
     for q in quakes:
         out.append(
             f"| {q.event} | {q.magnitude:.2f} | {q.events} | {q.first_announcement} | "
             f"{'**yes** (' + str(q.announced_before_origin) + ')' if q.announced_before_origin else 'no'} | "
             f"{_f(q.first_magnitude_error, '+.2f')} / {_f(q.final_magnitude_error, '+.2f')} | "
+            f"{_f(q.magnitude_range[0], '.2f')}-{_f(q.magnitude_range[1], '.2f')} | "
             f"{_f(q.first_epicentre_error_km, '.0f')} / {_f(q.final_epicentre_error_km, '.0f')} km |"
         )
     out += ["", "| record | km | record before P | first rise / P's rise, - P | engine: first pick - first rise | "
