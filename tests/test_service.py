@@ -12,7 +12,8 @@ from yujing import protocol, scenarios
 from yujing.bus.memory import MemoryBus
 from yujing.demo import run as demo_run
 from yujing.geo import distance_km
-from yujing.service import ManualClock, Registry, Service, drive
+from yujing.security import Signer
+from yujing.service import ManualClock, Registry, Service, ServiceConfig, drive
 from yujing.sources.simulator import simulate
 from yujing.sources.wire_feed import scenario_wire
 
@@ -26,13 +27,13 @@ def luding_wire():
     return sc, list(scenario_wire(net))
 
 
-def _run(msgs, store=None):
+def _run(msgs, store=None, config=None):
     """Drive a service over the messages; returns it with every update and alert seen
     on its bus (``svc.seen_updates``, ``svc.seen_alerts``)."""
     clock = ManualClock()
 
     async def go():
-        svc = Service(clock=clock, store=store)
+        svc = Service(clock=clock, store=store, config=config)
         svc.seen_updates, svc.seen_alerts = [], []
         svc.bus.subscribe("yj.event.>", lambda s, u: svc.seen_updates.append(u), critical=True)
         svc.bus.subscribe("yj.alert.>", lambda s, a: svc.seen_alerts.append(a), critical=True)
@@ -86,31 +87,32 @@ def test_garbage_is_counted_and_does_not_stop_detection(luding_wire):
 def test_packets_need_a_hello_and_phones_need_consent():
     clock = ManualClock(1000.0)
     svc = Service(clock=clock)
+    sign = Signer(svc.issuer).wire
     cell = h3.latlng_to_cell(19.4, -99.1, 7)
     pkt = protocol.PacketMsg(device="s1", cell=cell, device_time_s=1000.0, sample_rate_hz=31.25,
                              x_gal=[0.0] * 32, y_gal=[0.0] * 32, z_gal=[0.0] * 32)
-    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt), 1000.1)
+    svc.receive(*sign("pkt", pkt), 1000.1)
     svc.process_queue()
     assert svc.rejects.by_reason() == {"unknown_device": 1}
     # a phone that says hello without consent: still refused
     hello = protocol.HelloMsg(device="s1", cell=cell, sent_s=1000.0, kind="phone")
-    svc.receive(protocol.topic_for("hello", cell), protocol.encode(hello), 1000.2)
-    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt), 1000.3)
+    svc.receive(*sign("hello", hello), 1000.2)
+    svc.receive(*sign("pkt", pkt), 1000.3)
     svc.process_queue()
     assert svc.rejects.by_reason() == {"unknown_device": 2}
     # consent given: the phone becomes a streaming device at its cell's centre
     hello = protocol.HelloMsg(device="s1", cell=cell, sent_s=1001.0, kind="phone", raw_consent=True)
-    svc.receive(protocol.topic_for("hello", cell), protocol.encode(hello), 1001.1)
+    svc.receive(*sign("hello", hello), 1001.1)
     pkt2 = protocol.PacketMsg(device="s1", cell=cell, device_time_s=1001.0, sample_rate_hz=31.25,
                               x_gal=[0.0] * 32, y_gal=[0.0] * 32, z_gal=[0.0] * 32)
-    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt2), 1001.2)
+    svc.receive(*sign("pkt", pkt2), 1001.2)
     svc.process_queue()
     assert svc.stats.accepted["pkt"] == 1
     assert svc.engine.devices["s1"].latitude == pytest.approx(h3.cell_to_latlng(cell)[0])
     # consent withdrawn: refused again, with its own reason
     c = protocol.ConsentMsg(device="s1", cell=cell, sent_s=1002.0, raw_consent=False)
-    svc.receive(protocol.topic_for("consent", cell), protocol.encode(c), 1002.1)
-    svc.receive(protocol.topic_for("pkt", cell), protocol.encode(pkt2), 1002.2)
+    svc.receive(*sign("consent", c), 1002.1)
+    svc.receive(*sign("pkt", pkt2), 1002.2)
     svc.process_queue()
     assert svc.rejects.by_reason()["no_consent"] == 1
 
@@ -166,7 +168,12 @@ def test_a_forged_heartbeat_from_the_future_does_not_move_a_phones_triggers(ludi
             hb = protocol.HeartbeatMsg(device=m.device, cell=m.cell, sent_s=t0 + 1e6)
             forged.append((t0, protocol.topic_for("hb", m.cell), protocol.encode(hb)))
     forged = list({p: (a, t, p) for a, t, p in forged}.values())
+    # a served network refuses them outright (they carry no signature)...
     svc = _run(sorted(forged + msgs, key=lambda m: m[0]))
+    assert svc.rejects.by_reason() == {"unsigned": len(forged)}
+    # ...and a development server that takes unsigned messages bounds their effect
+    svc = _run(sorted(forged + msgs, key=lambda m: m[0]), config=ServiceConfig(allow_unsigned=True))
+    assert svc.guard.unsigned_accepted == len(forged)
     real = [u for u in svc.latest.values() if not u.retracted and u.magnitude > 6]
     assert real and svc.seen_alerts
 
@@ -180,11 +187,12 @@ def test_stop_processes_everything_queued_and_skips_a_record_the_store_refuses(t
     async def go():
         clock = ManualClock(1000.0)
         svc = Service(clock=clock, store=store)
+        sign = Signer(svc.issuer).wire
         await svc.start()
         cell = h3.latlng_to_cell(29.6, 102.1, 7)
         for i in range(60_000):  # more than one process_queue() batch
             hb = protocol.HeartbeatMsg(device=f"d{i}", cell=cell, sent_s=1000.0)
-            svc.receive(protocol.topic_for("hb", cell), protocol.encode(hb), 1000.0)
+            svc.receive(*sign("hb", hb), 1000.0)
         bad = EventUpdate(event_id="bad", version=1, issued_at_s=1000.0, origin_time_s=990.0, latitude=float("nan"),
                           longitude=102.0, depth_km=10.0, magnitude=5.0, magnitude_sigma=0.3, n_devices=3)
         good = msgspec.structs.replace(bad, event_id="good", latitude=29.6)
@@ -202,9 +210,10 @@ def test_stop_processes_everything_queued_and_skips_a_record_the_store_refuses(t
 
 def test_a_trigger_delivered_twice_is_taken_once(luding_wire):
     sc, msgs = luding_wire
-    # MQTT QoS 1 is at least once: every first trigger arrives a second time, 8 s late
+    # MQTT QoS 1 is at least once: every first trigger arrives a second time, 8 s late;
+    # the signed message's seq is seen before (a replay by anyone else looks the same)
     again = [(arr + 8.0, topic, payload) for arr, topic, payload in msgs if "/trig/" in topic][:3000]
     svc = _run(sorted(msgs + again, key=lambda m: m[0]))
-    assert svc.rejects.by_reason() == {"duplicate": len(again)}
+    assert svc.rejects.by_reason() == {"replayed": len(again)}
     real = [u for u in svc.latest.values() if not u.retracted]
     assert len(real) == 1 and real[0].magnitude > 6

@@ -21,7 +21,10 @@ device pseudonym and cell (:mod:`yujing.protocol`). What they send, in real time
 The devices are placed by the scenario simulator (people in GeoNames towns within 500 km
 of the epicentre of ``--quake``, or of ``--region`` without a quake), so the topics' cells
 are real; everything is seeded (``--seed``). Messages are valid protocol messages: a
-server that decodes them counts no reject.
+server that decodes them counts no reject. They are signed (:mod:`yujing.security`): with
+``--api`` the phones that will speak are enrolled first (``POST /api/enrol``, 2,000 a
+request) and each signs with its credential; without ``--api`` they go unsigned, which
+only a development server (``allow_unsigned``) takes.
 
 ``--subscribers N`` holds N alert subscribers (raw MQTT connections, or NATS
 subscriptions), each on the alert topic of a random device's resolution-3 cell, and reports
@@ -54,6 +57,7 @@ import math
 import socket
 import sys
 import time
+import urllib.request
 import zlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -188,6 +192,43 @@ class Plan:
     burst_t: object = None
     burst_phone: object = None
     sub_topics: list = field(default_factory=list)
+    creds: dict = field(default_factory=dict)  # pseudonym -> security.Credential (enrolled)
+
+
+def speakers(o: "LoadOptions", plan: Plan) -> list[str]:
+    """The pseudonyms of the phones that will send anything in the run (to enrol)."""
+    import numpy as np
+
+    phones = [plan.hb_phone, plan.ft_phone]
+    if o.quake and o.burst:
+        phones.append(plan.burst_phone)
+    ph = np.unique(np.concatenate([np.asarray(p, dtype=np.int64) for p in phones]))
+    ids = set(plan.net.device_ids(ph.tolist(), plan.day)) if len(ph) else set()
+    if o.quake and not o.burst:
+        ids.update(m.device_id for m in plan.net.messages(heartbeats="none"))
+    return sorted(ids)
+
+
+def enrol(api: str, pseudonyms: list[str], chunk: int = 2000) -> dict:
+    """Enrol ``pseudonyms`` at the server's API (``POST /api/enrol``); returns pseudonym ->
+    Credential. LoadError if the server refuses any (enrolled before: another run of
+    the same seed the same day)."""
+    from .security import Credential
+
+    creds = {}
+    for i in range(0, len(pseudonyms), chunk):
+        body = json.dumps({"pseudonyms": pseudonyms[i : i + chunk]}).encode()
+        req = urllib.request.Request(api.rstrip("/") + "/api/enrol", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            got = json.loads(r.read())
+        if got["refused"]:
+            raise LoadError(f"the server refused to enrol {len(got['refused'])} phones, e.g. {got['refused'][0]} "
+                            "(pseudonyms are first come: use another --seed)")
+        kid = bytes.fromhex(got["kid"])
+        for c in got["credentials"]:
+            creds[c["device"]] = Credential(c["device"], bytes.fromhex(c["key"]), kid)
+    return creds
 
 
 def prepare(o: LoadOptions) -> Plan:
@@ -246,7 +287,11 @@ class _Messages:
         self.o, self.p, self.t0 = o, plan, t0_wall
         self.ids: dict[int, str] = {}
         self.cells: dict[int, tuple[str, str]] = {}
-        self.seq: Counter = Counter()
+        from .security import Signer
+
+        # one signer for every stream: a phone's heartbeats, false triggers and quake
+        # triggers share its seq (the server refuses a seq seen before)
+        self.signer = Signer(creds=plan.creds)
         self.s = SimSettings()
         self.first_quake_sent_wall: float | None = None
         self.quake_cut = 0
@@ -269,9 +314,8 @@ class _Messages:
         root = protocol.TOPIC_ROOT
         for t, ph in zip(self.p.hb_t.tolist(), self.p.hb_phone.tolist()):
             dev, cell, tcell = self._dev(ph)
-            self.seq[ph] += 1
-            msg = protocol.HeartbeatMsg(device=dev, cell=cell, sent_s=self.t0 + t, ready=True, seq=self.seq[ph])
-            yield t, ph, f"{root}/hb/{tcell}", protocol.encode(msg), "hb"
+            msg = protocol.HeartbeatMsg(device=dev, cell=cell, sent_s=self.t0 + t, ready=True)
+            yield t, ph, f"{root}/hb/{tcell}", self.signer.payload(f"{root}/hb/{tcell}", msg), "hb"
 
     def _false(self):
         from . import protocol
@@ -281,7 +325,6 @@ class _Messages:
         w = 2.0 * math.pi * s.false_frequency_hz
         for t, ph, pga in zip(self.p.ft_t.tolist(), self.p.ft_phone.tolist(), self.p.ft_pga.tolist()):
             dev, cell, tcell = self._dev(ph)
-            self.seq[ph] += 1
             f = float(self.p.net.device_factor[ph])
             sent = self.t0 + t
             msg = protocol.TriggerMsg(
@@ -290,8 +333,8 @@ class _Messages:
                 tau_c_s=1.0 / s.false_frequency_hz, snr=max(pga / (s.noise_pga_gal * f), 1.0),
                 noise_pd_cm=s.noise_pd_cm * f, noise_pga_gal=s.noise_pga_gal * f,
                 wa_horizontal_nm=max(pga / w**2 * 1e7, s.noise_wa_nm * f), wa_vertical_nm=max(pga / w**2 * 1e7, s.noise_wa_nm * f),
-                noise_wa_nm=s.noise_wa_nm * f, seq=self.seq[ph])
-            yield t, ph, f"{root}/trig/{tcell}", protocol.encode(msg), "trig_false"
+                noise_wa_nm=s.noise_wa_nm * f)
+            yield t, ph, f"{root}/trig/{tcell}", self.signer.payload(f"{root}/trig/{tcell}", msg), "trig_false"
 
     def _quake(self):
         from . import scenarios
@@ -299,7 +342,7 @@ class _Messages:
 
         sc = scenarios.get(self.o.quake)
         shift = self.t0 + self.o.quake_at_s - sc.origin_time_s
-        for arr, topic, payload in scenario_wire(self.p.net, heartbeats=False, time_shift_s=shift):
+        for arr, topic, payload in scenario_wire(self.p.net, heartbeats=False, time_shift_s=shift, signer=self.signer):
             t = arr - self.t0
             if t < 0:
                 continue  # before the run: history, not news
@@ -318,7 +361,6 @@ class _Messages:
                 self.quake_cut += 1
                 continue
             dev, cell, tcell = self._dev(ph)
-            self.seq[ph] += 1
             f = float(net.device_factor[ph])
             sent = self.t0 + t
             pga = max(s.p_to_s_pga * float(net.pga_gal[ph]), s.noise_pga_gal * f)
@@ -328,8 +370,8 @@ class _Messages:
                 snr=max(pga / (s.noise_pga_gal * f), 1.0), noise_pd_cm=s.noise_pd_cm * f,
                 noise_pga_gal=s.noise_pga_gal * f, noise_wa_nm=s.noise_wa_nm * f,
                 wa_horizontal_nm=max(0.1 * float(net.wa_nm[ph]), s.noise_wa_nm * f),
-                wa_vertical_nm=max(0.1 * float(net.wa_nm[ph]), s.noise_wa_nm * f), seq=self.seq[ph])
-            yield t, ph, f"{root}/trig/{tcell}", protocol.encode(msg), "trig_quake"
+                wa_vertical_nm=max(0.1 * float(net.wa_nm[ph]), s.noise_wa_nm * f))
+            yield t, ph, f"{root}/trig/{tcell}", self.signer.payload(f"{root}/trig/{tcell}", msg), "trig_quake"
 
     def __iter__(self):
         streams = [self._hb(), self._false()]
@@ -703,6 +745,9 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
     t_prep = time.perf_counter()
     if plan is None:
         plan = await asyncio.to_thread(prepare, o)
+    if o.api and not plan.creds:
+        # the phones that will speak enrol first, as real ones would each morning
+        plan.creds = await asyncio.to_thread(enrol, o.api, await asyncio.to_thread(speakers, o, plan))
     prep_s = time.perf_counter() - t_prep
     target = MqttTarget(o.mqtt, o.connections, o.qos, o.client_prefix) if o.mqtt else NatsTarget(o.nats, o.connections, o.client_prefix)
     subs = Subscribers(o, plan.sub_topics) if plan.sub_topics else None

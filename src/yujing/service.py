@@ -49,6 +49,7 @@ from .bus.memory import MemoryBus
 from .engine import Engine
 from .records import Alert, Device, EventUpdate, Trigger
 from .rejects import Rejects
+from .security import Guard, GuardConfig, Issuer, local_issuer
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,13 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     k_anonymity: int = 10  # areas with fewer devices are not shown publicly
     max_devices: int = 5_000_000  # registry size bound: beyond it the oldest are forgotten
     recent_triggers: int = 2_000  # kept in memory for the dashboard
+    # device security (docs/security.md): a served network refuses unsigned messages; a
+    # development server may accept them (signed ones are still checked)
+    allow_unsigned: bool = False
+    rate_limits: bool = True  # per-credential and per-cell trigger limits
+    # where the credential master and the enrolled pseudonyms are kept across restarts
+    # ("" = in memory: every credential dies with the process)
+    credentials_file: str = ""
 
 
 #: A device's clock offset is the smallest (arrival - sent) it showed within this window
@@ -168,6 +176,7 @@ class Service:
         devices: dict[str, Device] | None = None,
         config: ServiceConfig | None = None,
         clock: Callable[[], float] = time.time,
+        issuer: Issuer | None = None,
     ):
         self.settings = settings or Settings()
         self.config = config or ServiceConfig()
@@ -179,6 +188,12 @@ class Service:
         self._listed = frozenset(devices or ())  # operator-listed fixed sensors
         self.policy = AlertPolicy(self.settings.alert)
         self.registry = Registry(self.config.max_devices)
+        c = self.config
+        if issuer is None:
+            issuer = Issuer.load(c.credentials_file) if c.credentials_file else local_issuer()
+        self.issuer = issuer
+        self.guard = Guard(issuer, GuardConfig(allow_unsigned=c.allow_unsigned, rate_limits=c.rate_limits,
+                                               max_credentials=c.max_devices))
         self.stats = Stats()
         self.started_s = clock()
         self._queue: deque = deque()
@@ -211,6 +226,9 @@ class Service:
         arr = self.now() if arrival_s is None else arrival_s
         try:
             msg = protocol.decode(topic, payload)
+            # signature, replay window and trigger rate limits, in arrival order: what is
+            # refused here never reaches the queue or the engine
+            self.guard.check(topic, payload, msg, arr)
         except protocol.ProtocolError as exc:
             self.rejects.add(exc.reason, f"topic {topic}", str(exc))
             return False
@@ -249,6 +267,8 @@ class Service:
             log.error("outputs not drained within %.0f s at shutdown (store down?): %s", drain_timeout_s, self.last_store_error)
         if self.store is not None:
             await self._flush_registry_async()
+        if self.config.credentials_file:
+            await asyncio.to_thread(self.issuer.save, self.config.credentials_file)
 
     async def _engine_loop(self) -> None:
         step = self.config.step_s
@@ -464,6 +484,35 @@ class Service:
         except Exception:
             self.registry.dirty |= dirty  # try again next time
             raise
+
+    # ------------------------------------------------------------------ data rights
+    def device_data(self, pseudonym: str) -> dict[str, Any]:
+        """What the service holds in memory under ``pseudonym``: its registry row, the
+        triggers kept for the dashboard, whether the engine lists it as a sensor."""
+        d = self.registry.devs.get(pseudonym)
+        row = None
+        if d is not None:
+            row = {"pseudonym": pseudonym, "cell": d.cell, "kind": d.kind, "first_seen_s": d.first_seen_s,
+                   "last_seen_s": d.last_seen_s, "raw_consent": bool(d.raw_consent)}
+        trigs = [msgspec.to_builtins(t) for t in self.recent_triggers if t.device_id == pseudonym]
+        return {"registry": row, "recent_triggers": trigs, "sensor": pseudonym in self.engine.devices}
+
+    def forget_device(self, pseudonym: str) -> dict[str, int]:
+        """Delete what the service holds in memory under ``pseudonym`` (the store's row is
+        the caller's); returns counts. Its replay window is kept: it is a number, and
+        without it the device's old messages could be replayed."""
+        n_reg = int(self.registry.devs.pop(pseudonym, None) is not None)
+        self.registry.dirty.discard(pseudonym)
+        kept = [t for t in self.recent_triggers if t.device_id != pseudonym]
+        n_trig = len(self.recent_triggers) - len(kept)
+        if n_trig:
+            self.recent_triggers.clear()
+            self.recent_triggers.extend(kept)
+        self.guard.forget(pseudonym)
+        # the engine's working state (a consented phone's picker stream, the presence of
+        # its heartbeats) is not touched: it is transient, and the engine is not this
+        # module's to reach into; docs/security.md says what remains and for how long
+        return {"registry": n_reg, "recent_triggers": n_trig}
 
     # ------------------------------------------------------------------ views
     def health(self) -> dict[str, Any]:

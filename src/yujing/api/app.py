@@ -28,6 +28,8 @@ route                                 role         what
 ``GET /api/ops/triggers``             operator     every recent trigger area, also lone ones (audited)
 ``GET /api/ops/devices/{pseudonym}``  operator     one device's registry row (audited)
 ``GET /api/ops/audit``                operator     the audit log, newest first (audited)
+``POST /api/enrol``                   public       enrol daily pseudonyms: their device credentials
+``POST /api/device/data``             public       a device exports or deletes its data (proof of key)
 ``GET /``                             public       the live map dashboard (static files)
 ====================================  ===========  ==================================================
 
@@ -63,6 +65,7 @@ from ..formats import alert_to_cap, events_to_geojson, events_to_quakeml, mmi_to
 from ..formats.cap import cap_identifier
 from ..records import Alert, EventUpdate
 from ..replay import iso, update_to_json
+from ..security import check_data_proof
 from .auth import PUBLIC, RANK, ApiLimits, Guard, KeyRing, Principal, TokenBuckets
 
 log = logging.getLogger(__name__)
@@ -78,6 +81,9 @@ RESEARCH_RES = 7
 RESEARCH_MIN_K = 10
 #: how far back the trigger maps look, s
 TRIGGER_WINDOW_S = 600.0
+#: pseudonyms per enrolment request (a gateway or the load generator enrols many at once;
+#: 2,000 hex pseudonyms are ~40 kB, under the default request-size limit)
+MAX_ENROL = 2_000
 
 #: (method, route) -> the weakest role that may call it. Every route of the app must be here
 #: (create_app refuses to build otherwise); docs/api.md shows the same table, and
@@ -97,6 +103,10 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/api/triggers"): "public",
     ("GET", "/api/stream"): "public",
     ("GET", "/"): "public",
+    # a device has no API key: enrolment is first come per pseudonym (docs/security.md), a
+    # data-rights request carries a proof made with the pseudonym's credential
+    ("POST", "/api/enrol"): "public",
+    ("POST", "/api/device/data"): "public",
     ("GET", "/api/research/network"): "researcher",
     # replays send real alerts to the real devices of an area
     ("POST", "/api/replay"): "operator",
@@ -197,6 +207,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
     app.add_middleware(Guard, keys=app.state.keys, limits=limits, buckets=app.state.buckets,
                        error=lambda status, message, headers: _err(status, message, headers=headers))
     trigger_areas = _TriggerAreas(service.recent_triggers)
+    used_proofs: dict[str, float] = {}  # data-rights proofs seen (replays of one are refused)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -490,6 +501,67 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             except Exception as exc:  # the replay is running; a lost record must not hide that
                 log.error("replay %s started by %s could not be audited: %s", target, principal(request).actor, exc)
         return info
+
+    # ------------------------------------------------------------------ devices: enrolment, data rights
+    class EnrolRequest(msgspec.Struct, forbid_unknown_fields=True):
+        pseudonyms: list[str]
+
+    @app.post("/api/enrol", summary="Enrol today's pseudonyms: one device credential each (first come)")
+    async def enrol(request: Request) -> dict:
+        try:
+            req = msgspec.json.decode(await request.body() or b"{}", type=EnrolRequest)
+        except msgspec.DecodeError as exc:
+            raise HTTPException(422, f"enrolment request: {exc}") from None
+        if not 1 <= len(req.pseudonyms) <= MAX_ENROL:
+            raise HTTPException(422, f"enrol 1 to {MAX_ENROL} pseudonyms per request")
+        now = service.clock()
+        creds, refused = [], []
+        for p in req.pseudonyms:
+            try:
+                c = service.issuer.enrol(p, now)
+            except ValueError as exc:
+                refused.append({"device": p if isinstance(p, str) else "", "reason": str(exc)})
+                continue
+            creds.append({"device": c.device, "key": c.key.hex()})
+        # the key travels once, in this response: serve the API over TLS (docs/security.md)
+        return {"kid": service.issuer.kid.hex(), "credentials": creds, "refused": refused}
+
+    class DataRequest(msgspec.Struct, forbid_unknown_fields=True):
+        device: str
+        action: str
+        t_s: float
+        proof: str
+
+    @app.post("/api/device/data", summary="A device exports or deletes what is held under its pseudonym")
+    async def device_data(request: Request) -> dict:
+        try:
+            req = msgspec.json.decode(await request.body() or b"{}", type=DataRequest)
+        except msgspec.DecodeError as exc:
+            raise HTTPException(422, f"data request: {exc}") from None
+        try:
+            check_data_proof(service.issuer, req.device, req.action, req.t_s, req.proof, service.clock(), used_proofs)
+        except ValueError as exc:
+            raise HTTPException(403, f"data request for {req.device!r}: {exc}") from None
+        if store is None:
+            raise HTTPException(503, "this server has no store, so the request could not be audited; try a server with one")
+        # audited before anything is read or deleted: no audit, no data (as for operators);
+        # the actor is the device itself, named by the pseudonym it proved
+        try:
+            await _db(store.audit, f"device:{req.device}", f"device_{req.action}", req.device,
+                      "data subject request (proof of key)", service.clock())
+        except Exception as exc:
+            raise HTTPException(503, f"the audit log could not be written ({type(exc).__name__}: {exc}); "
+                                     "try again when the store is back") from None
+        out: dict[str, Any] = {"device": req.device, "action": req.action}
+        if req.action == "export":
+            held = service.device_data(req.device)
+            held["stored"] = await _db(store.device, req.device)
+            out["data"] = held
+        else:
+            gone = service.forget_device(req.device)
+            gone["stored"] = int(await _db(store.delete_device, req.device))
+            out["deleted"] = gone
+        return out
 
     @app.get("/api/replay/sources", summary="What can be replayed: scenario keys and recordings")
     async def replay_sources() -> dict:

@@ -4,6 +4,13 @@
 into ``(arrival_s, topic, payload)`` tuples, in arrival order, exactly as phones would
 publish them over MQTT (:mod:`yujing.protocol`): the replay control of ``yujing serve`` and
 the load generator send these, and tests feed them to :meth:`yujing.service.Service.receive`.
+
+Every message is signed (:mod:`yujing.security`) with a credential of ``signer``'s issuer,
+by default this process's own (:func:`yujing.security.local_issuer`), which every
+:class:`~yujing.service.Service` of the process trusts: a replay started by the server's
+operator needs no enrolment round trip per simulated phone, and a service in another
+process refuses the messages (``unknown_credential``), as it should. The default signer is
+shared by the process's feeds (:func:`shared_signer`). ``signer=False`` sends them unsigned (for a development server that allows it).
 """
 
 from __future__ import annotations
@@ -18,24 +25,55 @@ import h3
 import msgspec
 
 from .. import protocol
+from ..security import Signer
 from ..device.features import AGENT_DECISION_LAG_S
 from ..records import Device, Trigger
 from ..rejects import Rejects
 from .simulator import Heartbeat, SimulatedNetwork
 
 
-def scenario_wire(net: SimulatedNetwork, heartbeats: bool = True, time_shift_s: float = 0.0) -> Iterator[tuple[float, str, bytes]]:
+def _wire_of(signer: Signer | None | bool):
+    """``(kind, msg) -> (topic, payload)``: signed by ``signer`` (None: a new one of this
+    process's issuer), or unsigned and numbered here (False)."""
+    if signer is False:
+        seq: dict[str, int] = {}
+
+        def plain(kind, msg):
+            n = seq[msg.device] = seq.get(msg.device, 0) + 1
+            return protocol.topic_for(kind, msg.cell), protocol.encode(msgspec.structs.replace(msg, seq=n))
+
+        return plain
+    return (signer or shared_signer()).wire
+
+
+_SHARED: Signer | None = None
+
+
+def shared_signer() -> Signer:
+    """The signer feeds use by default: one per process, so that a scenario replayed twice
+    into the same service (the same simulated pseudonyms) goes on numbering each phone's
+    messages instead of repeating ``seq``s the service refuses as replays. Bounded: beyond
+    a million phones it starts again (a replay of those into a service that saw them may
+    then be refused, counted as ``replayed``)."""
+    global _SHARED
+    if _SHARED is None or len(_SHARED.seq) > 1_000_000:
+        _SHARED = Signer()
+    return _SHARED
+
+
+def scenario_wire(net: SimulatedNetwork, heartbeats: bool = True, time_shift_s: float = 0.0,
+                  signer: Signer | None | bool = None) -> Iterator[tuple[float, str, bytes]]:
     """Every trigger (and heartbeat) message of ``net`` as wire bytes, arrival order.
     ``time_shift_s`` is added to every time (arrival and device clocks): a recorded or
-    simulated quake replayed into a live service happens now."""
-    seq: dict[str, int] = {}
+    simulated quake replayed into a live service happens now. ``signer``: see the module
+    docstring."""
+    wire = _wire_of(signer)
     cells: dict[tuple[float, float], str] = {}
     dt = time_shift_s
     for m in net.messages(heartbeats="each" if heartbeats else "none"):
-        n = seq[m.device_id] = seq.get(m.device_id, 0) + 1
         if isinstance(m, Heartbeat):
-            msg = protocol.HeartbeatMsg(device=m.device_id, cell=m.cell, sent_s=m.time_s + dt, ready=bool(m.ready), seq=n)
-            yield m.arrival_time_s + dt, protocol.topic_for("hb", m.cell), protocol.encode(msg)
+            msg = protocol.HeartbeatMsg(device=m.device_id, cell=m.cell, sent_s=m.time_s + dt, ready=bool(m.ready))
+            yield (m.arrival_time_s + dt, *wire("hb", msg))
             continue
         assert isinstance(m, Trigger)
         key = (m.latitude, m.longitude)
@@ -45,8 +83,8 @@ def scenario_wire(net: SimulatedNetwork, heartbeats: bool = True, time_shift_s: 
         # the device sends when its window has passed, on its own clock
         sent = m.onset_time_s + m.window_s + AGENT_DECISION_LAG_S
         shifted = msgspec.structs.replace(m, onset_time_s=m.onset_time_s + dt)
-        msg = protocol.from_trigger(shifted, cell, sent + dt, seq=n)
-        yield m.issued_at_s + dt, protocol.topic_for("trig", cell), protocol.encode(msg)
+        msg = protocol.from_trigger(shifted, cell, sent + dt)
+        yield (m.issued_at_s + dt, *wire("trig", msg))
 
 
 
@@ -56,31 +94,32 @@ def openeew_wire(
     time_shift_s: float = 0.0,
     start_s: float | None = None,
     rejects: Rejects | None = None,
+    signer: Signer | None | bool = None,
 ) -> Iterator[tuple[float, str, bytes]]:
     """A recorded OpenEEW event folder as fixed sensors would send it: a hello (kind
     ``sensor``, the device's resolution-7 cell) before each device's first packet, then
     its packets, in arrival order. Packets arriving before ``start_s`` (recording time)
-    are skipped. Times are shifted by ``time_shift_s``."""
+    are skipped. Times are shifted by ``time_shift_s``. ``signer`` as for
+    :func:`scenario_wire`."""
     from .openeew import iter_packets
 
     rejects = rejects if rejects is not None else Rejects()
     said: set[str] = set()
-    seq: dict[str, int] = {}
+    wire = _wire_of(signer)
     dt = time_shift_s
     for p in iter_packets(event_dir, devices, rejects):
         if start_s is not None and p.arrival_time_s < start_s:
             continue
         d = devices[p.device_id]
         cell = h3.latlng_to_cell(d.latitude, d.longitude, protocol.DEVICE_CELL_RES)
-        n = seq[p.device_id] = seq.get(p.device_id, 0) + 1
         if p.device_id not in said:
             said.add(p.device_id)
             hello = protocol.HelloMsg(device=p.device_id, cell=cell, sent_s=p.device_time_s + dt, kind="sensor",
                                       sample_rate_hz=p.sample_rate_hz, app="openeew-replay")
-            yield p.arrival_time_s + dt, protocol.topic_for("hello", cell), protocol.encode(hello)
+            yield (p.arrival_time_s + dt, *wire("hello", hello))
         msg = protocol.PacketMsg(device=p.device_id, cell=cell, device_time_s=p.device_time_s + dt,
-                                 sample_rate_hz=p.sample_rate_hz, x_gal=p.x_gal, y_gal=p.y_gal, z_gal=p.z_gal, seq=n)
-        yield p.arrival_time_s + dt, protocol.topic_for("pkt", cell), protocol.encode(msg)
+                                 sample_rate_hz=p.sample_rate_hz, x_gal=p.x_gal, y_gal=p.y_gal, z_gal=p.z_gal)
+        yield (p.arrival_time_s + dt, *wire("pkt", msg))
 
 
 Send = Callable[[str, bytes], Awaitable[None] | None]
