@@ -1,0 +1,200 @@
+"""Attacks on the live service (issue 12, "Device security"), on real service objects and
+message time (seeded, no timed assertions). Each prints its figure.
+
+(a) 1,000 fake devices, enrolled (their signatures pass), trigger together in one area;
+(b) a real quake's triggers replayed by enrolled fakes an hour later, 2 degrees east;
+(c) 100,000 garbage messages (random bytes, bad topics, bad signatures, replays) while a
+    real quake is replayed: the quake is still detected, every garbage message is counted.
+
+Where the engine alerts although it should not, the test is a strict xfail with the
+measured figure: the signature layer stops forgers and floods, but an attacker who enrols
+many credentials can only be stopped by the engine's physics and weighting (the
+association's defences, another part of issue 12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import h3
+import msgspec
+import numpy as np
+import pytest
+
+from yujing import protocol, scenarios
+from yujing.geo import distance_km
+from yujing.security import Issuer, Signer
+from yujing.service import ManualClock, Service, drive
+from yujing.sources.simulator import simulate
+from yujing.sources.wire_feed import scenario_wire
+
+PHONES = 20_000
+
+
+def _run(svc: Service, clock: ManualClock, msgs) -> Service:
+    async def go():
+        svc.seen_alerts = []
+        svc.bus.subscribe("yj.alert.>", lambda s, a: svc.seen_alerts.append(a), critical=True)
+        await svc.start()
+        drive(svc, clock, msgs)
+        await svc.stop()
+        return svc
+
+    return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def luding():
+    sc = scenarios.get("luding2022")
+    return sc, simulate(sc, PHONES, seed=3)
+
+
+def _devices_of(msgs) -> set[str]:
+    return {protocol.decode(t, p).device for _, t, p in msgs}
+
+
+def _fake_trigger(dev: str, cell: str, onset_s: float, pga_gal: float, update: int = 0, window_s: float = 1.5):
+    """A trigger message shaped like a real phone's near a M5-6 (amplitudes in the ranges
+    the simulator gives phones 20-50 km away)."""
+    w = 2.0 * np.pi * 2.0
+    return protocol.TriggerMsg(device=dev, cell=cell, sent_s=onset_s + window_s + 0.1, onset_s=onset_s,
+                               window_s=window_s + update, pga_gal=pga_gal, pgv_cm_s=pga_gal / w, pd_cm=pga_gal / w**2,
+                               tau_c_s=0.8, snr=30.0, update=update, noise_pd_cm=1e-4, noise_pga_gal=0.5,
+                               wa_horizontal_nm=pga_gal / w**2 * 1e7, wa_vertical_nm=pga_gal / w**2 * 1e7, noise_wa_nm=50.0)
+
+
+def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area():
+    """1,000 enrolled fakes (one credential each, so every signature verifies) in the 91
+    res-7 cells around one point (a ~12 km wide area), heartbeats for a minute, then one
+    synchronised onset each (within 0.2 s, amplitudes of a felt quake) and 5 updates."""
+    rng = np.random.default_rng(12)
+    iss = Issuer(bytes(range(32)))
+    clock = ManualClock()
+    svc = Service(clock=clock, issuer=iss)
+    sign = Signer(iss).wire
+    centre = h3.latlng_to_cell(30.0, 104.0, 7)
+    cells = sorted(h3.grid_disk(centre, 5))
+    t0 = 1_700_000_000.0
+    msgs = []
+    for i in range(1000):
+        dev, cell = f"fake{i:04d}", cells[i % len(cells)]
+        hb = protocol.HeartbeatMsg(device=dev, cell=cell, sent_s=t0 + rng.uniform(0, 60))
+        msgs.append((hb.sent_s + 0.1, *sign("hb", hb)))
+    onset = t0 + 120.0
+    for i in range(1000):
+        dev, cell = f"fake{i:04d}", cells[i % len(cells)]
+        on = onset + rng.uniform(0, 0.2)
+        pga = float(rng.lognormal(np.log(20.0), 0.5))
+        for u in range(6):
+            m = _fake_trigger(dev, cell, on, pga * (1 + u), update=u)
+            msgs.append((m.sent_s + 0.2, *sign("trig", m)))
+    msgs.sort(key=lambda m: m[0])
+    _run(svc, clock, msgs)
+    by = svc.rejects.by_reason()
+    alerts = len({a.alert_id for a in svc.seen_alerts})
+    print(f"\n(a) 1,000 enrolled fakes, synchronised, one area: {svc.stats.accepted['trig']} triggers accepted, "
+          f"rejects {by}, events {len(svc.latest)}, alerts caused: {alerts}")
+    # nothing was refused at the door: the signatures are good and each fake stays under
+    # its own and its cell's trigger limits
+    assert by == {}
+    # the engine refuses them (one area, no P move-out across it: 3fd0937's polygon test)
+    assert alerts == 0 and not svc.latest
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: the Luding quake's triggers replayed by enrolled fakes 1 h later, 190 km east cause 1 alert "
+    "(M6.8 from 110 devices). A replayed real quake is physically consistent and every message is validly "
+    "signed by its (enrolled) credential: only the engine can refuse it, by credential age/reputation "
+    "weighting, capped weight for new credentials, cross-checks with fixed sensors, or a bound on the "
+    "share of an event's devices enrolled recently (associate.py, engine owner)"))
+def test_b_a_real_quake_replayed_by_fakes_shifted_in_time_and_place(luding):
+    """The Luding quake's trigger messages, taken by an attacker who enrolled one credential
+    per phone that triggered, sent again one hour later and 2 degrees (~190 km) east:
+    physically a perfect earthquake that did not happen."""
+    sc, net = luding
+    iss = Issuer(bytes(range(1, 33)))
+    clock = ManualClock()
+    svc = Service(clock=clock, issuer=iss)
+    sign = Signer(iss).wire
+    dt, dlon = 3600.0, 2.0
+    moved: dict[str, str] = {}
+    msgs = []
+    for arr, topic, payload in scenario_wire(net, heartbeats=True, signer=False):
+        m = protocol.decode(topic, payload)
+        lat, lon = h3.cell_to_latlng(m.cell)
+        cell = moved.get(m.cell)
+        if cell is None:
+            cell = moved[m.cell] = h3.latlng_to_cell(lat, lon + dlon, protocol.DEVICE_CELL_RES)
+        dev = "x" + m.device[1:]  # the attacker's own (enrolled) pseudonym for the phone
+        if isinstance(m, protocol.TriggerMsg):
+            m2 = msgspec.structs.replace(m, device=dev, cell=cell, sent_s=m.sent_s + dt, onset_s=m.onset_s + dt, seq=0)
+            msgs.append((arr + dt, *sign("trig", m2)))
+        else:
+            m2 = msgspec.structs.replace(m, device=dev, cell=cell, sent_s=m.sent_s + dt, seq=0)
+            msgs.append((arr + dt, *sign("hb", m2)))
+    _run(svc, clock, msgs)
+    fake = [u for u in svc.latest.values() if not u.retracted]
+    alerts = len({a.alert_id for a in svc.seen_alerts})
+    print(f"\n(b) Luding replayed +1 h, +2 deg east by {len(_devices_of(msgs))} enrolled fakes: rejects "
+          f"{svc.rejects.by_reason()}, events {len(fake)} "
+          f"({', '.join(f'M{u.magnitude:.1f} n={u.n_devices}' for u in fake)}), alerts caused: {alerts}")
+    assert svc.rejects.total == 0  # every message passes the door: the engine is the defence
+    assert alerts == 0
+
+
+def test_c_a_flood_of_garbage_while_a_real_quake_is_replayed(luding):
+    """100,000 garbage messages among the Luding quake's: the quake is still detected and
+    alerted, nothing raises, and every garbage message is counted under a reason."""
+    sc, net = luding
+    rng = np.random.default_rng(7)
+    clock = ManualClock()
+    svc = Service(clock=clock)
+    real = list(scenario_wire(net))
+    t_lo, t_hi = real[0][0], real[-1][0]
+    cell = h3.latlng_to_cell(sc.latitude, sc.longitude, 7)
+    other = Signer(Issuer(bytes(32)))  # an attacker's own issuer: a key id the server does not know
+    garbage = []
+    kinds = {"random": 0, "bad_topic": 0, "forged": 0, "other_key": 0, "replay": 0, "unsigned": 0}
+    for i in range(100_000):
+        arr = float(rng.uniform(t_lo, t_hi))
+        k = i % 6
+        if k == 0:
+            garbage.append((arr, protocol.topic_for("trig", cell), rng.bytes(int(rng.integers(0, 300)))))
+            kinds["random"] += 1
+        elif k == 1:
+            topic = ["yj/v1/trig", "yj/v9/trig/x", "x/y/z/w", "yj/v1/boom/" + cell, "", "yj/v1/trig/" + cell + "/x"][(i // 6) % 6]
+            garbage.append((arr, topic, real[i % len(real)][2]))
+            kinds["bad_topic"] += 1
+        elif k == 2:  # a real message with one bit of its body flipped: the tag fails
+            _, t, p = real[int(rng.integers(len(real)))]
+            b = bytearray(p)
+            pos = int(rng.integers(len(b) - 16, len(b)))  # in the tag: still decodes
+            b[pos] ^= 1 << int(rng.integers(8))
+            garbage.append((arr, t, bytes(b)))
+            kinds["forged"] += 1
+        elif k == 3:
+            m = _fake_trigger(f"g{i}", cell, arr - 2.0, 50.0)
+            garbage.append((arr, *other.wire("trig", m)))
+            kinds["other_key"] += 1
+        elif k == 4:  # a real message sent again after the original
+            j = int(rng.integers(len(real)))
+            a, t, p = real[j]
+            garbage.append((max(arr, a + 0.001), t, p))
+            kinds["replay"] += 1
+        else:
+            m = _fake_trigger(f"u{i}", cell, arr - 2.0, 50.0)
+            garbage.append((arr, protocol.topic_for("trig", cell), protocol.encode(m)))
+            kinds["unsigned"] += 1
+    mixed = sorted(real + garbage, key=lambda m: m[0])
+    _run(svc, clock, mixed)
+    by = svc.rejects.by_reason()
+    found = [u for u in svc.latest.values() if not u.retracted
+             and distance_km(u.latitude, u.longitude, sc.latitude, sc.longitude) < 30 and abs(u.magnitude - sc.magnitude) < 0.7]
+    print(f"\n(c) {len(garbage):,} garbage messages ({kinds}) among {len(real):,} real: rejects {by}; "
+          f"quake found: {bool(found)}, alerts {len({a.alert_id for a in svc.seen_alerts})}")
+    assert svc.rejects.total == len(garbage), (svc.rejects.total, len(garbage), by)
+    assert "decode_error" not in by and "engine_error" not in by
+    assert by.get("unsigned") == kinds["unsigned"] and by.get("unknown_credential") == kinds["other_key"]
+    assert by.get("replayed", 0) + by.get("seq_too_old", 0) == kinds["replay"]
+    assert svc.stats.accepted["trig"] + svc.stats.accepted["hb"] == len(real)
+    assert found and svc.seen_alerts

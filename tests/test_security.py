@@ -1,0 +1,196 @@
+"""Device security at the service's door: signatures, replay window, rate limits,
+credentials across a restart, and a device's data-rights requests over the API."""
+
+from __future__ import annotations
+
+import asyncio
+
+import h3
+import httpx
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from yujing import protocol, security
+from yujing.security import Issuer, Signer, data_proof
+from yujing.service import ManualClock, Service, ServiceConfig
+
+CELL = h3.latlng_to_cell(29.6, 102.1, 7)
+
+
+def _hb(dev="p1", sent=1000.0):
+    return protocol.HeartbeatMsg(device=dev, cell=CELL, sent_s=sent)
+
+
+def _trig(dev="p1", onset=1000.0, update=0):
+    return protocol.TriggerMsg(device=dev, cell=CELL, sent_s=onset + 1.6, onset_s=onset, window_s=1.5, pga_gal=5.0,
+                               pgv_cm_s=0.1, pd_cm=0.01, update=update)
+
+
+@pytest.fixture
+def svc():
+    return Service(clock=ManualClock(1000.0), issuer=Issuer(bytes(range(32))))
+
+
+def test_signed_messages_pass_and_every_forgery_is_refused_by_reason(svc):
+    sign = Signer(svc.issuer)
+    topic, good = sign.wire("hb", _hb())
+    assert svc.receive(topic, good, 1000.0)
+    # the NATS spelling of the same topic verifies too (devices reach NATS over MQTT)
+    t2, p2 = sign.wire("hb", _hb())
+    assert svc.receive(t2.replace("/", "."), p2, 1000.1)
+    # a bit flipped anywhere in the body: the tag fails (or the body no longer decodes)
+    _, p3 = sign.wire("hb", _hb(sent=1001.0))
+    bad = bytearray(p3)
+    bad[len(bad) - 30] ^= 0x01
+    assert not svc.receive(topic, bytes(bad), 1001.0)
+    # moved to another kind's topic: the topic is under the tag
+    _, p4 = sign.wire("hello", protocol.HelloMsg(device="p1", cell=CELL, sent_s=1001.0))
+    assert not svc.receive(protocol.topic_for("consent", CELL), p4, 1001.0)
+    # signed by another server's issuer; unsigned; someone else's pseudonym with my key
+    _, p5 = Signer(Issuer(bytes(32))).wire("hb", _hb())
+    assert not svc.receive(topic, p5, 1001.0)
+    assert not svc.receive(topic, protocol.encode(_hb()), 1001.0)
+    mine = svc.issuer.credential("p1")
+    stolen = security.sign(security.Credential("p2", mine.key, mine.kid), topic, msgspec.structs.replace(_hb("p2"), seq=1))
+    assert not svc.receive(topic, stolen, 1001.0)
+    by = svc.rejects.by_reason()
+    assert by.pop("bad_signature") == 2 and by.pop("unknown_credential") == 1 and by.pop("unsigned") == 1
+    assert sum(by.values()) == 1, by  # the flipped bit: bad_signature, or a field that no longer decodes
+
+
+def test_replay_window_takes_reordered_messages_and_refuses_repeats_and_old_ones(svc):
+    sign = Signer(svc.issuer)
+    msgs = [sign.wire("hb", _hb(sent=1000.0 + i)) for i in range(400)]
+    assert svc.receive(*msgs[10], 1000.0)
+    assert all(svc.receive(*m, 1000.0) for m in msgs[:10])  # arrived late, within the window
+    assert not svc.receive(*msgs[5], 1000.0)  # again
+    assert svc.receive(*msgs[399], 1000.0)
+    assert not svc.receive(*msgs[100], 1000.0)  # 299 behind: older than the window (256)
+    assert svc.receive(*msgs[300], 1000.0)  # 99 behind: in the window, not seen
+    assert svc.rejects.by_reason() == {"replayed": 1, "seq_too_old": 1}
+
+
+def test_a_device_sending_hundreds_of_triggers_a_minute_is_throttled(svc):
+    sign = Signer(svc.issuer)
+    sent = ok = 0
+    # one onset and then 10 updates a second for 60 s: 601 trigger messages in a minute
+    for i in range(601):
+        t = 1000.0 + i * 0.1
+        ok += svc.receive(*sign.wire("trig", _trig(onset=1000.0, update=i)), t)
+        sent += 1
+    thr = svc.rejects.by_reason()["rate_limited_device"]
+    print(f"\n601 triggers in 60 s from one credential: {ok} passed, {thr} throttled")
+    assert ok + thr == sent and ok <= security.TRIGGER_BURST + 60 * security.TRIGGER_RATE_PER_S + 1
+    # a burst of new onsets from one credential: ONSET_BURST pass, and the updates of a
+    # refused onset are refused with it
+    svc2 = Service(clock=ManualClock(1000.0), issuer=svc.issuer)
+    sign2 = Signer(svc.issuer)
+    got = [svc2.receive(*sign2.wire("trig", _trig("q1", onset=2000.0 + k)), 2000.0 + k) for k in range(20)]
+    assert sum(got) == security.ONSET_BURST
+    assert not svc2.receive(*sign2.wire("trig", _trig("q1", onset=2019.0, update=1)), 2019.5)
+
+
+def test_onsets_per_cell_are_capped_and_counted(svc):
+    sign = Signer(svc.issuer)
+    got = [svc.receive(*sign.wire("trig", _trig(f"d{i}", onset=1000.0)), 1000.0) for i in range(1000)]
+    assert sum(got) == security.CELL_ONSET_BURST
+    assert svc.rejects.by_reason() == {"rate_limited_cell": 1000 - security.CELL_ONSET_BURST}
+
+
+def test_unsigned_messages_only_on_a_development_server():
+    cfg = ServiceConfig(allow_unsigned=True)
+    svc = Service(clock=ManualClock(1000.0), config=cfg, issuer=Issuer(bytes(range(32))))
+    assert svc.receive(protocol.topic_for("hb", CELL), protocol.encode(_hb()), 1000.0)
+    # a signed message is still checked
+    _, p = Signer(Issuer(bytes(32))).wire("hb", _hb())
+    assert not svc.receive(protocol.topic_for("hb", CELL), p, 1000.0)
+    assert ServiceConfig().allow_unsigned is False  # what `yujing serve` gets
+
+
+def test_credentials_survive_a_restart_through_the_credentials_file(tmp_path):
+    path = tmp_path / "creds"
+    cfg = ServiceConfig(credentials_file=str(path))
+
+    async def life(msgs_in, enrol=()):
+        svc = Service(clock=ManualClock(1000.0), config=cfg)
+        await svc.start()
+        for p in enrol:
+            svc.issuer.enrol(p, 1000.0)
+        ok = [svc.receive(t, p, 1000.0) for t, p in msgs_in(svc)]
+        await svc.stop()
+        return svc, ok
+
+    first, _ = asyncio.run(life(lambda s: [], enrol=["today1"]))
+    cred = first.issuer.credential("dev1")
+    msg = security.sign(cred, protocol.topic_for("hb", CELL), msgspec.structs.replace(_hb("dev1"), seq=1))
+    second, ok = asyncio.run(life(lambda s: [(protocol.topic_for("hb", CELL), msg)]))
+    assert ok == [True] and second.issuer.kid == first.issuer.kid
+    with pytest.raises(ValueError, match="enrolled already"):
+        second.issuer.enrol("today1", 1001.0)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sig=st.binary(max_size=40), seq=st.integers(-(2**63), 2**63 - 1), cut=st.integers(0, 40), flip=st.integers(0, 10_000))
+def test_fuzz_signature_fields_never_crash_the_door(sig, seq, cut, flip):
+    svc = Service(clock=ManualClock(1000.0), issuer=Issuer(bytes(range(32))))
+    topic = protocol.topic_for("trig", CELL)
+    good = Signer(svc.issuer).payload(topic, _trig())
+    raw = protocol.encode(msgspec.structs.replace(_trig(), sig=sig, seq=seq))
+    b = bytearray(good)
+    b[flip % len(b)] ^= 0xFF
+    for payload in (raw, good[: len(good) - cut], bytes(b)):
+        ok = svc.receive(topic, payload, 1000.0)
+        assert isinstance(ok, bool)
+    assert "decode_error" not in svc.rejects.by_reason()
+
+
+def test_a_device_exports_and_deletes_its_data_by_proving_its_key(tmp_path):
+    from yujing.api.app import create_app
+    from yujing.store import open_store
+
+    store = open_store("sqlite:///" + str(tmp_path / "s.db"))
+    clock = ManualClock(1000.0)
+    svc = Service(clock=clock, store=store, issuer=Issuer(bytes(range(32))))
+    app = create_app(svc)
+
+    async def go():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            r = await c.post("/api/enrol", json={"pseudonyms": ["day1", "day1b"]})
+            assert r.status_code == 200, r.text
+            creds = {x["device"]: security.Credential(x["device"], bytes.fromhex(x["key"]), bytes.fromhex(r.json()["kid"]))
+                     for x in r.json()["credentials"]}
+            again = await c.post("/api/enrol", json={"pseudonyms": ["day1"]})
+            assert again.json()["credentials"] == [] and "enrolled already" in again.json()["refused"][0]["reason"]
+            cred = creds["day1"]
+            sign = Signer(creds=creds)
+            hello = sign.wire("hello", protocol.HelloMsg(device="day1", cell=CELL, sent_s=1000.0))
+            assert svc.receive(*hello, 1000.0)
+            svc.process_queue()
+            await svc._flush_registry_async()
+
+            def req(action, proof_cred=cred, t=1000.0):
+                return {"device": "day1", "action": action, "t_s": t, "proof": data_proof(proof_cred, action, t)}
+
+            # someone without the key (another device's credential, a stale time) is refused
+            assert (await c.post("/api/device/data", json=req("export", creds["day1b"]))).status_code == 403
+            assert (await c.post("/api/device/data", json=req("export", t=100.0))).status_code == 403
+            r = await c.post("/api/device/data", json=req("export"))
+            assert r.status_code == 200, r.text
+            data = r.json()["data"]
+            assert data["registry"]["cell"] == CELL and data["stored"]["cell"] == CELL
+            # the same proof twice: refused (a captured request cannot be replayed)
+            assert (await c.post("/api/device/data", json=req("export"))).status_code == 403
+            r = await c.post("/api/device/data", json=req("delete", t=1001.0))
+            assert r.status_code == 200, r.text
+            assert r.json()["deleted"] == {"registry": 1, "recent_triggers": 0, "stored": 1}
+            assert store.device("day1") is None and "day1" not in svc.registry.devs
+            # its old messages stay refused: the replay window is kept
+            assert not svc.receive(*hello, 1002.0) and svc.rejects.by_reason() == {"replayed": 1}
+
+    asyncio.run(go())
+    log = store.audit_log(10)
+    acts = [(e["actor"], e["action"], e["target"]) for e in log]
+    assert ("device:day1", "device_export", "day1") in acts and ("device:day1", "device_delete", "day1") in acts
+    store.close()
