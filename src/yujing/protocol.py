@@ -78,7 +78,8 @@ class ProtocolError(ValueError):
 class TriggerMsg(msgspec.Struct, frozen=True, omit_defaults=True):
     """An onset (``update`` 0) or an amplitude update. Amplitudes as in
     :class:`yujing.records.Trigger`; ``seq`` counts the device's messages (for replay
-    protection); ``sig`` is reserved for the message signature."""
+    protection); ``sig``, the last field of every message, is its signature
+    (:mod:`yujing.security`: server key id + keyed-BLAKE2b tag)."""
 
     device: str
     cell: str
