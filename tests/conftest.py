@@ -1,18 +1,57 @@
-"""Shared fixtures: where the OpenEEW recordings are.
+"""Shared fixtures: where the OpenEEW recordings are, and the stores tests run on.
 
-Tests that need the recordings fail (never skip) when they are missing, so that a CI run
-without the data cannot pass by testing nothing.
+Tests that need the recordings, or the PostgreSQL server, fail (never skip) when they are
+missing, so that a CI run without them cannot pass by testing nothing.
+
+PostgreSQL tests get a fresh schema per test on the server at ``PG_URL`` (override with
+YUJING_TEST_POSTGRES_URL), dropped afterwards.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
+import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from yujing.sources.openeew import ENV_DATA_DIR, default_data_dir
+
+
+PG_URL = os.environ.get("YUJING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def pg_schema_url():
+    """A store URL of a fresh PostgreSQL schema (``search_path`` set in the URL), dropped
+    after the test."""
+    try:
+        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as e:
+        pytest.fail(
+            f"PostgreSQL not reachable at {PG_URL} ({str(e).strip()}); start it (the store "
+            f"tests need it) or set YUJING_TEST_POSTGRES_URL"
+        )
+    schema = f"yj_test_{uuid.uuid4().hex[:12]}"
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        sep = "&" if "?" in PG_URL else "?"
+        try:
+            yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request, tmp_path):
+    """Each test that takes it runs twice: on a SQLite file in tmp_path and on a fresh
+    PostgreSQL schema."""
+    if request.param == "sqlite":
+        return "sqlite:///" + str(tmp_path / "yujing.db")
+    return request.getfixturevalue("pg_schema_url")
 
 
 @pytest.fixture(scope="session")

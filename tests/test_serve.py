@@ -12,8 +12,6 @@ import uuid
 import xml.etree.ElementTree as ET
 
 import httpx
-import psycopg
-import pytest
 
 from yujing import protocol, scenarios, wire
 from yujing.bus.mqtt import MqttClient
@@ -22,23 +20,7 @@ from yujing.serve import ServeOptions, Server
 from yujing.service import ServiceConfig
 from yujing.store import open_store
 
-PG_URL = os.environ.get("YUJING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 LUDING = scenarios.get("luding2022")
-
-
-@pytest.fixture
-def pg_schema_url():
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        pytest.fail(f"PostgreSQL not reachable at {PG_URL} ({str(e).strip()}); start it or set YUJING_TEST_POSTGRES_URL")
-    schema = f"yj_serve_{uuid.uuid4().hex[:10]}"
-    admin.execute(f"CREATE SCHEMA {schema}")
-    try:
-        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        admin.execute(f"DROP SCHEMA {schema} CASCADE")
-        admin.close()
 
 
 async def _wait(pred, timeout_s: float, what: str):

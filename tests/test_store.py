@@ -1,18 +1,16 @@
 """The store, on both back ends: SQLite (a file in tmp_path) and PostgreSQL.
 
-PostgreSQL tests use a fresh schema per test on the server at ``PG_URL`` (override with
-YUJING_TEST_POSTGRES_URL) and drop it afterwards. When the server is unreachable they fail,
-never skip, so that a run without PostgreSQL cannot pass by testing half the store.
+PostgreSQL tests use a fresh schema per test (tests/conftest.py: ``store_url``). When the
+server is unreachable they fail, never skip, so that a run without PostgreSQL cannot pass
+by testing half the store.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import sqlite3
 import struct
 import threading
-import uuid
 
 import h3
 import msgspec
@@ -25,34 +23,16 @@ from yujing.store.backend import connect
 from yujing.store.migrations import STEPS, migrate
 from yujing.store.sql import Store
 
-PG_URL = os.environ.get("YUJING_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-
 # Deterministic places: cells around Oaxaca, Mexico.
 LAT, LON = 16.5, -98.5
 CELL7 = h3.latlng_to_cell(LAT, LON, 7)
 CELL5 = h3.cell_to_parent(CELL7, 5)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def url(request, tmp_path):
-    if request.param == "sqlite":
-        yield "sqlite:///" + str(tmp_path / "yujing.db")
-        return
-    try:
-        admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as e:
-        pytest.fail(
-            f"PostgreSQL not reachable at {PG_URL} ({str(e).strip()}); start it (the store "
-            f"tests need it) or set YUJING_TEST_POSTGRES_URL"
-        )
-    schema = f"yj_test_{uuid.uuid4().hex[:12]}"
-    with admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        sep = "&" if "?" in PG_URL else "?"
-        try:
-            yield f"{PG_URL}{sep}options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+@pytest.fixture
+def url(store_url):
+    # conftest.store_url: a SQLite file, then a fresh PostgreSQL schema
+    return store_url
 
 
 @pytest.fixture
@@ -131,13 +111,15 @@ def test_migration_steps_are_numbered_in_order():
 # -- events -------------------------------------------------------------------------------
 
 def test_updates_round_trip_and_event_follows_newest(store):
-    # Floats that do not print short, and device ids, must come back bit for bit.
+    # Floats that do not print short must come back bit for bit; device ids never come back
+    # (the store does not keep them: they would tie devices to the event for ever).
     v1 = update(version=1, latitude=0.1 + 0.2, magnitude=5.0 / 3, device_ids=("d1", "d2", "dé"))
     v2 = update(version=2, origin_time_s=1.7e9 + 0.25, depth_km=21.5, magnitude=6.1,
                 n_devices=9, horizontal_error_km=4.2, device_ids=("d1", "d2", "d3"))
     store.save_update(v2)  # out of order, as after a restart: the row still follows v2
     store.save_update(v1)
-    assert store.updates("yjA") == [v1, v2]
+    no_ids = [msgspec.structs.replace(v, device_ids=()) for v in (v1, v2)]
+    assert store.updates("yjA") == no_ids
     assert store.event("yjA") == {
         "event_id": "yjA", "version": 2, "first_issued_s": v1.issued_at_s,
         "last_issued_s": v2.issued_at_s, "origin_time_s": v2.origin_time_s, "latitude": LAT,
@@ -252,9 +234,56 @@ def test_devices_per_cell_is_k_anonymous(store):
 def test_purge_forgets_devices_not_seen_since(store):
     for i, t in enumerate((10.0, 20.0, 30.0)):
         store.note_device(f"p{i}", CELL7, "phone", t)
-    assert store.purge(before_s=25.0) == {"devices": 2}
+    assert store.purge(before_s=25.0, at_s=40.0) == {"devices": 2, "audit_subject_keys": 0}
     assert store.device("p0") is None and store.device("p2") is not None
-    assert store.purge(before_s=25.0) == {"devices": 0}
+    assert store.purge(before_s=25.0, at_s=41.0)["devices"] == 0
+    # each purge is in the audit log: who, when, the cut-off and counts; no pseudonym
+    rows = [r for r in store.audit_log() if r["action"] == "purge"]
+    assert [(r["actor"], r["at_s"], r["target"]) for r in rows] == [
+        ("system:retention", 41.0, "before 1970-01-01T00:00:25Z: devices=0, audit_subject_keys=0"),
+        ("system:retention", 40.0, "before 1970-01-01T00:00:25Z: devices=2, audit_subject_keys=0"),
+    ]
+    assert store.verify_audit() == (True, None)
+
+
+def test_a_purged_row_is_overwritten_in_the_sqlite_file(tmp_path):
+    # secure_delete: the retention purge must not leave the pseudonym in a free page
+    path = tmp_path / "y.db"
+    with open_store(f"sqlite:///{path}") as s:
+        s.note_device("canary0123456789", CELL7, "phone", 10.0)
+        s.purge(before_s=20.0, at_s=30.0)
+    for f in tmp_path.iterdir():  # the database and its WAL
+        assert b"canary0123456789" not in f.read_bytes(), f
+
+
+# -- audit log: no pseudonym in the clear -------------------------------------------------
+
+def test_audit_keeps_pseudonyms_only_as_keyed_tags(store, url):
+    p = "9f86d081884c7d65"  # shaped like a daily pseudonym (64 bits, hex)
+    store.audit("operator:ana", "read_device", p, f"ticket 7 about {p}", 3600.0 * 10 + 5)
+    store.audit(f"device:{p}", "device_export", p, "data subject request", 3600.0 * 10 + 9)
+    store.audit("operator:ana", "read_triggers", "res5 areas", "ticket 8", 3600.0 * 11)
+    store.audit("operator:bo", "read_thing", "x", "ticket 9", 3600.0 * 11 + 1, subjects=["x"])
+    dump = repr(raw(url, "SELECT * FROM audit_log"))
+    assert p not in dump
+    rows = {r["seq"]: r for r in store.audit_log()}
+    tag = rows[1]["target"]
+    assert tag.startswith("dev#") and len(tag) == 4 + 32
+    # one key per hour: the same pseudonym gets the same tag within it, everywhere in the row
+    assert rows[1]["purpose"] == f"ticket 7 about {tag}"
+    assert rows[2]["actor"] == f"device:{tag}" and rows[2]["target"] == tag
+    assert rows[3]["target"] == "res5 areas"  # not a device: kept as written
+    assert rows[4]["target"].startswith("dev#")  # the caller named it a subject
+    assert store.verify_audit() == (True, None)
+    # while the key lives, the rows about a pseudonym can be found from the pseudonym
+    assert [r["seq"] for r in store.audit_rows_about(p)] == [1, 2]
+    # the purge deletes a key once its whole hour is older than the cut-off; the rows stay
+    # (append-only, chain intact) but nobody can tell any more whom the tags named
+    got = store.purge(before_s=3600.0 * 11, at_s=3600.0 * 12)
+    assert got["audit_subject_keys"] == 1
+    assert store.audit_rows_about(p) == []
+    assert len(store.audit_log()) == 5 and store.verify_audit() == (True, None)
+    assert raw(url, "SELECT period FROM audit_subject_keys") == [(11,)]
 
 
 # -- audit log ----------------------------------------------------------------------------

@@ -136,6 +136,9 @@ class SqliteBackend(Backend):
             self._conn = sqlite3.connect(
                 path, timeout=SQLITE_BUSY_TIMEOUT_S, isolation_level=None, check_same_thread=False
             )
+            # secure_delete: a purged row is overwritten with zeros, not left readable in a
+            # free page of the file until SQLite happens to reuse it (retention means gone)
+            self._conn.execute("PRAGMA secure_delete=ON")
             if path != ":memory:":
                 # WAL: readers (the API) never wait for the writer (the engine), and a
                 # crash mid-write leaves the last commit intact.

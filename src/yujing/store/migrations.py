@@ -112,6 +112,17 @@ STEPS: tuple[Step, ...] = (
             created_at_s DOUBLE PRECISION NOT NULL,
             revoked_at_s DOUBLE PRECISION)""",
     )),
+    Step(5, "keys of the audit log's device tags (deleted by the retention purge)", common=(
+        # The audit log is append-only, so a pseudonym written into it would outlive the
+        # retention period. It holds a keyed tag instead (yujing.store.audit.subject_tag),
+        # under a key per hour of audit time (period = floor(at_s / 3600)); the purge
+        # deletes a key once its hour is older than the retention period, and from then
+        # on nobody can tell which pseudonym a tag stood for. Rows are never touched.
+        """CREATE TABLE audit_subject_keys (
+            period BIGINT PRIMARY KEY,
+            key TEXT NOT NULL,
+            created_at_s DOUBLE PRECISION NOT NULL)""",
+    )),
 )
 
 LATEST = STEPS[-1].version

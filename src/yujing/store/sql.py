@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import threading
+import time
+from datetime import datetime, timezone
 from typing import Any, Iterable
 
 import msgspec
@@ -58,9 +61,14 @@ _UPSERT_DEVICE = (
     + _newer("devices", "last_seen_s", ("cell", "kind", "raw_consent", "last_seen_s"), or_equal=True)
 )
 
-# Retention: (table, time column); purge(before_s) deletes rows whose time is older. New
-# rules (old audit rows after anchoring, old events) are added here.
-_RETENTION: tuple[tuple[str, str], ...] = (("devices", "last_seen_s"),)
+# Retention: (table, SQL expression of a row's time, UNIX s); purge(before_s) deletes rows
+# whose time is older. Devices go by when they were last heard; a tag key of the audit log
+# once its whole hour is past (its tags then name nobody). Events, alerts, the audit log's
+# rows and API keys are kept: they hold no device's data (docs/privacy.md).
+_RETENTION: tuple[tuple[str, str], ...] = (
+    ("devices", "last_seen_s"),
+    ("audit_subject_keys", f"(period + 1) * {_audit.SUBJECT_KEY_PERIOD_S}"),
+)
 
 _BOOL_COLUMNS = ("retracted", "raw_consent")
 
@@ -157,6 +165,11 @@ class Store:
         The event's row follows its newest version."""
         if not isinstance(u, EventUpdate):
             raise TypeError(f"save_update takes an EventUpdate, not {type(u).__name__}")
+        # The pseudonyms behind an update are the engine's working data: stored, they would
+        # tie devices to a place and time for as long as the event is kept (for ever). The
+        # service strips them already; the store refuses to be the place they leak to.
+        if u.device_ids:
+            u = msgspec.structs.replace(u, device_ids=())
         js = msgspec.json.encode(u).decode()
         with self._lock, self._db.transaction():
             cur = self._db.execute(
@@ -196,7 +209,7 @@ class Store:
         return _row(rows[0]) if rows else None
 
     def updates(self, event_id: str) -> list[EventUpdate]:
-        """All saved versions of an event, oldest first."""
+        """All saved versions of an event, oldest first (``device_ids`` empty: never kept)."""
         with self._lock:
             rows = self._db.query(
                 "SELECT json FROM event_updates WHERE event_id = ? ORDER BY version", (event_id,)
@@ -297,20 +310,68 @@ class Store:
 
     # -- audit log ------------------------------------------------------------------------
 
-    def audit(self, actor: str, action: str, target: str, purpose: str, at_s: float) -> str:
-        """Append an audit row; returns its hash (chain layout in :mod:`.audit`)."""
+    def audit(self, actor: str, action: str, target: str, purpose: str, at_s: float,
+              subjects: Iterable[str] | None = None) -> str:
+        """Append an audit row; returns its hash (chain layout in :mod:`.audit`).
+
+        ``subjects``: the device pseudonyms the row names. Each is stored as a keyed tag
+        (:func:`.audit.subject_tag`) wherever it occurs in actor, target or purpose, never in
+        the clear, because the log outlives the retention period. None: the built-in rule
+        (:func:`.audit.personal_subjects`: the target of a device read or data-rights
+        request, ``device:<pseudonym>`` actors)."""
         at_s = _audit.check_fields(at_s, actor=actor, action=action, target=target, purpose=purpose)
+        subjects = (_audit.personal_subjects(actor, action, target) if subjects is None
+                    else [s for s in subjects if s])
+        for s in subjects:
+            _audit.check_fields(at_s, subject=s)
         with self._lock, self._db.transaction():
-            self._db.lock_for_append("audit_log")
-            last = self._db.query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-            seq, prev = (last[0]["seq"] + 1, last[0]["hash"]) if last else (1, _audit.GENESIS_HASH)
-            h = _audit.row_hash(prev, seq, at_s, actor, action, target, purpose)
-            self._db.execute(
-                "INSERT INTO audit_log (seq, at_s, actor, action, target, purpose, prev_hash, hash) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (seq, at_s, actor, action, target, purpose, prev, h),
-            )
+            return self._append_audit(actor, action, target, purpose, at_s, subjects)
+
+    def _append_audit(self, actor: str, action: str, target: str, purpose: str, at_s: float,
+                      subjects: Iterable[str] = ()) -> str:
+        # inside a transaction: the chain's next row depends on the last, so appenders queue
+        self._db.lock_for_append("audit_log")
+        subjects = list(subjects)
+        if subjects:
+            key = self._subject_key(_audit.key_period(at_s), at_s)
+            actor, target, purpose = _audit.pseudonymise(
+                actor, target, purpose, {s: _audit.subject_tag(key, s) for s in subjects})
+        last = self._db.query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+        seq, prev = (last[0]["seq"] + 1, last[0]["hash"]) if last else (1, _audit.GENESIS_HASH)
+        h = _audit.row_hash(prev, seq, at_s, actor, action, target, purpose)
+        self._db.execute(
+            "INSERT INTO audit_log (seq, at_s, actor, action, target, purpose, prev_hash, hash) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (seq, at_s, actor, action, target, purpose, prev, h),
+        )
         return h
+
+    def _subject_key(self, period: int, at_s: float) -> str:
+        # under the audit append lock, so two workers cannot make two keys for one period
+        rows = self._db.query("SELECT key FROM audit_subject_keys WHERE period = ?", (period,))
+        if rows:
+            return rows[0]["key"]
+        key = secrets.token_hex(32)
+        self._db.execute(
+            "INSERT INTO audit_subject_keys (period, key, created_at_s) VALUES (?, ?, ?) "
+            "ON CONFLICT (period) DO NOTHING", (period, key, at_s))
+        return self._db.query("SELECT key FROM audit_subject_keys WHERE period = ?", (period,))[0]["key"]
+
+    def audit_rows_about(self, subject: str) -> list[dict]:
+        """The audit rows that name ``subject`` (a pseudonym), oldest first, found by
+        recomputing its tag under every key still kept: after the retention period the
+        keys are gone and so is the answer (for a data-subject request: who read my data)."""
+        with self._lock:
+            keys = self._db.query("SELECT period, key FROM audit_subject_keys ORDER BY period")
+            out = []
+            for k in keys:
+                tag = _audit.subject_tag(k["key"], subject)
+                p0 = k["period"] * _audit.SUBJECT_KEY_PERIOD_S
+                rows = self._db.query(
+                    "SELECT seq, at_s, actor, action, target, purpose, prev_hash, hash FROM audit_log "
+                    "WHERE at_s >= ? AND at_s < ? ORDER BY seq", (p0, p0 + _audit.SUBJECT_KEY_PERIOD_S))
+                out += [r for r in rows if any(tag in r[f] for f in ("actor", "target", "purpose"))]
+        return out
 
     def audit_log(self, limit: int = 100) -> list[dict]:
         """The newest ``limit`` audit rows, newest first."""
@@ -383,16 +444,29 @@ class Store:
 
     # -- retention ------------------------------------------------------------------------
 
-    def purge(self, before_s: float) -> dict[str, int]:
-        """Delete what the retention rules say is older than ``before_s``; returns the
-        number of rows deleted per table (today: devices last seen before ``before_s``)."""
+    def purge(self, before_s: float, at_s: float | None = None, actor: str = "system:retention",
+              purpose: str = "retention period", extra: dict[str, int] | None = None) -> dict[str, int]:
+        """Delete what the retention rules (``_RETENTION``) say is older than ``before_s``
+        (UNIX s): devices last heard before it, audit tag keys whose hour ended before it.
+        Returns rows deleted per table. The purge is recorded in the audit log in the same
+        transaction (``action`` ``purge``; the cut-off and the counts, never an id), at
+        ``at_s`` (default: now), so a purge that happened is never missing from the log.
+        ``extra``: counts of what the caller purged elsewhere (a service's memory), written
+        into the same audit row."""
         before_s = _time("before_s", before_s)
+        at_s = _time("at_s", time.time() if at_s is None else at_s)
         counts = {}
         with self._lock, self._db.transaction():
-            for table, column in _RETENTION:
+            for table, when in _RETENTION:
                 counts[table] = self._db.execute(
-                    f"DELETE FROM {table} WHERE {column} < ?", (before_s,)
+                    f"DELETE FROM {table} WHERE {when} <= ?" if table == "audit_subject_keys"
+                    else f"DELETE FROM {table} WHERE {when} < ?", (before_s,)
                 ).rowcount
+            cut = datetime.fromtimestamp(before_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            shown = {**counts, **{k: int(v) for k, v in (extra or {}).items()}}
+            target = f"before {cut}: " + ", ".join(f"{t}={n}" for t, n in shown.items())
+            self._append_audit(actor, "purge", target, purpose, _audit.check_fields(
+                at_s, actor=actor, purpose=purpose))
         return counts
 
 
