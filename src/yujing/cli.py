@@ -343,8 +343,11 @@ def _serve(args) -> int:
     from .serve import ServeOptions, run
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .retention import RetentionPolicy
+
     try:
         limits = ApiLimits(max_body_bytes=args.max_request_bytes, rate_per_s=args.rate_limit, burst=args.rate_burst)
+        retention = RetentionPolicy.from_days(args.retention_days, interval_s=args.purge_every_s)
     except ValueError as exc:
         print(f"yujing serve: {exc}", file=sys.stderr)
         return 2
@@ -361,6 +364,7 @@ def _serve(args) -> int:
         log_http=args.log_http,
         limits=limits,
         trusted_proxies=args.trusted_proxy,
+        retention=retention,
     )
 
     def ready(srv) -> None:
@@ -418,6 +422,37 @@ def _keys(args) -> int:
             print(f"revoked {args.name!r}; a running server stops taking it within seconds", file=sys.stderr)
     finally:
         store.close()
+    return 0
+
+
+def _purge(args) -> int:
+    import getpass
+    import time
+
+    from .retention import RetentionPolicy, purge
+    from .store import StoreError, open_store
+
+    try:
+        policy = RetentionPolicy.from_days(args.older_than)
+    except ValueError as exc:
+        print(f"yujing purge: --older-than: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = open_store(args.store)
+    except (ValueError, StoreError) as exc:
+        print(f"yujing purge: {exc}", file=sys.stderr)
+        return 2
+    try:
+        # the audit log names who purged: the account that ran this command
+        counts = purge(store, time.time(), policy, actor=f"cli:{getpass.getuser()}")
+    except StoreError as exc:
+        print(f"yujing purge: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        store.close()
+    cut = _iso(time.time() - policy.retention_s)
+    print(f"purged data not linked to an event, older than {args.older_than:g} days (before {cut}): "
+          + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
@@ -531,8 +566,30 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--trusted-proxy", metavar="ADDR[,ADDR...]",
                     help="reverse proxies whose X-Forwarded-For header names the client, for the rate limit "
                          "(default: none; the header is ignored)")
+    sv.add_argument("--retention-days", type=float, default=7.0, metavar="DAYS",
+                    help="keep data not linked to an event (device registry rows, by last heard) this many days "
+                         "(default 7); purged at start and every --purge-every-s, each purge in the audit log "
+                         "(docs/privacy.md)")
+    sv.add_argument("--purge-every-s", type=float, default=3600.0, metavar="S",
+                    help="seconds between two retention purges (default 3600)")
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     sv.set_defaults(func=_serve)
+
+    pg = sub.add_parser(
+        "purge",
+        help="delete data not linked to an event that is older than the retention period",
+        description=(
+            "Delete from the store what the retention rules say is too old: device registry rows not heard from "
+            "for --older-than days, and the audit log's keys for device tags older than that (the audit rows stay; "
+            "they no longer say which device they named). Events and alerts are kept. The purge, with its counts, "
+            "is written to the audit log. yujing serve does the same by itself every hour. See docs/privacy.md."
+        ),
+    )
+    pg.add_argument("--store", default="sqlite:///yujing.db", metavar="URL",
+                    help="the store yujing serve uses (default sqlite:///yujing.db)")
+    pg.add_argument("--older-than", type=float, default=7.0, metavar="DAYS",
+                    help="retention period, days (default 7; fractions allowed)")
+    pg.set_defaults(func=_purge)
 
     ks = sub.add_parser(
         "keys",

@@ -6,6 +6,10 @@ the live map on 127.0.0.1. Options switch each part to a real server:
 ``--mqtt tcp://host:port`` (any MQTT 3.1.1 broker: Mosquitto, NATS's MQTT listener),
 ``--store postgresql://...``, ``--bus nats://...`` (scale-out; see :mod:`yujing.bus.nats`).
 
+Retention (:mod:`yujing.retention`): the server purges what it holds about devices silent
+for longer than ``retention`` (default 7 days), in its store and in memory, once at start
+and then every ``retention.interval_s``; each purge is in the audit log.
+
 Access control (:mod:`yujing.api.auth`) also needs no configuration: on its first start
 with a store that has no operator key, the server makes one, writes it to
 ``<database>.operator-key`` (mode 0600) for a SQLite file, or prints it once otherwise.
@@ -27,6 +31,7 @@ from .bus.memory import MemoryBus
 from .bus.mqtt import MqttLink, parse_mqtt_url
 from .bus.mqtt_broker import EmbeddedBroker
 from .replay_live import LiveReplay
+from .retention import RetentionPolicy
 from .service import Service, ServiceConfig
 from .settings import Settings
 
@@ -52,18 +57,22 @@ class ServeOptions:
     # addresses of reverse proxies whose X-Forwarded-For names the client (comma-separated);
     # None: the header is ignored, else any local process could pick its own rate-limit bucket
     trusted_proxies: str | None = None
+    # how long data not linked to an event is kept, and how often the server purges it
+    retention: RetentionPolicy | None = None  # None: RetentionPolicy() (7 days, hourly)
 
 
 class Server:
     """All parts of the service, started and stopped in order. ``clock``: the service's
-    UNIX time; ``api_clock``: monotonic seconds of the API's rate limit and key cache.
+    UNIX time; ``api_clock``: monotonic seconds of the API's rate limit and key cache;
+    ``sleep``: how the retention purge waits ``retention.interval_s`` between rounds.
 
     After :meth:`start`, ``operator_key`` holds the operator key made on this start when it
     could not be written to a file (memory or PostgreSQL store), ``operator_key_file`` the
     file it was written to; both None when the store already had an operator key."""
 
-    def __init__(self, opts: ServeOptions, clock=time.time, api_clock=time.monotonic):
+    def __init__(self, opts: ServeOptions, clock=time.time, api_clock=time.monotonic, sleep=asyncio.sleep):
         self.opts = opts
+        self._sleep = sleep  # the purge loop's wait between rounds (tests pass their own)
         self.clock = clock
         self.api_clock = api_clock
         self.operator_key: str | None = None
@@ -79,6 +88,9 @@ class Server:
         self.http_port = 0
         self.mqtt_url = ""
         self.worker = None  # scale-out mode (--bus): the engine worker
+        self.retention = opts.retention or RetentionPolicy()
+        self.last_purge: dict[str, int] | None = None  # counts of the newest purge
+        self._purge_task: asyncio.Task | None = None
 
     async def start(self) -> None:
         from .store import open_store
@@ -101,7 +113,39 @@ class Server:
         self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker)
         await self.link.start()
         self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir) if o.replay else None
+        await self._start_retention()
         await self._start_http()
+
+    async def _start_retention(self) -> None:
+        # The first purge runs before the server takes requests: a store left alone for
+        # weeks is cleaned before anyone reads it. Then one every interval.
+        await self.purge_once()
+        self._purge_task = asyncio.get_running_loop().create_task(self._purge_loop(), name="retention")
+
+    async def purge_once(self) -> dict[str, int]:
+        """Purge now (server clock): the service's memory, in this loop's thread where the
+        engine changes it, then the store in a worker thread. Returns the counts."""
+        from .retention import purge_memory
+
+        now = self.clock()
+        policy = self.retention
+        mem = purge_memory(self.service, policy.cutoff(now)) if self.service is not None else {}
+        counts = await asyncio.to_thread(
+            self.store.purge, policy.cutoff(now), at_s=now, purpose=policy.label(), extra=mem)
+        self.last_purge = {**mem, **counts}
+        if any(self.last_purge.values()):
+            log.info("retention purge (%s): %s", policy.label(), self.last_purge)
+        return self.last_purge
+
+    async def _purge_loop(self) -> None:
+        while True:
+            await self._sleep(self.retention.interval_s)
+            try:
+                await self.purge_once()
+            except Exception as exc:
+                # a database outage must not stop the server; the next round tries again
+                log.error("retention purge failed (%s: %s); retrying in %.0f s", type(exc).__name__, exc,
+                          self.retention.interval_s)
 
     async def _start_worker(self) -> None:
         """``--bus nats://...``: this process is one engine worker of the scale-out
@@ -127,6 +171,7 @@ class Server:
         self.service = self.worker.main_service
         self.link = self.worker.link
         self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir) if o.replay else None
+        await self._start_retention()
         await self._start_http()
 
     async def _start_http(self) -> None:
@@ -176,6 +221,9 @@ class Server:
             self.app.state.closing.set()  # live streams end, so the HTTP server can stop
             self._uvicorn.should_exit = True
             await asyncio.gather(self._http_task, return_exceptions=True)
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            await asyncio.gather(self._purge_task, return_exceptions=True)
         if self.replay is not None and self.replay.task is not None:
             self.replay.task.cancel()
         if self.worker is not None:
