@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import signal
 import time
 from dataclasses import dataclass
@@ -188,6 +189,10 @@ class Server:
                              access_log=self.opts.log_http, lifespan="off", timeout_graceful_shutdown=3,
                              proxy_headers=self.opts.trusted_proxies is not None,
                              forwarded_allow_ips=self.opts.trusted_proxies or "")
+        # after uvicorn.Config, which (re)configures uvicorn's loggers
+        access = logging.getLogger("uvicorn.access")
+        if _REDACTOR not in access.filters:
+            access.addFilter(_REDACTOR)
         self._uvicorn = uvicorn.Server(cfg)
         # serve() would install its own signal handlers; run() owns the signals
         self._uvicorn.install_signal_handlers = lambda: None  # type: ignore[method-assign]
@@ -239,6 +244,28 @@ class Server:
             await self.broker.stop()
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+
+
+_DEVICE_PATH = re.compile(r"(/api/ops/devices/)[^/?]+")
+
+
+class _AccessLogRedactor(logging.Filter):
+    """Keeps personal data out of the HTTP access log (``--log-http``), which the operator's
+    log rotation keeps, not the retention purge: the pseudonym in an operator's device read
+    (``/api/ops/devices/<pseudonym>``) and every query string (``purpose`` is free text).
+    The audit log has both, the pseudonym as a tag that dies with the retention period."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn.access: (client address, method, path with query, HTTP version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            path, _, query = args[2].partition("?")
+            path = _DEVICE_PATH.sub(r"\1<pseudonym>", path) + ("?<query>" if query else "")
+            record.args = (args[0], args[1], path, args[3], args[4])
+        return True
+
+
+_REDACTOR = _AccessLogRedactor()
 
 
 def _sqlite_file(url: str) -> Path | None:
