@@ -43,6 +43,10 @@ MAG_STEP = 0.1
 #: events with at least this many P picks are refreshed once per engine step rather than
 #: at every trigger and amplitude update (a quake felt by thousands of phones)
 BATCH_PICKS = 25
+#: events with at least this many P picks are relocated at most every RELOCATE_LARGE_S
+#: (or when their picks grew by a quarter): see Associator._relocation_due
+RELOCATE_LARGE_PICKS = 100
+RELOCATE_LARGE_S = 1.0
 #: picks used to locate a large event: the earliest half and an even spread of the rest
 MAX_LOCATE_PICKS = 40
 #: triggers tried together for a new event (the seed's nearest consistent ones), and
@@ -154,6 +158,8 @@ class Event:
     closed: bool = False
     dirty_location: bool = False
     dirty: bool = False  # waits for the end of the engine step
+    located_s: float = -math.inf  # engine time of the last relocation
+    located_picks: int = 0  # P picks it used
     next_check_s: float = 0.0
 
 
@@ -684,10 +690,25 @@ class Associator:
         ev.dirty = True
         return []
 
+    @staticmethod
+    def _relocation_due(ev: Event, now_s: float) -> bool:
+        """A large event (hundreds of picks: its epicentre moves by a few km at most as the
+        wave front adds picks) is relocated once per ``RELOCATE_LARGE_S`` or when its picks
+        grew by a quarter, not at every engine step; its magnitude still follows every
+        step. A relocation costs milliseconds to tens of them on a large network, and each
+        step's work is on the alert path."""
+        if len(ev.picks) < RELOCATE_LARGE_PICKS:
+            return True
+        return now_s - ev.located_s >= RELOCATE_LARGE_S or len(ev.picks) >= 1.25 * ev.located_picks
+
     def _refresh(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:
         ev.dirty = False
         if ev.dirty_location:
-            self._relocate(ev, now_s)
+            if self._relocation_due(ev, now_s):
+                self._relocate(ev, now_s)
+                ev.located_s, ev.located_picks = now_s, len(ev.picks)
+            else:
+                ev.dirty = True  # relocated at a later step
         self._magnitude(ev, now_s)
         return self._maybe_issue(ev, now_s, force)
 

@@ -160,6 +160,13 @@ def _silent_violations(lat, lon, rows, epi, as_s, ot, silent, silent_seen_s, s: 
     return viol
 
 
+def _search_centre(plat, plon, pt) -> tuple[float, float]:
+    """Default search centre: the first three picks' places, the earliest weighted most."""
+    first = np.argsort(pt)[: min(3, len(pt))]
+    w = 1.0 / (1.0 + (pt[first] - pt[first].min()))
+    return float(np.average(plat[first], weights=w)), float(np.average(plon[first], weights=w))
+
+
 def locate(
     picks_lat,
     picks_lon,
@@ -191,9 +198,7 @@ def locate(
     slon = np.asarray(silent_lon, dtype=float)
     seen = np.full(len(slat), now_s) if silent_seen_s is None else np.asarray(silent_seen_s, dtype=float)
     if center is None:
-        first = np.argsort(pt)[: min(3, len(pt))]
-        w = 1.0 / (1.0 + (pt[first] - pt[first].min()))
-        center = (float(np.average(plat[first], weights=w)), float(np.average(plon[first], weights=w)))
+        center = _search_centre(plat, plon, pt)
     if len(slat) > MAX_SILENT:
         near = np.argsort(distance_km(center[0], center[1], slat, slon))[:MAX_SILENT]
         slat, slon, seen = slat[near], slon[near], seen[near]
