@@ -2,12 +2,18 @@
 
 The issue's target: >= 200,000 triggers/s on one core in-process (decode + associate).
 A quake's triggers are what must be absorbed fast (thousands of phones within seconds),
-so the input is a simulated quake's trigger messages as wire bytes (every onset and
-amplitude update of ``--phones`` phones, false triggers included; no heartbeats, which
-are not triggers), fed through :func:`yujing.service.drive`: the live service's code path
-(protocol decode, clock correction, registry, engine, timer) on message time. The alert
-policy is switched off for this figure (it runs per event update, not per trigger) and
-timed separately.
+so the input is a simulated quake's messages as wire bytes, as the devices send them:
+every onset and amplitude update of ``--phones`` phones, false triggers included, and the
+phones' heartbeats (without them the engine cannot tell which phones stayed quiet, so it
+cannot tell the quake from chance groups of false triggers: timed on triggers alone it
+missed Luding and announced four false events, which is not a workload worth timing).
+They are fed through :func:`yujing.service.drive`: the live service's code path
+(protocol decode, clock correction, registry, engine, timer) on message time. The
+figure is trigger messages per second of the whole run, the heartbeats' handling
+included (conservative), and it counts only when the run found the quake (within 25 km
+and 0.5 magnitude units); false events are reported beside it. The alert policy is
+switched off for this figure (it runs per event update, not per trigger) and timed
+separately.
 
 Same-run references, on the same messages: ``msgspec`` decoding alone (the least any
 implementation has to do with the bytes) and :func:`yujing.protocol.decode` (decode plus
@@ -43,11 +49,18 @@ def main() -> int:
     from yujing import protocol, scenarios
     from yujing.service import ManualClock, Service, drive
     from yujing.sources.simulator import simulate
+    from yujing.alerting import AlertPolicy
+    from yujing.geo import distance_km
     from yujing.sources.wire_feed import scenario_wire
 
-    net = simulate(scenarios.get(args.scenario), args.phones, seed=args.seed)
-    msgs = list(scenario_wire(net, heartbeats=False))
+    sc = scenarios.get(args.scenario)
+    net = simulate(sc, args.phones, seed=args.seed)
+    # the stream as devices send it: triggers and the heartbeats that tell the engine which
+    # phones are alive and quiet (without them it cannot tell a quake from chance
+    # groups of false triggers, and the figure would time a different workload)
+    msgs = list(scenario_wire(net, heartbeats=True))
     n = len(msgs)
+    n_trig = sum(1 for _, topic, _ in msgs if "/trig/" in topic)
     raw = msgspec.msgpack.Decoder()
     rows = []
     for rep in range(args.repeats):
@@ -61,10 +74,12 @@ def main() -> int:
         t_dec = time.perf_counter() - t
 
         clock = ManualClock()
+        ups = []
 
         async def run():
             svc = Service(clock=clock)
             svc.policy.on_update = lambda u: []  # per update, not per trigger: timed below
+            svc.bus.subscribe("yj.event.>", lambda s, u: ups.append(u), critical=True)
             await svc.start()
             t0 = time.perf_counter()
             drive(svc, clock, msgs)
@@ -74,20 +89,15 @@ def main() -> int:
 
         svc, t_svc = asyncio.run(run())
         assert svc.rejects.total == 0, svc.rejects.by_reason()
-        # the alert policy over the same run's updates, for scale
-        from yujing.alerting import AlertPolicy
-
-        ups = []
-        clock2 = ManualClock()
-
-        async def run_updates():
-            s2 = Service(clock=clock2)
-            s2.bus.subscribe("yj.event.>", lambda s, u: ups.append(u), critical=True)
-            await s2.start()
-            drive(s2, clock2, msgs)
-            await s2.stop()
-
-        asyncio.run(run_updates())
+        # the figure counts only if the engine did its job on the stream it was timed on
+        latest = {}
+        for u in ups:
+            latest[u.event_id] = u
+        live = [u for u in latest.values() if not u.retracted]
+        best_ev = min(live, key=lambda u: float(distance_km(u.latitude, u.longitude, sc.latitude, sc.longitude)), default=None)
+        err_km = float(distance_km(best_ev.latitude, best_ev.longitude, sc.latitude, sc.longitude)) if best_ev else float("nan")
+        err_m = best_ev.magnitude - sc.magnitude if best_ev else float("nan")
+        found = best_ev is not None and err_km <= 25.0 and abs(err_m) <= 0.5
         pol = AlertPolicy()
         t = time.perf_counter()
         n_alerts = sum(len(pol.on_update(u)) for u in ups)
@@ -95,22 +105,33 @@ def main() -> int:
         row = {
             "repeat": rep + 1,
             "messages": n,
+            "trigger_messages": n_trig,
             "msgspec_per_s": n / t_raw,
             "protocol_decode_per_s": n / t_dec,
-            "decode_associate_per_s": n / t_svc,
+            "messages_per_s": n / t_svc,
+            "decode_associate_per_s": n_trig / t_svc,
             "ratio_to_msgspec": t_svc / t_raw,
+            "events": len(latest),
+            "false_events": len(latest) - (1 if found else 0),
+            "quake_found": found,
+            "epicentre_error_km": err_km,
+            "magnitude_error": err_m,
             "updates": len(ups),
             "alerts": n_alerts,
             "policy_ms_per_update": 1000 * t_pol / max(1, len(ups)),
         }
         rows.append(row)
         print(
-            f"repeat {rep + 1}: {n:,} trigger messages; msgspec {row['msgspec_per_s']:,.0f}/s, "
-            f"protocol.decode {row['protocol_decode_per_s']:,.0f}/s, decode+associate {row['decode_associate_per_s']:,.0f}/s "
-            f"({row['ratio_to_msgspec']:.0f}x msgspec); policy {row['policy_ms_per_update']:.1f} ms/update over {len(ups)} updates"
+            f"repeat {rep + 1}: {n:,} messages ({n_trig:,} triggers); msgspec {row['msgspec_per_s']:,.0f}/s, "
+            f"protocol.decode {row['protocol_decode_per_s']:,.0f}/s, service {row['messages_per_s']:,.0f} messages/s = "
+            f"{row['decode_associate_per_s']:,.0f} triggers/s ({row['ratio_to_msgspec']:.0f}x msgspec); "
+            f"quake {'found' if found else 'MISSED'} ({err_km:.1f} km, M{err_m:+.2f}), {row['false_events']} other events; "
+            f"policy {row['policy_ms_per_update']:.1f} ms/update over {len(ups)} updates"
         )
-    best = max(r["decode_associate_per_s"] for r in rows)
-    verdict = "PASS" if best >= TARGET_PER_S else "MISS"
+        if not found:
+            print("  the engine missed the quake on this stream: its speed on it is not a valid figure")
+    best = max((r["decode_associate_per_s"] for r in rows if r["quake_found"]), default=float("nan"))
+    verdict = "PASS" if best >= TARGET_PER_S else "MISS"  # (NaN, no valid run: MISS)
     print(f"{verdict}: best decode+associate {best:,.0f} triggers/s (target >= {TARGET_PER_S:,})")
     if args.json:
         with open(args.json, "w") as f:

@@ -39,8 +39,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _metrics(api: str) -> dict:
-    text = urllib.request.urlopen(f"{api}/metrics", timeout=10).read().decode()
+def _metrics(api: str, key: str) -> dict:
+    req = urllib.request.Request(f"{api}/metrics", headers={"Authorization": f"Bearer {key}"})
+    text = urllib.request.urlopen(req, timeout=10).read().decode()
     out = {}
     for line in text.splitlines():
         m = re.match(r'^(yujing_[a-z_]+)(\{[^}]*\})? ([-0-9.eE+naN]+)$', line)
@@ -68,14 +69,17 @@ def run_case(name: str, load_args: list[str], duration_s: float) -> dict:
                     raise RuntimeError(f"yujing serve did not start: {srv.stdout.read() if srv.poll() is not None else 'timeout'}")
                 time.sleep(0.2)
         report = os.path.join(tmp, "load.json")
+        # /metrics is for operators: serve wrote its first operator key beside the database
+        key_file = os.path.join(tmp, "b.db.operator-key")
         cmd = [sys.executable, "-m", "yujing.load", "--mqtt", f"tcp://127.0.0.1:{mqtt}", "--duration-s", str(duration_s),
-               "--api", api, "--json", report, "--quiet"] + load_args
+               "--api", api, "--api-key-file", key_file, "--json", report, "--quiet"] + load_args
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 300)
         if r.returncode != 0:
             srv.terminate()
             raise RuntimeError(f"yujing load failed: {r.stderr[-2000:]}")
         time.sleep(2)
-        m = _metrics(api)
+        with open(key_file) as f:
+            m = _metrics(api, f.read().strip())
         health = json.loads(urllib.request.urlopen(f"{api}/health", timeout=10).read())
         with open(report) as f:
             load = json.load(f)
