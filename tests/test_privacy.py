@@ -580,10 +580,6 @@ def test_consent_withdrawn_stops_raw_packets_and_is_recorded():
     assert svc.registry.devs["ph1"].raw_consent is False and "ph1" in svc.registry.dirty  # flushed to the store next
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "service.py: consent given later with a ConsentMsg (after a hello without it) only sets the registry flag; the "
-    "phone is never added to the engine's streaming devices (only a hello does that), so its packets stay refused "
-    "as unknown_device. Fix in Service._one: on ConsentMsg(raw_consent=True) add the device as the hello branch does"))
 def test_consent_given_later_opens_raw_uploads():
     svc, cell, sign, pkt = _consent_service()
     svc.receive(*sign("hello", protocol.HelloMsg(device="ph1", cell=cell, sent_s=1000.0)), 1000.0)

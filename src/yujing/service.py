@@ -368,13 +368,22 @@ class Service:
             reg.seen(msg.device, msg.cell, arr, kind=msg.kind, raw_consent=msg.raw_consent).clock_offset(msg.sent_s, arr)
             self.stats.accepted["hello"] += 1
             if msg.kind == "sensor" or msg.raw_consent:
-                known = self.engine.devices.get(msg.device)
-                if known is None or not _within_cell(known, msg.cell):
-                    lat, lon = protocol.cell_centre(msg.cell)
-                    self.engine.add_device(Device(msg.device, lat, lon))
+                self._admit_streamer(msg.device, msg.cell)
         elif kind is protocol.ConsentMsg:
             reg.seen(msg.device, msg.cell, arr, raw_consent=msg.raw_consent)
             self.stats.accepted["consent"] += 1
+            if msg.raw_consent:
+                # consent given after the hello opens the gate as a hello with consent
+                # would; a withdrawal closes it at the consent check on each packet
+                self._admit_streamer(msg.device, msg.cell)
+
+    def _admit_streamer(self, device: str, cell: str) -> None:
+        """Put a device that may stream raw packets in the engine's table (at its cell's
+        centre: the engine never learns a finer position)."""
+        known = self.engine.devices.get(device)
+        if known is None or not _within_cell(known, cell):
+            lat, lon = protocol.cell_centre(cell)
+            self.engine.add_device(Device(device, lat, lon))
 
     def _note_region(self, cell: str) -> None:
         """The first message from a resolution-2 region (~86,000 km^2) has the alert
