@@ -11,6 +11,7 @@ import time
 import uuid
 import xml.etree.ElementTree as ET
 
+import h3
 import httpx
 
 from yujing import protocol, scenarios, wire
@@ -247,3 +248,46 @@ def test_replay_can_be_switched_off():
             await srv.stop()
 
     asyncio.run(go())
+
+
+def test_serve_keeps_device_credentials_beside_its_database(tmp_path):
+    """A restart of ``yujing serve`` on the same SQLite file keeps the devices' credentials
+    (<database>.credentials, mode 0600): an enrolled phone's signed messages pass after it,
+    and its pseudonym cannot be enrolled again by someone else. Unsigned messages are
+    refused unless the server runs with --allow-unsigned."""
+    from yujing import security
+    from yujing.security import Signer
+
+    db = tmp_path / "y.db"
+    cell = h3.latlng_to_cell(29.75, 102.25, 7)
+
+    async def life(enrol: bool, allow_unsigned: bool = False):
+        srv = Server(ServeOptions(port=0, mqtt_port=0, store=f"sqlite:///{db}", allow_unsigned=allow_unsigned))
+        await srv.start()
+        try:
+            svc = srv.service
+            assert svc.config.credentials_file == str(db) + ".credentials"
+            assert svc.config.allow_unsigned is allow_unsigned
+            async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
+                r = await api.post("/api/enrol", json={"pseudonyms": ["ph-today"]})
+                assert r.status_code == 200, r.text
+                body = r.json()
+            hb = protocol.HeartbeatMsg(device="ph-today", cell=cell, sent_s=svc.clock(), seq=1 if enrol else 2)
+            unsigned = protocol.encode(protocol.HeartbeatMsg(device="ph-other", cell=cell, sent_s=svc.clock()))
+            return body, svc.issuer.kid, svc.receive(protocol.topic_for("hb", cell), unsigned, svc.clock()), svc
+        finally:
+            await srv.stop()
+
+    first, kid1, unsigned_ok, _ = asyncio.run(life(enrol=True))
+    assert first["credentials"] and not first["refused"] and not unsigned_ok
+    path = tmp_path / "y.db.credentials"
+    assert path.exists() and (path.stat().st_mode & 0o777) == 0o600
+    second, kid2, unsigned_ok2, svc2 = asyncio.run(life(enrol=False, allow_unsigned=True))
+    assert kid2 == kid1, "the signing master changed across the restart"
+    assert second["refused"] and not second["credentials"], "a pseudonym enrolled before the restart was enrolled again"
+    assert unsigned_ok2, "--allow-unsigned did not open the door to unsigned messages"
+    # the phone's credential from the first life still signs for it
+    cred = svc2.issuer.credential("ph-today")
+    msg = security.sign(cred, protocol.topic_for("hb", cell),
+                        protocol.HeartbeatMsg(device="ph-today", cell=cell, sent_s=svc2.clock(), seq=5))
+    assert svc2.receive(protocol.topic_for("hb", cell), msg, svc2.clock()), svc2.rejects.by_reason()

@@ -365,12 +365,19 @@ def _serve(args) -> int:
         limits=limits,
         trusted_proxies=args.trusted_proxy,
         retention=retention,
+        credentials_file=Path(args.credentials_file) if args.credentials_file else None,
+        allow_unsigned=args.allow_unsigned,
     )
 
     def ready(srv) -> None:
         where = "embedded" if srv.broker is not None else "external"
         print(f"yujing serve: dashboard and API at {srv.http_url}/  (OpenAPI: {srv.http_url}/docs)", flush=True)
         print(f"  devices: MQTT ({where}) at {srv.mqtt_url}, topics {srv.mqtt_topics}", flush=True)
+        cfg = srv.service_config()
+        sign = ("unsigned messages ACCEPTED (--allow-unsigned)" if cfg.allow_unsigned
+                else "signed messages only (enrol: POST /api/enrol)")
+        where_creds = cfg.credentials_file or "memory only (devices enrol again after a restart)"
+        print(f"  device messages: {sign}; credentials: {where_creds}", flush=True)
         print(f"  store: {srv.store_label}; stop with Ctrl-C", flush=True)
         if srv.operator_key_file is not None:
             print(f"  operator key (first start) written to {srv.operator_key_file} (mode 0600); for the replay "
@@ -572,6 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "(docs/privacy.md)")
     sv.add_argument("--purge-every-s", type=float, default=3600.0, metavar="S",
                     help="seconds between two retention purges (default 3600)")
+    sv.add_argument("--credentials-file", metavar="PATH",
+                    help="where the device credentials (signing master, enrolled pseudonyms) are kept across restarts "
+                         "(default: <database>.credentials beside a SQLite file, mode 0600; memory only for other "
+                         "stores, so devices enrol again after a restart); docs/security.md")
+    sv.add_argument("--allow-unsigned", action="store_true",
+                    help="accept unsigned device messages (a development server only: anyone who can reach the "
+                         "broker could then fake triggers); signed ones are still checked")
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     sv.set_defaults(func=_serve)
 

@@ -63,6 +63,7 @@ from .bus.memory import MemoryBus
 from .bus.mqtt import MqttClient, MqttLink, parse_mqtt_url
 from .geo import distance_km
 from .records import Alert, EventUpdate
+from .security import Issuer, local_issuer
 from .service import ManualClock, Service, ServiceConfig
 from .settings import Settings
 
@@ -150,7 +151,8 @@ class Shard:
         self.regions = set(regions)
         self.view = halo(regions, worker.cfg.region_res, worker.cfg.halo_km) if regions else frozenset()
         self.clock = ManualClock()
-        self.svc = Service(worker.settings, MemoryBus(), None, config=worker.service_config, clock=self.clock)
+        self.svc = Service(worker.settings, MemoryBus(), None, config=worker.service_config, clock=self.clock,
+                           issuer=worker.issuer)
         self.reader = ynats.StreamReader(worker.js, start_time_s=start_time_s, name=f"{worker.cfg.worker_id}/{name}")
         self.t: float | None = None  # engine time, s
         self.next_tick: float | None = None
@@ -305,7 +307,12 @@ class Worker:
         self.servers = servers
         self.cfg = cfg
         self.settings = settings or Settings()
-        self.service_config = service_config or ServiceConfig()
+        cfg_svc = service_config or ServiceConfig()
+        # one issuer for all shards (shards come and go with regions; an enrolment made
+        # through the API must hold in each), kept in the credentials file by the worker
+        self.credentials_file = cfg_svc.credentials_file
+        self.issuer = Issuer.load(self.credentials_file) if self.credentials_file else local_issuer()
+        self.service_config = msgspec.structs.replace(cfg_svc, credentials_file="")
         self.mqtt_urls = mqtt_urls
         self.store = store
         self.on_announce = on_announce
@@ -370,6 +377,8 @@ class Worker:
         except _KV_ERRORS:
             pass
         await self.crash()
+        if self.credentials_file:
+            await asyncio.to_thread(self.issuer.save, self.credentials_file)
 
     async def crash(self) -> None:
         """Stop without a word (tests: a worker that dies). Leases lapse by themselves."""

@@ -32,6 +32,7 @@ updates of an onset that was refused.
 
 from __future__ import annotations
 
+import os
 import hashlib
 import hmac
 import math
@@ -128,8 +129,11 @@ class Issuer:
     def save(self, path: str | Path) -> None:
         p = Path(path)
         tmp = p.with_suffix(p.suffix + ".tmp")
-        tmp.write_bytes(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled}))
-        tmp.chmod(0o600)
+        # created 0600, never readable by others even for an instant (the master signs for every device)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled}))
+        os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_TRUNC
         tmp.replace(p)
 
     @classmethod

@@ -27,6 +27,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
+
 from .api.auth import ApiLimits
 from .bus.memory import MemoryBus
 from .bus.mqtt import MqttLink, parse_mqtt_url
@@ -60,6 +62,12 @@ class ServeOptions:
     trusted_proxies: str | None = None
     # how long data not linked to an event is kept, and how often the server purges it
     retention: RetentionPolicy | None = None  # None: RetentionPolicy() (7 days, hourly)
+    # where device credentials (the signing master and the enrolled pseudonyms) are kept
+    # across restarts; None: ``<database>.credentials`` beside a SQLite file, else memory
+    # only (a restart makes devices enrol again: fail closed). ``config.credentials_file``,
+    # when set, wins.
+    credentials_file: Path | None = None
+    allow_unsigned: bool = False  # accept unsigned device messages (a development server only)
 
 
 class Server:
@@ -102,7 +110,7 @@ class Server:
             return
         self.store = await asyncio.to_thread(open_store, o.store)
         bus = MemoryBus()
-        self.service = Service(o.settings, bus, self.store, config=o.config, clock=self.clock)
+        self.service = Service(o.settings, bus, self.store, config=self.service_config(), clock=self.clock)
         await self.service.start()
         if o.mqtt is None:
             self.broker = EmbeddedBroker(o.mqtt_host, o.mqtt_port)
@@ -116,6 +124,17 @@ class Server:
         self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir) if o.replay else None
         await self._start_retention()
         await self._start_http()
+
+    def service_config(self) -> ServiceConfig:
+        """The engine service's configuration: ``opts.config`` with the device-security
+        options of the command line filled in."""
+        o = self.opts
+        cfg = o.config or ServiceConfig()
+        creds = cfg.credentials_file or (str(o.credentials_file) if o.credentials_file else "")
+        if not creds:
+            db = _sqlite_file(o.store)
+            creds = str(db.with_name(db.name + ".credentials")) if db is not None else ""
+        return msgspec.structs.replace(cfg, credentials_file=creds, allow_unsigned=cfg.allow_unsigned or o.allow_unsigned)
 
     async def _start_retention(self) -> None:
         # The first purge runs before the server takes requests: a store left alone for
@@ -167,7 +186,7 @@ class Server:
             parse_mqtt_url(u)
         self.mqtt_url = mqtt_urls[0]
         self.store = await asyncio.to_thread(open_store, o.store)
-        self.worker = Worker(servers, config_from_env(), o.settings, o.config, mqtt_urls=mqtt_urls, store=self.store)
+        self.worker = Worker(servers, config_from_env(), o.settings, self.service_config(), mqtt_urls=mqtt_urls, store=self.store)
         await self.worker.start()
         self.service = self.worker.main_service
         self.link = self.worker.link
