@@ -11,9 +11,12 @@ from yujing.picker import (
     FilterBank,
     Picker,
     aic_onset,
+    lfilter_reference,
+    onset_search_start,
     recursive_sta_lta,
     recursive_sta_lta_reference,
-    lfilter_reference,
+    unbiased_sta_lta_reference,
+    warmup_gain,
 )
 from yujing.records import Device
 from yujing.settings import PickerSettings
@@ -117,7 +120,7 @@ def test_streaming_picker_equals_whole_trace_reference():
         zi = signal.lfilter_zi(*bank.pick) * x[0, axis]
         y, _ = lfilter_reference(*bank.pick, x[: len(fast), axis], zi)
         cf += y * y
-    ref, _, _ = recursive_sta_lta_reference(cf, 0.0, 0.0, s.sta_s * SR, s.lta_s * SR)
+    ref = unbiased_sta_lta_reference(cf, s.sta_s * SR, s.lta_s * SR)
     ref[np.arange(len(ref)) < s.warmup_s * SR] = 0.0
     np.testing.assert_allclose(fast, ref, rtol=1e-8, atol=1e-10)
 
@@ -236,3 +239,104 @@ def test_long_packets_are_cut_and_still_picked():
     first = [t for t in trig if t.update == 0]
     assert len(first) == 1
     assert first[0].onset_time_s == pytest.approx(75.0, abs=0.15)
+
+
+# ---------------------------------------------------------------- sensor classes, stream starts
+#
+# Two sensor classes (issue 11): a quiet 24-bit accelerometer of a seismic network (0.01 gal
+# noise, counts of 2.4e-4 gal, 100 Hz) and a MEMS phone (1 gal noise, counts of 0.24 gal:
+# 16 bits over +-8 g, 50 Hz). Ground noise is coloured (microseism tail, traffic): white
+# noise band-passed to a few Hz, plus the sensor's own white noise, plus an offset.
+QUIET = dict(sr=100.0, rms_gal=0.01, count_gal=2.4e-4)
+MEMS = dict(sr=50.0, rms_gal=1.0, count_gal=0.24)
+
+
+def ground_noise(rng, n: int, sr: float, rms_gal: float, count_gal: float, band_hz=(1.0, 6.0)) -> np.ndarray:
+    """(n, 3) samples in gal: band-passed noise of ``rms_gal``, white sensor noise of 0.3 x
+    that, a random offset, quantised to ``count_gal``."""
+    sos = signal.butter(2, band_hz, "bandpass", fs=sr, output="sos")
+    settle = int(20 * sr)
+    w = signal.sosfilt(sos, rng.normal(0.0, 1.0, (n + settle, 3)), axis=0)[settle:]
+    x = w / w.std() * rms_gal + rng.normal(0.0, 0.3 * rms_gal, (n, 3)) + rng.normal(0.0, 10 * rms_gal, 3)
+    return np.round(x / count_gal) * count_gal
+
+
+def p_arrival(n: int, sr: float, onset_s: float, amp_gal: float, rise_s: float) -> np.ndarray:
+    """(n, 3) gal: a 6 Hz P whose envelope grows linearly from 0 at ``onset_s`` to
+    ``amp_gal`` over ``rise_s`` (an emergent onset when ``rise_s`` is long)."""
+    t = np.arange(n) / sr
+    env = np.clip((t - onset_s) / rise_s, 0.0, 1.0) * amp_gal
+    return env[:, None] * np.sin(2 * np.pi * 6.0 * t[:, None] + np.array([0.0, 1.0, 2.0]))
+
+
+def run_together(streams: list[np.ndarray], sr: float, t0: float = 1_000_000.0) -> list:
+    """All ``streams`` start at ``t0`` (an engine restart) and go through one picker in
+    1 s packets, one engine step per second; the first message of every trigger."""
+    pk = Picker()
+    devices = {f"d{i}": Device(f"d{i}", 0.0, 0.0) for i in range(len(streams))}
+    n = int(sr)
+    out = []
+    for k in range(len(streams[0]) // n):
+        end = t0 + (k * n + n - 1) / sr
+        batch = [IngestedPacket(i, f"d{i}", end, end + 0.2, sr, x[k * n : (k + 1) * n], k == 0, 0.0)
+                 for i, x in enumerate(streams)]
+        out += [t for t in pk.process(batch, end + 0.2, devices) if t.update == 0]
+    return out
+
+
+def test_warmup_gain_equals_the_running_weight_sums():
+    """Fast path (the recursion from zero times :func:`warmup_gain`) == the plain loop
+    that divides each average by its own running weight sum."""
+    rng = np.random.default_rng(21)
+    cf = rng.gamma(1.0, 1.0, (3, 5000))
+    ratio, _, _ = recursive_sta_lta(cf, np.zeros(3), np.zeros(3), 50.0, 3000.0)
+    fast = ratio * warmup_gain(np.arange(1, 5001)[None, :], 50.0, 3000.0)
+    for k in range(3):
+        np.testing.assert_allclose(fast[k], unbiased_sta_lta_reference(cf[k], 50.0, 3000.0), rtol=1e-9)
+    # the correction matters at a warm-up's end (0.39 of the LTA's weight 15 s into 30 s)
+    assert warmup_gain(np.array([1500]), 50.0, 3000.0)[0] == pytest.approx(1.0 - np.exp(-0.5), rel=1e-3)
+    assert warmup_gain(np.array([21 * 3000]), 50.0, 3000.0)[0] == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("sensor", [QUIET, MEMS], ids=["quiet_24bit", "mems_phone"])
+def test_streams_that_start_together_do_not_trigger_on_their_noise(sensor):
+    """Forty devices whose streams start at the same instant (an engine restart, a network
+    coming online), two minutes of stationary ground noise: not one trigger. With averages
+    started at zero and not corrected, noise stood at an STA/LTA of ~2.5 when the warm-up
+    ended and these streams gave 11 (quiet) and 13 (MEMS) triggers between 13 and 29 s."""
+    rng = np.random.default_rng(31)
+    n = int(120 * sensor["sr"])
+    streams = [ground_noise(rng, n, sensor["sr"], sensor["rms_gal"], sensor["count_gal"], band_hz=(1.0, 3.0))
+               for _ in range(40)]
+    trig = run_together(streams, sensor["sr"])
+    assert [round(t.onset_time_s - 1_000_000.0, 1) for t in trig] == []
+
+
+@pytest.mark.parametrize("sensor", [QUIET, MEMS], ids=["quiet_24bit", "mems_phone"])
+def test_streams_that_start_together_pick_their_p_and_nothing_else(sensor):
+    """Twelve devices start together; a P reaches each at its own time 20-42 s later,
+    impulsive or emergent (rise 0.2-3 s), 5 to 100 x the noise. Each device triggers once,
+    and no onset lies more than 0.3 s before its P (issue 11: never a second early) or
+    later than the emergent onset needs to stand out of the noise."""
+    rng = np.random.default_rng(41)
+    sr = sensor["sr"]
+    n = int(80 * sr)
+    cases = [(20.0 + 2.0 * i, rise, snr) for i, (rise, snr) in
+             enumerate((r, a) for r in (0.2, 1.0, 3.0) for a in (5.0, 20.0, 100.0, 20.0))]
+    streams = [ground_noise(rng, n, sr, sensor["rms_gal"], sensor["count_gal"])
+               + p_arrival(n, sr, onset, snr * sensor["rms_gal"], rise) for onset, rise, snr in cases]
+    trig = run_together(streams, sr)
+    got = {t.device_id: [] for t in trig}
+    for t in trig:
+        got[t.device_id].append(round(t.onset_time_s - 1_000_000.0, 2))
+    assert sorted(got) == sorted(f"d{i}" for i in range(len(cases))), got
+    for i, (onset, rise, snr) in enumerate(cases):
+        (pick,) = got[f"d{i}"]
+        assert onset - 0.3 <= pick <= onset + 0.5 * rise + 1.0, (i, onset, rise, snr, pick)
+
+
+def test_onset_search_starts_where_the_ratio_last_stood_at_the_noise():
+    ratio = np.array([0.0] * 10 + [1.2, 1.4, 0.9, 1.3, 1.8, 2.5, 3.2, 4.1])
+    assert onset_search_start(ratio, 3, 1.5) == 13 - 3
+    assert onset_search_start(ratio, 20, 1.5) == 0
+    assert onset_search_start(np.full(8, 2.0), 3, 1.5) == 0

@@ -255,27 +255,37 @@ def test_no_event_announced_before_its_origin(measured):
     assert sm.events_announced_before_origin == 0, [(q.event, q.first_announcement) for q in quakes]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 11: first magnitude errors -2.27 (Nisqually), -0.46 (Napa), -1.42 "
+                                       "(Ridgecrest), median 1.42. The 0.46 measured before the picker fix came from a "
+                                       "warm-up pick in CI.CCC's foreshock coda that put Ridgecrest's origin 6.4 s early "
+                                       "and its epicentre 34 km off (first M6.7 at +3.5 s); with the P picks the location "
+                                       "is 8 km off and the first M5.7 at +7.5 s")
 def test_first_magnitude_median_within_half_a_unit(measured):
     quakes, _, sm = measured
     assert round(sm.median_first_magnitude_error, 2) <= 0.5, [round(q.first_magnitude_error, 2) for q in quakes]
 
 
+@pytest.mark.xfail(strict=True, reason="issue 11: final magnitude errors +0.04 (Nisqually), +0.53 (Napa), -0.48 "
+                                       "(Ridgecrest: M7.20 at +20.5 s falls to M6.62 at +30.5 s), median 0.48; the 0.18 "
+                                       "before the picker fix rode on Ridgecrest's warm-up pick and 34 km-off location")
 def test_final_magnitude_median_within_a_quarter_unit(measured):
     quakes, _, sm = measured
     assert round(sm.median_final_magnitude_error, 2) <= 0.25, [round(q.final_magnitude_error, 2) for q in quakes]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: engine pick on NP.1768 (Napa) 17.9 s before the energy rises, "
-                                       "2.5 s after its 15 s warm-up ends, in the noise")
 def test_no_engine_pick_earlier_than_1_s_before_the_energy_rises(measured):
+    """Was NP.1768 17.9 s early: 2.5 s after its warm-up the LTA, started at zero, held 0.44
+    of the noise it measured (yujing.picker.warmup_gain)."""
     _, records, sm = measured
     assert sm.early_engine_picks == []
     assert sum(not math.isnan(r.engine_first_pick_minus_rise_s) for r in records) >= 15  # not vacuous
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: engine P onset on CI.CCC (Ridgecrest) 1.5 s before the P energy "
-                                       "rises (inside a smaller quake's coda)")
 def test_engine_p_onset_not_earlier_than_1_s_before_p_rises(measured):
+    """Was CI.CCC 1.5 s before P's rise: a real arrival (its 1-20 Hz envelope 3-4 x the
+    coda floor from P - 1.4 s, P's strong phase at P + 0.5 s) that passed the trigger ratio
+    only against an LTA still under-reading the foreshock coda after the warm-up. Against
+    the corrected LTA it stays below the ratio; the pick is the strong phase."""
     _, records, sm = measured
     assert sm.early_engine_p_onsets == []
     assert sum(not math.isnan(r.engine_p_pick_minus_p_rise_s) for r in records) >= 15
@@ -287,11 +297,10 @@ def test_no_agent_trigger_earlier_than_1_s_before_the_energy_rises(measured):
     assert sum(not math.isnan(r.agent_first_minus_rise_s) for r in records) >= 15
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: device agent's P onset on CI.CCC (Ridgecrest) 1.5 s before the P "
-                                       "energy rises (inside a smaller quake's coda)")
 def test_agent_p_onset_not_earlier_than_1_s_before_p_rises(measured):
     _, records, sm = measured
     assert sm.early_agent_p_onsets == []
+    assert sum(not math.isnan(r.agent_p_pick_minus_p_rise_s) for r in records) >= 15
 
 
 def test_agent_triggers_near_p_on_95_percent_of_records_within_100_km(measured):

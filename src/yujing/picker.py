@@ -9,6 +9,24 @@ refined with an AIC picker (Maeda 1985) on the trigger channel, and amplitude *t
 measure PGA, PGV, Pd and tau_c as the shaking grows, emitting a :class:`Trigger` update per
 packet for ``track_s`` seconds.
 
+A stream's start is where pickers go wrong on quiet sensors, so two rules hold there:
+
+* **Unbiased averages from the first sample.** A recursive average started at zero
+  under-reads its mean by the factor ``1 - (1 - c)^m`` after ``m`` samples: 15 s into a
+  30 s LTA that is 0.39, so plain noise stands at an STA/LTA of ~2.5 and a little
+  coloured noise passes the trigger ratio -- on every stream that started at the same
+  time (an engine restart, a network coming online), which the associator then takes
+  for a quake. :func:`warmup_gain` divides both averages by their weight sum (the mean
+  of what has been seen, weighted as the recursion weighs it), so the ratio means the
+  same thing at 15 s as at 15 min; ``warmup_s`` still keeps a device from triggering
+  before its LTA has seen enough noise.
+* **The onset stays with the energy.** AIC (Maeda 1985) takes the best variance split of
+  a window, wherever it lies; on a quiet 24-bit sensor a slow swell of noise seconds
+  before the P can win. The search window therefore starts one STA window before the
+  last sample whose STA/LTA stood at the noise (at most ``rearm_ratio``, the level at
+  which the picker counts a device as quiet again): earlier than that the short-term
+  energy had not risen above the noise the LTA measured, whatever the sensor's noise.
+
 The plain twins (``*_reference``) compute the same quantities with explicit Python loops;
 tests check the fast kernel against them and against ObsPy.
 
@@ -48,6 +66,21 @@ def recursive_sta_lta(cf: np.ndarray, sta0: np.ndarray, lta0: np.ndarray, nsta: 
     return ratio, sta[:, -1].copy(), lta[:, -1].copy()
 
 
+def warmup_gain(m: np.ndarray, nsta: float, nlta: float) -> np.ndarray:
+    """Factor that turns the STA/LTA of recursions started at zero into the ratio of their
+    weighted means, after ``m`` samples (``m`` >= 1) of a stream.
+
+    After ``m`` samples a recursive average with coefficient ``c`` holds weights summing
+    to ``w(m) = 1 - (1 - c)^m``; dividing by it gives the weighted mean. The ratio of the
+    two means is ``(sta / ws) / (lta / wl) = ratio * wl / ws``. Tends to 1 as ``m`` grows
+    (within 1e-9 after 21 LTA windows).
+    """
+    m = np.asarray(m, dtype=np.float64)
+    ws = -np.expm1(m * math.log1p(-1.0 / nsta))
+    wl = -np.expm1(m * math.log1p(-1.0 / nlta))
+    return wl / ws
+
+
 def recursive_sta_lta_reference(cf, sta0: float, lta0: float, nsta: float, nlta: float):
     """Plain-loop twin of :func:`recursive_sta_lta` for one device (a 1-D ``cf``)."""
     cs = 1.0 / nsta
@@ -59,6 +92,22 @@ def recursive_sta_lta_reference(cf, sta0: float, lta0: float, nsta: float, nlta:
         lta = cl * v + (1.0 - cl) * lta
         ratio.append(sta / max(lta, 1e-30))
     return np.array(ratio), sta, lta
+
+
+def unbiased_sta_lta_reference(cf, nsta: float, nlta: float):
+    """Plain-loop twin of a stream's STA/LTA from its first sample with the warm-up
+    correction (:func:`warmup_gain`): each average divided by its running weight sum."""
+    cs = 1.0 / nsta
+    cl = 1.0 / nlta
+    sta = lta = ws = wl = 0.0
+    ratio = []
+    for v in cf:
+        sta = cs * v + (1.0 - cs) * sta
+        lta = cl * v + (1.0 - cl) * lta
+        ws = cs + (1.0 - cs) * ws
+        wl = cl + (1.0 - cl) * wl
+        ratio.append((sta / ws) / max(lta / wl, 1e-30))
+    return np.array(ratio)
 
 
 def lfilter_reference(b, a, x, zi=None):
@@ -75,6 +124,20 @@ def lfilter_reference(b, a, x, zi=None):
         z[order - 1] = b[order] * v - a[order] * y
         out.append(y)
     return np.array(out), z
+
+
+def onset_search_start(ratio: np.ndarray, nsta: int, noise_ratio: float) -> int:
+    """Index in ``ratio`` (the STA/LTA over a look-back window ending at the trigger) where
+    the onset search may begin: ``nsta`` samples (one STA window, its memory) before the
+    last sample whose ratio was at most ``noise_ratio`` -- the level below which the
+    picker counts a device as back in its noise (``rearm_ratio``). Energy that had not
+    risen above the noise the LTA measured cannot hold the onset; reading the level off
+    the ratio makes the bound the same on a 0.01 gal and a 1 gal sensor. 0 when the ratio
+    stayed above that level over the whole window."""
+    quiet = np.flatnonzero(ratio <= noise_ratio)
+    if not len(quiet):
+        return 0
+    return max(0, int(quiet[-1]) - nsta)
 
 
 def aic_onset(x: np.ndarray) -> int:
@@ -181,8 +244,9 @@ class _Buffers:
     wa_x: np.ndarray = field(init=False)  # vertical
     wa_y: np.ndarray = field(init=False)
     wa_z: np.ndarray = field(init=False)
+    ratio: np.ndarray = field(init=False)  # STA/LTA (warm-up corrected), the warm-up included
 
-    NAMES = ("zf", "acc_abs", "vel_abs", "disp_z", "vel_z", "wa_x", "wa_y", "wa_z")
+    NAMES = ("zf", "acc_abs", "vel_abs", "disp_z", "vel_z", "wa_x", "wa_y", "wa_z", "ratio")
 
     def __post_init__(self):
         self.t = np.zeros((self.capacity, self.length))
@@ -327,10 +391,17 @@ class Picker:
         disp = disp.reshape(K, 3, n)
 
         cf = np.einsum("kan,kan->kn", yp, yp)
-        ratio, self.sta[slots], self.lta[slots] = recursive_sta_lta(
-            cf, self.sta[slots], self.lta[slots], s.sta_s * sr, s.lta_s * sr
-        )
+        nsta, nlta = s.sta_s * sr, s.lta_s * sr
+        ratio, self.sta[slots], self.lta[slots] = recursive_sta_lta(cf, self.sta[slots], self.lta[slots], nsta, nlta)
         since = self.since_reset[slots][:, None] + np.arange(n)[None, :]
+        # averages started at zero under-read their means until the LTA has seen many of
+        # its windows; correct the young streams only (the gain is 1 within 1e-9 after 21)
+        young = self.since_reset[slots] < 21.0 * nlta
+        if young.any():
+            ratio[young] *= warmup_gain(since[young] + 1, nsta, nlta)
+        # the onset search reads the ratio as measured, the warm-up included (an arrival
+        # inside the warm-up still has an onset); only the trigger test waits for it
+        measured = ratio.copy()
         ratio[since < s.warmup_s * sr] = 0.0
         if self.record_ratio:
             for k, slot in enumerate(slots):
@@ -355,6 +426,7 @@ class Picker:
         self._buf.wa_x[sl, idx] = awa[:, 0, :]
         self._buf.wa_y[sl, idx] = awa[:, 1, :]
         self._buf.wa_z[sl, idx] = awa[:, 2, :]
+        self._buf.ratio[sl, idx] = measured
         self.count[slots] = cnt0 + n
         self.since_reset[slots] += n
 
@@ -413,6 +485,9 @@ class Picker:
         look = int(s.onset_lookback_s * sr)
         start = trig_count - look
         zf = self._window(self._buf.zf, slot, start, trig_count + 1)
+        ratio = self._window(self._buf.ratio, slot, start, trig_count + 1)
+        # the onset cannot precede the rise of the short-term energy above the noise
+        zf = zf[onset_search_start(ratio, int(round(s.sta_s * sr)), s.rearm_ratio):]
         onset = trig_count - (len(zf) - 1) + aic_onset(zf) if len(zf) > 8 else trig_count
         onset = min(onset, trig_count)
         pre = self._window(self._buf.disp_z, slot, onset - int(5 * sr), onset)
