@@ -17,7 +17,7 @@ import pytest
 
 from yujing import protocol
 from yujing.retention import DAY_S, RetentionPolicy, purge, purge_memory
-from yujing.security import Signer
+from yujing.security import Issuer, Signer
 from yujing.serve import ServeOptions, Server
 from yujing.service import ManualClock, Service
 from yujing.store import open_store
@@ -81,7 +81,8 @@ def test_audit_rows_outlive_the_pseudonyms_they_named(store_url):
 
 def test_purge_memory_forgets_what_a_service_holds():
     clock = ManualClock(T0)
-    svc = Service(clock=clock)
+    # an issuer of its own: the process's default one holds what other tests enrolled
+    svc = Service(clock=clock, issuer=Issuer())
     _hello(svc, "oldphone", T0 - 8 * DAY_S)
     _hello(svc, "newphone", T0 - 60.0)
     svc.issuer.enrol("oldenrol", T0 - 9 * DAY_S)

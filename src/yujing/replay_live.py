@@ -32,8 +32,13 @@ class LiveReplay:
     ``data_dir`` holds OpenEEW recordings (``devices.json``, ``events/``, ``catalog.csv``)."""
 
     def __init__(self, send: Send, clock: Callable[[], float] = time.time, data_dir: str | Path | None = None,
-                 warmup_s: float = 40.0):
+                 warmup_s: float = 40.0, signer=None):
         self.send = send
+        # signs the replayed devices' messages: the serving engine's own issuer (a server
+        # that keeps its credentials in a file has another master than this process's
+        # default, and would refuse the replay as unknown_credential); one signer for
+        # every replay, so that a scenario replayed twice goes on numbering its messages
+        self.signer = signer
         self.clock = clock
         self.data_dir = Path(data_dir) if data_dir else None
         self.warmup_s = warmup_s
@@ -102,7 +107,7 @@ class LiveReplay:
         # the replay starts now: what arrived before is history. Heartbeats of the minute
         # before are sent at once (they say who is online); triggers from before are not
         # (sent late, they would be news about the past)
-        msgs = [m for m in scenario_wire(net, time_shift_s=origin - sc.origin_time_s)
+        msgs = [m for m in scenario_wire(net, time_shift_s=origin - sc.origin_time_s, signer=self.signer)
                 if m[0] >= now or "/hb/" in m[1]]
         return msgs, origin, f"{sc.name} ({phones:,} simulated phones)"
 
@@ -126,10 +131,10 @@ class LiveReplay:
                         origin_rec = datetime.fromisoformat(row["origin_time"].replace("Z", "+00:00")).timestamp()
         devices = load_devices(self.data_dir / "devices.json")
         start_rec = None if origin_rec is None else origin_rec - self.warmup_s
-        first = next(iter(openeew_wire(folder, devices, 0.0, start_rec)), None)
+        first = next(iter(openeew_wire(folder, devices, 0.0, start_rec, signer=False)), None)
         if first is None:
             raise ValueError(f"recording {event!r} holds no packets")
         shift = self.clock() + lead_s - first[0]
-        msgs = list(openeew_wire(folder, devices, shift, start_rec))
+        msgs = list(openeew_wire(folder, devices, shift, start_rec, signer=self.signer))
         origin = (origin_rec + shift) if origin_rec is not None else float("nan")
         return msgs, origin, f"OpenEEW {event}"

@@ -121,7 +121,7 @@ class Server:
             self.mqtt_url = o.mqtt
         self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker)
         await self.link.start()
-        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir) if o.replay else None
+        self.replay = self._replay(self.service.issuer)
         await self._start_retention()
         await self._start_http()
 
@@ -135,6 +135,15 @@ class Server:
             db = _sqlite_file(o.store)
             creds = str(db.with_name(db.name + ".credentials")) if db is not None else ""
         return msgspec.structs.replace(cfg, credentials_file=creds, allow_unsigned=cfg.allow_unsigned or o.allow_unsigned)
+
+    def _replay(self, issuer) -> LiveReplay | None:
+        """The dashboard's replay control, signing with the engine's own issuer (a server
+        that keeps its credentials in a file has another master than this process's
+        default, and would refuse the replay as unknown_credential)."""
+        from .security import Signer
+
+        o = self.opts
+        return LiveReplay(self.link.publish_device, self.clock, o.data_dir, signer=Signer(issuer)) if o.replay else None
 
     async def _start_retention(self) -> None:
         # The first purge runs before the server takes requests: a store left alone for
@@ -190,7 +199,7 @@ class Server:
         await self.worker.start()
         self.service = self.worker.main_service
         self.link = self.worker.link
-        self.replay = LiveReplay(self.link.publish_device, self.clock, o.data_dir) if o.replay else None
+        self.replay = self._replay(self.worker.issuer)
         await self._start_retention()
         await self._start_http()
 
