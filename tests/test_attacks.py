@@ -7,9 +7,10 @@ message time (seeded, no timed assertions). Each prints its figure.
     real quake is replayed: the quake is still detected, every garbage message is counted.
 
 Where the engine alerts although it should not, the test is a strict xfail with the
-measured figure: the signature layer stops forgers and floods, but an attacker who enrols
-many credentials can only be stopped by the engine's physics and weighting (the
-association's defences, another part of issue 12).
+measured figure: the signature layer stops forgers and floods; an attacker who enrols many
+credentials is stopped by the engine's physics (a). Devices that enrolled themselves less
+than ``new_device_s`` (6 h) before do not count toward announcing (b: fakes enrolled that
+day); fakes enrolled a day ahead are the measured limit (two strict xfails).
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area():
     t0 = 1_700_000_000.0
     msgs = []
     for i in range(1000):
+        # enrolled a day ahead: not new, so that what refuses them is the physics alone
+        iss.enrol(f"fake{i:04d}", t0 - 86_400.0)
+    for i in range(1000):
         dev, cell = f"fake{i:04d}", cells[i % len(cells)]
         hb = protocol.HeartbeatMsg(device=dev, cell=cell, sent_s=t0 + rng.uniform(0, 60))
         msgs.append((hb.sent_s + 0.1, *sign("hb", hb)))
@@ -101,17 +105,14 @@ def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area():
     assert alerts == 0 and not svc.latest
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured: the Luding quake's triggers replayed by enrolled fakes 1 h later, 190 km east cause 1 alert "
-    "(M6.8 from 110 devices). A replayed real quake is physically consistent and every message is validly "
-    "signed by its (enrolled) credential: only the engine can refuse it, by credential age/reputation "
-    "weighting, capped weight for new credentials, cross-checks with fixed sensors, or a bound on the "
-    "share of an event's devices enrolled recently (associate.py, engine owner)"))
-def test_b_a_real_quake_replayed_by_fakes_shifted_in_time_and_place(luding):
-    """The Luding quake's trigger messages, taken by an attacker who enrolled one credential
-    per phone that triggered, sent again one hour later and 2 degrees (~190 km) east:
-    physically a perfect earthquake that did not happen."""
-    sc, net = luding
+def _replayed_quake(net, *, enrolled_ago_s: float, fake_quiet: bool, real_phones: int):
+    """The Luding quake's messages taken by an attacker and sent again one hour later and 2
+    degrees (~190 km) east through pseudonyms of his own ("x..."), each enrolled (through
+    the public door: not vouched for) ``enrolled_ago_s`` before the attack begins.
+    ``fake_quiet``: the attacker also runs the phones that stay quiet (their heartbeats);
+    ``real_phones``: the area attacked has this many real phones ("r<k>...", there all
+    day: not new) for each phone of the quake's network, which hear nothing. Returns
+    (service, messages)."""
     iss = Issuer(bytes(range(1, 33)))
     clock = ManualClock()
     svc = Service(clock=clock, issuer=iss)
@@ -119,27 +120,84 @@ def test_b_a_real_quake_replayed_by_fakes_shifted_in_time_and_place(luding):
     dt, dlon = 3600.0, 2.0
     moved: dict[str, str] = {}
     msgs = []
+    talkers = {m.device_id for m in net.messages(heartbeats="none")}
     for arr, topic, payload in scenario_wire(net, heartbeats=True, signer=False):
         m = protocol.decode(topic, payload)
         lat, lon = h3.cell_to_latlng(m.cell)
         cell = moved.get(m.cell)
         if cell is None:
             cell = moved[m.cell] = h3.latlng_to_cell(lat, lon + dlon, protocol.DEVICE_CELL_RES)
-        dev = "x" + m.device[1:]  # the attacker's own (enrolled) pseudonym for the phone
         if isinstance(m, protocol.TriggerMsg):
-            m2 = msgspec.structs.replace(m, device=dev, cell=cell, sent_s=m.sent_s + dt, onset_s=m.onset_s + dt, seq=0)
+            m2 = msgspec.structs.replace(m, device="x" + m.device[1:], cell=cell, sent_s=m.sent_s + dt,
+                                         onset_s=m.onset_s + dt, seq=0)
             msgs.append((arr + dt, *sign("trig", m2)))
-        else:
-            m2 = msgspec.structs.replace(m, device=dev, cell=cell, sent_s=m.sent_s + dt, seq=0)
+            continue
+        if fake_quiet or m.device in talkers:
+            m2 = msgspec.structs.replace(m, device="x" + m.device[1:], cell=cell, sent_s=m.sent_s + dt, seq=0)
             msgs.append((arr + dt, *sign("hb", m2)))
+        for k in range(real_phones):
+            # a real phone in the attacked area keeps its own schedule; it never triggered
+            m3 = msgspec.structs.replace(m, device=f"r{k}" + m.device[1:], cell=cell, sent_s=m.sent_s + dt + 0.01 * k, seq=0)
+            msgs.append((arr + dt + 0.001 + 0.01 * k, *sign("hb", m3)))
+    msgs.sort(key=lambda x: x[0])
+    t_attack = msgs[0][0]
+    for d in sorted({protocol.decode(t, p).device for _, t, p in msgs}):
+        if d.startswith("x"):
+            iss.enrol(d, t_attack - enrolled_ago_s)
     _run(svc, clock, msgs)
-    fake = [u for u in svc.latest.values() if not u.retracted]
+    return svc, msgs
+
+
+def _figures(label: str, svc: Service, msgs) -> int:
+    events = [u for u in svc.latest.values() if not u.retracted]
     alerts = len({a.alert_id for a in svc.seen_alerts})
-    print(f"\n(b) Luding replayed +1 h, +2 deg east by {len(_devices_of(msgs))} enrolled fakes: rejects "
-          f"{svc.rejects.by_reason()}, events {len(fake)} "
-          f"({', '.join(f'M{u.magnitude:.1f} n={u.n_devices}' for u in fake)}), alerts caused: {alerts}")
+    fakes = len({protocol.decode(t, p).device for _, t, p in msgs} & set(svc.issuer.enrolled))
+    print(f"\n{label}: {fakes} enrolled fakes; rejects {svc.rejects.by_reason()}; events announced {len(events)} "
+          f"({', '.join(f'M{u.magnitude:.1f} n={u.n_devices}' for u in events)}); alerts caused: {alerts}")
     assert svc.rejects.total == 0  # every message passes the door: the engine is the defence
-    assert alerts == 0
+    return alerts
+
+
+def test_b_a_real_quake_replayed_by_fakes_enrolled_that_day(luding):
+    """Fakes that enrolled themselves an hour before the attack: a physically perfect
+    quake, validly signed, that no established device felt. Not announced (the engine
+    counts only devices older than ``new_device_s`` toward announcing)."""
+    sc, net = luding
+    svc, msgs = _replayed_quake(net, enrolled_ago_s=3600.0, fake_quiet=True, real_phones=0)
+    assert _figures("(b) Luding replayed +1 h, +2 deg east by fakes enrolled 1 h before", svc, msgs) == 0
+    # the engine did form the fake quake (located and sized from dozens of picks) and kept it
+    # unannounced: the novelty rule refused it, not a failure to see it
+    evs = svc.engine.assoc.events
+    assert evs and max(len(e.picks) for e in evs) >= 50, "the engine never formed the fake event: the test shows nothing"
+    assert all(e.version == 0 for e in evs)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "measured: fakes enrolled a day ahead replaying the quake's triggers into an area where four real phones "
+    "live for each phone of the quake's network cause 2 alerts (M6.8 from 94 fakes, and a 4-pick event retracted "
+    "later): the event is announced on its first 3 picks, "
+    "1.3-2 s after their onsets, before any quiet phone there is due to have reported (triggered fraction 1.0 "
+    "then), and later holds ~0.2 of the phones within its reach, above the retraction threshold (0.125). "
+    "Silence can refuse a fake only once it is due, which is after the first alert of a real quake would go"))
+def test_b_pre_enrolled_fakes_into_an_area_with_real_phones(luding):
+    """Fakes enrolled a day ahead (established) replaying the quake's triggers into an area
+    where real phones live, four for each phone of the quake's network: those phones stay
+    silent; must that silence refuse the event?"""
+    sc, net = luding
+    svc, msgs = _replayed_quake(net, enrolled_ago_s=86_400.0, fake_quiet=False, real_phones=4)
+    assert _figures("(b) pre-enrolled fakes, area with 4x real phones", svc, msgs) == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the limit of this defence, measured: fakes enrolled a day ahead, replaying the quake's triggers and "
+    "heartbeats into an area with no other phones (an attacker running the whole network there), are an "
+    "earthquake by every test the engine can make (1 alert). What bounds it is the cost of enrolling and "
+    "running thousands of fakes for a day: enrolment limits per address or an attestation (not built), "
+    "and fixed sensors nearby as a cross-check"))
+def test_b_pre_enrolled_fakes_into_an_area_without_phones(luding):
+    sc, net = luding
+    svc, msgs = _replayed_quake(net, enrolled_ago_s=86_400.0, fake_quiet=True, real_phones=0)
+    assert _figures("(b) pre-enrolled fakes, area without other phones", svc, msgs) == 0
 
 
 def test_c_a_flood_of_garbage_while_a_real_quake_is_replayed(luding):

@@ -198,3 +198,18 @@ def test_a_device_exports_and_deletes_its_data_by_proving_its_key(tmp_path):
     tag = about[0][2]
     assert about == [(f"device:{tag}", "device_export", tag), (f"device:{tag}", "device_delete", tag)]
     store.close()
+
+
+def test_self_enrolled_devices_are_new_for_a_while_and_vouched_ones_never(tmp_path):
+    iss = Issuer(bytes(range(32)))
+    iss.enrol("self", 1000.0)
+    iss.enrol("gw", 1000.0, vouched=True)
+    new_s = 6 * 3600.0
+    assert iss.is_new("self", 1000.0 + new_s - 1, new_s) and not iss.is_new("self", 1000.0 + new_s, new_s)
+    assert not iss.is_new("gw", 1001.0, new_s)
+    assert not iss.is_new("local", 1001.0, new_s)  # a credential of the server's own processes
+    path = tmp_path / "creds"
+    iss.save(path)
+    back = Issuer.load(path)
+    assert back.vouched == {"gw"} and back.is_new("self", 1001.0, new_s)
+    assert iss.forget_before(2000.0) == 2 and not iss.vouched

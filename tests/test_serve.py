@@ -272,6 +272,13 @@ def test_serve_keeps_device_credentials_beside_its_database(tmp_path):
                 r = await api.post("/api/enrol", json={"pseudonyms": ["ph-today"]})
                 assert r.status_code == 200, r.text
                 body = r.json()
+                if enrol:
+                    # an operator's gateway vouches for its devices: they are never new
+                    key = (db.parent / (db.name + ".operator-key")).read_text().strip()
+                    r = await api.post("/api/enrol", json={"pseudonyms": ["gw-sensor"]},
+                                       headers={"Authorization": f"Bearer {key}"})
+                    assert r.status_code == 200 and r.json()["credentials"], r.text
+            assert svc.issuer.vouched == {"gw-sensor"}, "a self-enrolled phone was vouched for, or the gateway was not"
             hb = protocol.HeartbeatMsg(device="ph-today", cell=cell, sent_s=svc.clock(), seq=1 if enrol else 2)
             unsigned = protocol.encode(protocol.HeartbeatMsg(device="ph-other", cell=cell, sent_s=svc.clock()))
             return body, svc.issuer.kid, svc.receive(protocol.topic_for("hb", cell), unsigned, svc.clock()), svc

@@ -28,6 +28,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Callable
 
 import msgspec
 import numpy as np
@@ -180,6 +181,9 @@ class Associator:
         self._delay_sorted: np.ndarray | None = None
         self._tries_left = NEW_EVENT_TRIES
         self._tried: set[int] = set()  # triggers in a failed group in this step
+        # (device id, onset s, new_device_s) -> whether the device enrolled itself too
+        # recently to count toward announcing (the service's issuer knows); None: none is
+        self.is_new: Callable[[str, float, float], bool] | None = None
 
     # liveness -------------------------------------------------------------------------
     def note_packet(self, device_id: str, end_time_s: float, reset: bool):
@@ -235,7 +239,10 @@ class Associator:
             return 0.0
         lat = np.array([t.latitude for t in picks])
         lon = np.array([t.longitude for t in picks])
-        reach = float(distance_km(loc.latitude, loc.longitude, lat, lon).max())
+        # the phones in the farthest pick's own cell count too: a phone's position is its
+        # cell's centre, so every phone of that cell is exactly as far (a strict "closer
+        # than" left out the dozens of quiet phones sharing a cell with a fake's trigger)
+        reach = float(distance_km(loc.latitude, loc.longitude, lat, lon).max()) + 0.01
         tab = default_table()
         k = len(picks)
         ids = {t.device_id for t in picks}
@@ -727,6 +734,8 @@ class Associator:
                 return []
         if not math.isfinite(ev.magnitude):
             return []
+        if ev.version == 0 and not self._established_enough(ev):
+            return []  # located and sized, not announced: see _established_enough
         ev.version += 1
         upd = EventUpdate(
             event_id=ev.event_id,
@@ -744,6 +753,20 @@ class Associator:
         )
         ev.last = upd
         return [upd]
+
+    def _established_enough(self, ev: Event) -> bool:
+        """Whether enough of the event's P picks come from devices that are not new
+        (``Settings.associate.new_device_s``) to announce it. An attacker who enrols
+        hundreds of pseudonyms and replays a real quake's triggers through them, shifted in
+        time and place, sends a physically perfect earthquake with valid signatures; what
+        gives it away is that none of those devices was there before. The picks of new
+        devices still locate and size an event announced on established ones."""
+        a = self.s.associate
+        if self.is_new is None or a.new_device_s <= 0:
+            return True
+        is_new, new_s = self.is_new, a.new_device_s
+        est = sum(1 for t in ev.picks.values() if not is_new(t.device_id, t.onset_time_s, new_s))
+        return est >= a.min_devices and est >= a.min_established_share * len(ev.picks)
 
     # clock ----------------------------------------------------------------------------
     def tick(self, now_s: float) -> list[EventUpdate]:

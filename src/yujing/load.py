@@ -24,7 +24,9 @@ are real; everything is seeded (``--seed``). Messages are valid protocol message
 server that decodes them counts no reject. They are signed (:mod:`yujing.security`): with
 ``--api`` the phones that will speak are enrolled first (``POST /api/enrol``, 2,000 a
 request) and each signs with its credential; without ``--api`` they go unsigned, which
-only a development server (``allow_unsigned``) takes.
+only a development server (``allow_unsigned``) takes. Enrolled with the operator key of
+``--api-key-file`` they are vouched for; without it they are new devices, which do not
+count toward announcing a quake for the server's ``new_device_s`` (docs/security.md).
 
 ``--subscribers N`` holds N alert subscribers (raw MQTT connections, or NATS
 subscriptions), each on the alert topic of a random device's resolution-3 cell, and reports
@@ -209,17 +211,21 @@ def speakers(o: "LoadOptions", plan: Plan) -> list[str]:
     return sorted(ids)
 
 
-def enrol(api: str, pseudonyms: list[str], chunk: int = 2000) -> dict:
+def enrol(api: str, pseudonyms: list[str], chunk: int = 2000, api_key: str | None = None) -> dict:
     """Enrol ``pseudonyms`` at the server's API (``POST /api/enrol``); returns pseudonym ->
     Credential. LoadError if the server refuses any (enrolled before: another run of
-    the same seed the same day)."""
+    the same seed the same day). With an operator ``api_key`` the server takes the phones
+    as vouched for; without it they enrolled themselves a moment ago and their triggers do
+    not count toward announcing a quake until ``new_device_s`` has passed (docs/security.md)."""
     from .security import Credential
 
     creds = {}
     for i in range(0, len(pseudonyms), chunk):
         body = json.dumps({"pseudonyms": pseudonyms[i : i + chunk]}).encode()
-        req = urllib.request.Request(api.rstrip("/") + "/api/enrol", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+        headers = {"Content-Type": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        req = urllib.request.Request(api.rstrip("/") + "/api/enrol", data=body, method="POST", headers=headers)
         with urllib.request.urlopen(req, timeout=30) as r:
             got = json.loads(r.read())
         if got["refused"]:
@@ -747,7 +753,7 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
         plan = await asyncio.to_thread(prepare, o)
     if o.api and not plan.creds:
         # the phones that will speak enrol first, as real ones would each morning
-        plan.creds = await asyncio.to_thread(enrol, o.api, await asyncio.to_thread(speakers, o, plan))
+        plan.creds = await asyncio.to_thread(enrol, o.api, await asyncio.to_thread(speakers, o, plan), 2000, o.api_key)
     prep_s = time.perf_counter() - t_prep
     target = MqttTarget(o.mqtt, o.connections, o.qos, o.client_prefix) if o.mqtt else NatsTarget(o.nats, o.connections, o.client_prefix)
     subs = Subscribers(o, plan.sub_topics) if plan.sub_topics else None
@@ -964,7 +970,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of placement, schedule and quake (default 0)")
     p.add_argument("--api", metavar="http://127.0.0.1:PORT", help="the server's HTTP API: report its /health and /metrics")
     p.add_argument("--api-key-file", metavar="PATH",
-                   help="file holding an operator key for /metrics (e.g. yujing.db.operator-key, which yujing serve writes)")
+                   help="file holding an operator key (e.g. yujing.db.operator-key, which yujing serve writes): for "
+                        "/metrics, and to vouch for the phones it enrols (without it they are new devices, whose "
+                        "triggers do not announce a quake for the server's new_device_s)")
     p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="only the report")
     p.set_defaults(func=main)

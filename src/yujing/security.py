@@ -92,6 +92,10 @@ class Issuer:
             raise ValueError("the credential master must be at least 16 bytes")
         self.kid = hashlib.blake2b(self.master, digest_size=KID_LEN, person=b"yj-kid").digest()
         self.enrolled: dict[str, float] = {}  # pseudonym -> enrolled at, server s
+        # pseudonyms an operator (or its gateway, the load generator) vouched for when
+        # enrolling them: trusted at once, where a self-enrolled one is new for a while
+        # (Settings.associate.new_device_s: the engine's defence against enrolled fakes)
+        self.vouched: set[str] = set()
         self.max_enrolled = max_enrolled
 
     def key(self, pseudonym: str) -> bytes:
@@ -103,9 +107,10 @@ class Issuer:
         round trip, no first-come check."""
         return Credential(pseudonym, self.key(pseudonym), self.kid)
 
-    def enrol(self, pseudonym: str, now_s: float) -> "Credential":
+    def enrol(self, pseudonym: str, now_s: float, vouched: bool = False) -> "Credential":
         """Enrol ``pseudonym`` (1-64 characters) and issue its credential; ValueError if it
-        was enrolled before (or is not a usable pseudonym)."""
+        was enrolled before (or is not a usable pseudonym). ``vouched``: enrolled by an
+        operator, trusted from now on (see :meth:`is_new`)."""
         if not isinstance(pseudonym, str) or not 1 <= len(pseudonym) <= 64:
             raise ValueError("a pseudonym is 1-64 characters")
         if pseudonym in self.enrolled:
@@ -114,14 +119,26 @@ class Issuer:
             # pseudonyms are daily: the oldest quarter are days old
             for k in list(self.enrolled)[: self.max_enrolled // 4]:
                 del self.enrolled[k]
+                self.vouched.discard(k)
         self.enrolled[pseudonym] = now_s
+        if vouched:
+            self.vouched.add(pseudonym)
         return self.credential(pseudonym)
+
+    def is_new(self, pseudonym: str, t_s: float, new_for_s: float) -> bool:
+        """Whether ``pseudonym`` enrolled itself less than ``new_for_s`` before ``t_s``
+        (UNIX s). Credentials of this server's own processes (replays, the simulator) and
+        pseudonyms an operator vouched for are never new; neither is one enrolled so long
+        ago that retention forgot the enrolment (older than any ``new_for_s`` in use)."""
+        at = self.enrolled.get(pseudonym)
+        return at is not None and t_s - at < new_for_s and pseudonym not in self.vouched
 
     def forget_before(self, t_s: float) -> int:
         """Drop enrolments older than ``t_s`` (server s); returns how many."""
         old = [k for k, t in self.enrolled.items() if t < t_s]
         for k in old:
             del self.enrolled[k]
+            self.vouched.discard(k)
         return len(old)
 
     # -- state that must survive a restart: without the master every device's credential
@@ -132,7 +149,8 @@ class Issuer:
         # created 0600, never readable by others even for an instant (the master signs for every device)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled}))
+            f.write(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled,
+                                            "vouched": sorted(self.vouched)}))
         os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_TRUNC
         tmp.replace(p)
 
@@ -147,6 +165,7 @@ class Issuer:
         d = msgspec.msgpack.decode(p.read_bytes())
         iss = cls(d["master"])
         iss.enrolled = dict(d.get("enrolled", {}))
+        iss.vouched = set(d.get("vouched", ())) & iss.enrolled.keys()
         return iss
 
 

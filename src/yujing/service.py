@@ -192,6 +192,8 @@ class Service:
         if issuer is None:
             issuer = Issuer.load(c.credentials_file) if c.credentials_file else local_issuer()
         self.issuer = issuer
+        # self-enrolled devices count toward announcing an event only once established
+        self.engine.assoc.is_new = issuer.is_new
         self.guard = Guard(issuer, GuardConfig(allow_unsigned=c.allow_unsigned, rate_limits=c.rate_limits,
                                                max_credentials=c.max_devices))
         self.stats = Stats()

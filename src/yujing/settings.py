@@ -70,6 +70,17 @@ class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True):
         "(arrival - onset).")] = 2.5
     candidate_ttl_s: Annotated[float, _d("Unassociated triggers are forgotten after this long.")] = 60.0
     event_ttl_s: Annotated[float, _d("An event stops being updated this long after its origin time.")] = 240.0
+    new_device_s: Annotated[float, _d(
+        "A device that enrolled itself (POST /api/enrol without an operator key) less than "
+        "this long before its trigger is new: its picks locate and size an event but do not "
+        "count toward announcing it. A quake is felt by the phones that were there all day; "
+        "a replayed or scripted one by fakes enrolled for the purpose. Devices enrol the "
+        "next day's pseudonym during the day before, so a phone is never new at midnight. 0: "
+        "no device is new (a network's first hours).")] = 6 * 3600.0
+    min_established_share: Annotated[float, _d(
+        "Of an event's P picks, at least this share must come from devices that are not new "
+        "(and at least min_devices of them) before it is announced; after that, updates "
+        "follow every pick.")] = 0.5
 
 
 class LocateSettings(msgspec.Struct, frozen=True, kw_only=True):
