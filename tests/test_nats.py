@@ -101,18 +101,29 @@ class Cluster:
         self.procs[i].wait()
 
     def stop(self) -> None:
+        """Every node ends, whatever state the test left it in: SIGTERM, then SIGKILL
+        after 10 s (a node that does not end would hold the run)."""
         for p in self.procs:
             if p is not None and p.poll() is None:
                 p.terminate()
+        for p in self.procs:
+            if p is None:
+                continue
+            try:
                 p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
 
 
 @pytest.fixture
 def cluster(tmp_path):
     c = Cluster(tmp_path, 3)
-    c.start()
-    yield c
-    c.stop()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
 
 
 @pytest.fixture(scope="module")
@@ -192,6 +203,25 @@ def _assert_once(ev, al, sc) -> None:
     vs = [a.version for a in al]
     assert vs[0] == 1 and all(b > a for a, b in zip(vs, vs[1:])), vs
     assert al[0].msg_type == "alert" and all(a.msg_type == "update" for a in al[1:])
+
+
+def run_bounded(go, timeout_s: float):
+    """``asyncio.run(go(live))`` that ends within ``timeout_s`` (a clear failure, not the
+    whole run killed by pytest-timeout) and crashes every worker ``go`` put in ``live``
+    whatever happened (a failed test must not leave tasks that keep the loop from closing)."""
+    live: list[Worker] = []
+
+    async def main():
+        try:
+            async with asyncio.timeout(timeout_s):
+                return await go(live)
+        except TimeoutError:
+            raise AssertionError(f"the test did not end within {timeout_s} s") from None
+        finally:
+            for w in live:
+                await w.crash()  # bounded; a no-op for a worker stopped already
+
+    return asyncio.run(main())
 
 
 async def _wait(pred, timeout_s: float, what: str, step_s: float = 0.05) -> float:
@@ -279,8 +309,9 @@ def _devices(msgs, mqtt_ports, shift_s, out_path, n_gateways=6):
 
 def test_a_node_killed_mid_quake_loses_no_trigger_and_the_alert_arrives(cluster, luding, tmp_path):
     sc, msgs = luding
+    procs = []  # the device process, ended whatever happens
 
-    async def go():
+    async def go(live):
         nc = await ynats.connect(cluster.urls(), "test")
         js = nc.jetstream(timeout=5)
         await ynats.ensure_jetstream(js, replicas=3, lease_ttl_s=3.0)
@@ -292,6 +323,7 @@ def test_a_node_killed_mid_quake_loses_no_trigger_and_the_alert_arrives(cluster,
                     mqtt_urls=cluster.mqtt_urls(victim))
         w1 = Worker(cluster.urls(survivor), WorkerConfig(worker_id="w1", home_regions=REGIONS_REST),
                     mqtt_urls=cluster.mqtt_urls(survivor))
+        live += [w0, w1]
         await w0.start()
         await w1.start()
         await _wait(lambda: _caught_up([w0, w1], 0), 10, "workers live")
@@ -305,7 +337,11 @@ def test_a_node_killed_mid_quake_loses_no_trigger_and_the_alert_arrives(cluster,
         start = time.time() + 1.0
         shift = start - msgs[0][0]
         out = tmp_path / "devices.json"
-        proc = multiprocessing.get_context("fork").Process(target=_devices, args=(msgs, cluster.mports, shift, str(out)))
+        # a daemon, ended in the finally below: a device process still re-sending to a
+        # cluster that never came back must not hold the test run at exit
+        proc = multiprocessing.get_context("fork").Process(target=_devices, args=(msgs, cluster.mports, shift, str(out)),
+                                                           daemon=True)
+        procs.append(proc)
         proc.start()
         kill_at = sc.origin_time_s + 3.0 + shift  # P waves are out, no alert yet (it comes at ~5.5 s)
         await asyncio.sleep(kill_at - time.time())
@@ -313,6 +349,8 @@ def test_a_node_killed_mid_quake_loses_no_trigger_and_the_alert_arrives(cluster,
         t_kill = time.time()
         leader = None
         while leader in (None, f"n{victim}"):
+            if time.time() - t_kill > 60:
+                raise AssertionError(f"no new leader of {ynats.STREAM_IN} 60 s after its leader was killed")
             try:
                 leader = (await js.stream_info(ynats.STREAM_IN)).cluster.leader
             except (nats.errors.Error, nats.js.errors.Error, asyncio.TimeoutError):
@@ -355,7 +393,13 @@ def test_a_node_killed_mid_quake_loses_no_trigger_and_the_alert_arrives(cluster,
         await nc.close()
         return alert_delay, len(lost), t_leader
 
-    delay, n_lost, t_leader = asyncio.run(go())
+    try:
+        delay, n_lost, t_leader = run_bounded(go, 240)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+                p.join(5)
     print(f"alert {delay:.1f} s after origin (single engine, no failure: ~5.5 s); new stream leader after {t_leader:.1f} s")
     if n_lost:
         # not silent: the test is reported as xfailed with this reason (pytest -rx)
@@ -385,11 +429,12 @@ def test_a_quake_on_a_border_is_announced_once(cluster):
     msgs = [m for m in scenario_wire(simulate(sc, 10_000, seed=5)) if WINDOW_S[0] <= m[0] - sc.origin_time_s <= WINDOW_S[1]]
     regions = sorted({h3.cell_to_parent(t.rsplit("/", 1)[-1], 1) for _, t, _ in msgs})
 
-    async def go():
+    async def go(live):
         # one worker owns the epicentre's region, the other every region around it
         ws = [Worker(cluster.urls(i), WorkerConfig(worker_id=f"w{i}", arrival="header",
                                                    home_regions=(here,) if i == 0 else tuple(r for r in regions if r != here)))
               for i in range(2)]
+        live += ws
         for w in ws:
             await w.start()
         await _wait(lambda: _caught_up(ws, 0), 10, "workers live")
@@ -411,16 +456,17 @@ def test_a_quake_on_a_border_is_announced_once(cluster):
             await w.stop()
         await nc.close()
 
-    asyncio.run(go())
+    run_bounded(go, 180)
 
 
 def test_a_worker_killed_mid_quake_is_taken_over(cluster, luding):
     sc, msgs = luding
     cut = next(i for i, m in enumerate(msgs) if m[0] - sc.origin_time_s > 7.0)  # after the first alert
 
-    async def go():
+    async def go(live):
         a = Worker(cluster.urls(0), WorkerConfig(worker_id="a", arrival="header", home_regions=(REGION_EPI,)))
         b = Worker(cluster.urls(1), WorkerConfig(worker_id="b", arrival="header", home_regions=REGIONS_REST))
+        live += [a, b]
         for w in (a, b):
             await w.start()
         await _wait(lambda: _caught_up([a, b], 0), 10, "workers live")
@@ -448,4 +494,4 @@ def test_a_worker_killed_mid_quake_is_taken_over(cluster, luding):
         await b.stop()
         await nc.close()
 
-    asyncio.run(go())
+    run_bounded(go, 180)

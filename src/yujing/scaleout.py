@@ -50,7 +50,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import h3
@@ -89,6 +89,8 @@ class WorkerConfig:
     arrival: str = "stream"  # "stream": the stream's timestamp; "header": ARRIVAL_HEADER (simulation)
     live_grace_s: float = 0.25  # the engine clock trails the wall clock this much when idle
     replicas: int | None = None  # streams and buckets; None: 3 on a cluster, 1 alone
+    nats_retry_s: float = 30.0  # a KV or stream call retried this long, then the step gives up (counted)
+    stop_timeout_s: float = 10.0  # crash()/stop() wait this long for tasks, the MQTT link and NATS
 
 
 def config_from_env(env=os.environ, worker_id: str | None = None) -> WorkerConfig:
@@ -213,7 +215,13 @@ class Shard:
                 if self.t is None or now > self.t:
                     self._advance(now, step)
             if self.pending:
-                await self.w.resolve_pending(self)
+                try:
+                    await self.w.resolve_pending(self)
+                except _KV_ERRORS as exc:
+                    # NATS unreachable for longer than the retry bound: the events stay
+                    # pending and are tried again next round; the shard goes on reading
+                    self.w.errors += 1
+                    log.warning("shard %s: resolving pending events failed (%s)", self.name, exc)
             await asyncio.sleep(0)
 
     def _advance(self, t: float, step: float) -> None:
@@ -285,6 +293,11 @@ class _Announcing:
     local_id: str
     rec: dict
     rev: int
+    sent_u: int = 0  # updates this worker announced since it became the announcer
+    sent_a: int = 0  # alerts likewise
+    last_u: EventUpdate | None = None  # the engine's record last announced (identity: never twice)
+    last_a: Alert | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one announcement of an event at a time
 
 
 @dataclass
@@ -336,6 +349,7 @@ class Worker:
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()  # claims and takeovers, one at a time per worker
         self.errors = 0
+        self._closed = False
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -381,20 +395,39 @@ class Worker:
             await asyncio.to_thread(self.issuer.save, self.credentials_file)
 
     async def crash(self) -> None:
-        """Stop without a word (tests: a worker that dies). Leases lapse by themselves."""
-        for s in self.shards:
-            if s.task is not None:
-                s.task.cancel()
-        for t in self._tasks:
+        """Stop without a word (tests: a worker that dies). Leases lapse by themselves.
+        Bounded: a task that ignores its cancellation, an MQTT link or a NATS connection
+        that does not close within ``stop_timeout_s`` is logged and left behind, so that a
+        stop never hangs its caller."""
+        if self._closed:
+            return
+        self._closed = True
+        bound = self.cfg.stop_timeout_s
+        tasks = [*self._tasks, *(s.task for s in self.shards if s.task)]
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(*self._tasks, *(s.task for s in self.shards if s.task), return_exceptions=True)
+        if tasks:
+            _, stuck = await asyncio.wait(tasks, timeout=bound)
+            if stuck:
+                log.error("worker %s: %d tasks ignored their cancellation for %.0f s: %s", self.cfg.worker_id, len(stuck),
+                          bound, [t.get_name() for t in stuck])
         for s in self.shards:
-            await s.svc.bus.close()
+            await self._bounded(s.svc.bus.close(), "a shard's bus")
+            await self._bounded(s.reader.close(), "a shard's stream reader")
         if self.link is not None:
-            await self.link.stop()
-        await self.alert_bus.close()
+            await self._bounded(self.link.stop(), "the MQTT link")
+        await self._bounded(self.alert_bus.close(), "the alert bus")
         if self.nc is not None:
-            await self.nc.close()
+            await self._bounded(self.nc.close(), "the NATS connection")
+
+    async def _bounded(self, coro, what: str) -> None:
+        try:
+            async with asyncio.timeout(self.cfg.stop_timeout_s):
+                await coro
+        except TimeoutError:
+            log.error("worker %s: %s did not close within %.0f s", self.cfg.worker_id, what, self.cfg.stop_timeout_s)
+        except Exception as exc:  # closing what is already broken
+            log.info("worker %s: closing %s: %s", self.cfg.worker_id, what, exc)
 
     @property
     def main_service(self) -> Service | None:
@@ -578,6 +611,7 @@ class Worker:
     async def _resolve(self, shard: Shard, u: EventUpdate, force: bool = False) -> str | None:
         """The global id of a local event (claiming it if it is ours to claim), or None
         while it waits for the owner of its region."""
+        deadline = time.monotonic() + self.cfg.nats_retry_s
         async with self._lock:
             while True:
                 claims, rev = await self._retry(self._claims)
@@ -609,6 +643,8 @@ class Worker:
                 except nats.js.errors.KeyWrongLastSequenceError:
                     continue  # someone claimed meanwhile: look again
                 except _KV_ERRORS as exc:
+                    if time.monotonic() >= deadline:
+                        raise
                     log.warning("claim failed (%s); retrying", exc)
                     await asyncio.sleep(0.1)
                     continue
@@ -662,6 +698,14 @@ class Worker:
         self.announcing[gid] = _Announcing(shard, lid, new, rev)
         log.warning("worker %s takes over announcing %s from %s", self.cfg.worker_id, gid, w)
         prev = self.last_alert.get(gid)
+        if prev is None and self.link is not None:
+            # a worker that restarted has not seen the old announcer's alerts on YJ_OUT: the
+            # stream keeps the last of each (its MQTT link needs the areas to cancel or clear)
+            try:
+                m = await self.js.get_last_msg(ynats.STREAM_OUT, f"yj.alert.{gid}")
+                prev = self.last_alert[gid] = msgspec.json.decode(m.data, type=Alert)
+            except (msgspec.DecodeError,) + _KV_ERRORS:
+                prev = None
         if prev is not None and self.link is not None:
             # the link learns the areas the old announcer warned (for cancel and clearing),
             # and devices get the last alert again in case the old one died before sending it
@@ -687,16 +731,37 @@ class Worker:
         a = self.announcing.get(gid)
         if a is None:
             return
+        # on a takeover the newest is sent again (the old announcer may have died between
+        # deciding and sending), once: not when this worker has announced one since (the
+        # sweep at the end of its catch-up may have sent the same a moment before)
         u = a.shard.svc.latest.get(a.local_id)
         if u is not None and (takeover or u.issued_at_s > a.rec["last_u_s"]):
-            await self._announce(gid, update=u)
+            await self._announce(gid, update=u, resend=takeover)
         al = a.shard.svc.latest_alert.get(a.local_id)
         if al is not None and gid in self.announcing and (takeover or al.issued_at_s > a.rec["last_a_s"]):
-            await self._announce(gid, alert=al)
+            await self._announce(gid, alert=al, resend=takeover)
 
-    async def _announce(self, gid: str, update: EventUpdate | None = None, alert: Alert | None = None) -> None:
+    async def _announce(self, gid: str, update: EventUpdate | None = None, alert: Alert | None = None,
+                        resend: bool = False) -> None:
         """Publish one update or alert under the global ids, fenced by a compare-and-set
-        on ``ev.<gid>``: a worker that lost the announcer role sends nothing."""
+        on ``ev.<gid>``: a worker that lost the announcer role sends nothing. One at a
+        time per event, and an engine record once: the sweep at the end of a catch-up and
+        a takeover can both decide to send the newest. ``resend``: a takeover's re-send of
+        the newest, made only if nothing of its kind was announced since the takeover."""
+        a = self.announcing.get(gid)
+        if a is None:
+            return
+        async with a.lock:
+            if self.announcing.get(gid) is not a:
+                return  # lost the role while waiting
+            if update is not None:
+                if update is a.last_u or (resend and a.sent_u):
+                    return
+            elif alert is a.last_a or (resend and a.sent_a):
+                return
+            await self._announce_locked(gid, update, alert)
+
+    async def _announce_locked(self, gid: str, update: EventUpdate | None, alert: Alert | None) -> None:
         a = self.announcing[gid]
         rec = dict(a.rec)
         if update is not None:
@@ -716,7 +781,8 @@ class Worker:
             rec["last_a_s"] = alert.issued_at_s
             out = msgspec.structs.replace(alert, alert_id=f"{gid}-alert", event_id=gid, version=rec["al_v"], msg_type=mt)
             subject, msg_id = f"yj.alert.{gid}", f"{gid}/a{rec['al_v']}"
-        for attempt in range(50):
+        deadline = time.monotonic() + self.cfg.nats_retry_s
+        while True:
             try:
                 rev = await self.events.update(f"ev.{gid}", json.dumps(rec).encode(), last=a.rev)
                 break
@@ -728,14 +794,21 @@ class Worker:
                     self.announcing.pop(gid, None)
                     return
                 a.rec, a.rev = cur, e.revision  # our own earlier write that timed out: go on from it
-                return await self._announce(gid, update, alert)
+                return await self._announce_locked(gid, update, alert)
             except _KV_ERRORS as exc:
+                if time.monotonic() >= deadline:
+                    self.errors += 1
+                    log.error("announce %s: gave up after %.0f s (KV unreachable: %s)", msg_id, self.cfg.nats_retry_s, exc)
+                    return
                 log.info("announce %s: KV busy (%s); retrying", msg_id, exc)
                 await asyncio.sleep(0.1)
-        else:
-            log.error("announce %s: gave up (KV unreachable)", msg_id)
-            return
         a.rec, a.rev = rec, rev
+        if update is not None:
+            a.sent_u += 1
+            a.last_u = update
+        else:
+            a.sent_a += 1
+            a.last_a = alert
         if update is not None and not update.retracted:
             self.latest_loc[gid] = (update.latitude, update.longitude, update.origin_time_s)
         if alert is not None:
@@ -748,14 +821,18 @@ class Worker:
         if self.on_announce is not None:
             self.on_announce(ann)
 
-    async def _retry(self, fn, tries: int = 100):
-        for i in range(tries):
+    async def _retry(self, fn):
+        """``await fn()`` until it answers, for at most ``nats_retry_s`` (then the last
+        error is raised: the caller's step fails and is counted, and it is tried again
+        from the stream or the next update; a retry without end held a test for hours)."""
+        deadline = time.monotonic() + self.cfg.nats_retry_s
+        while True:
             try:
                 return await fn()
             except nats.js.errors.KeyNotFoundError:
                 raise
             except _KV_ERRORS as exc:
-                if i == tries - 1:
+                if time.monotonic() >= deadline:
                     raise
                 log.info("worker %s: NATS busy (%s); retrying", self.cfg.worker_id, exc)
                 await asyncio.sleep(0.1)

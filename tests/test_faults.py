@@ -1,0 +1,598 @@
+"""Faults injected, with their figures (docs/reliability.md): an engine killed in the
+middle of an earthquake and restarted, device clocks off by seconds to minutes, slow
+consumers on the alert path.
+
+Every test here is seeded and bounded; processes it starts are killed in teardown, failed
+or not. A needed server missing (nats-server) is a failure, never a skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import msgspec
+import nats
+import nats.errors
+import pytest
+
+import numpy as np
+
+from yujing import protocol, scenarios
+from yujing.geo import distance_km
+from yujing.bus import nats as ynats
+from yujing.records import Alert, EventUpdate
+from yujing.security import Issuer, Signer
+from yujing.service import ManualClock, Service, ServiceConfig, drive
+from yujing.sources.simulator import simulate
+from yujing.sources.wire_feed import scenario_wire
+
+EXE = shutil.which("nats-server") or "/usr/sbin/nats-server"
+WINDOW_S = (-10.0, 25.0)  # the part of the Luding quake replayed, s from origin (first alert ~5.5 s)
+REGION_EPI = "8140fffffffffff"  # res-1 region of Luding's epicentre
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def nats_url(tmp_path):
+    """One nats-server with JetStream on a free port, killed after the test whatever happened."""
+    if not os.path.exists(EXE):
+        pytest.fail("nats-server binary not found (install it, e.g. /usr/sbin/nats-server); this test needs a real server")
+    port = _free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path}/js" }}\n')
+    log = open(tmp_path / "nats.log", "w")
+    proc = subprocess.Popen([EXE, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        t = time.monotonic()
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() - t > 15:
+                    pytest.fail(f"nats-server did not start: {(tmp_path / 'nats.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+
+
+# ----------------------------------------------------------------------------- engine killed
+
+#: A scale-out worker in its own process (so that it can be SIGKILLed), writing what it
+#: does to a status file every 50 ms: shards (live, stream position), announcements.
+WORKER_SCRIPT = r"""
+import asyncio, json, os, sys, time
+from yujing.scaleout import Worker, WorkerConfig
+from yujing.service import ServiceConfig
+
+url, wid, region, creds, status = sys.argv[1:6]
+
+
+async def main():
+    w = Worker([url], WorkerConfig(worker_id=wid, arrival="header", home_regions=(region,)),
+               service_config=ServiceConfig(credentials_file=creds))
+    await w.start()
+    while True:
+        st = {"pid": os.getpid(), "owned": sorted(w.owned),
+              "shards": [{"name": s.name, "live": s.live, "next_seq": s.reader.next_seq or 1, "fed": s.fed}
+                         for s in w.shards],
+              "announced": [[a.kind, a.obj.event_id, a.obj.version, a.wall_s, a.obj.issued_at_s] for a in w.announced],
+              "errors": w.errors + sum(sum(s.svc.bus.handler_errors.values()) for s in w.shards)}
+        with open(status + ".tmp", "w") as f:
+            json.dump(st, f)
+        os.replace(status + ".tmp", status)
+        await asyncio.sleep(0.05)
+
+
+asyncio.run(main())
+"""
+
+
+class WorkerProc:
+    """A worker process; :meth:`status` reads its last status (None before the first)."""
+
+    def __init__(self, tmp_path, url: str, wid: str, creds: str, life: int):
+        self.status_path = tmp_path / f"status-{wid}-{life}.json"
+        script = tmp_path / "worker.py"
+        script.write_text(WORKER_SCRIPT)
+        self.log = open(tmp_path / f"worker-{wid}-{life}.log", "w")
+        self.t_start = time.time()
+        self.proc = subprocess.Popen([sys.executable, str(script), url, wid, REGION_EPI, creds, str(self.status_path)],
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+
+    def status(self) -> dict | None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker process ended ({self.proc.returncode}): "
+                                 f"{open(self.log.name).read()[-3000:]}")
+        try:
+            return json.loads(self.status_path.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def caught_up(self, n: int) -> bool:
+        st = self.status()
+        return bool(st and st["shards"] and all(s["live"] and s["next_seq"] > n for s in st["shards"]))
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+        self.log.close()
+
+
+async def _wait(pred, timeout_s: float, what: str) -> float:
+    t = time.monotonic()
+    while not pred():
+        if time.monotonic() - t > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic() - t
+
+
+async def _publish_scripted(js, msgs) -> None:
+    for i in range(0, len(msgs), 500):
+        await asyncio.gather(*(js.publish(t.replace("/", "."), p, headers={ynats.ARRIVAL_HEADER: repr(a)})
+                               for a, t, p in msgs[i:i + 500]))
+
+
+async def _read_out(js) -> tuple[list[EventUpdate], list[Alert]]:
+    from nats.js.api import AckPolicy, ConsumerConfig
+
+    sub = await js.pull_subscribe("yj.>", stream=ynats.STREAM_OUT, config=ConsumerConfig(ack_policy=AckPolicy.NONE))
+    got = []
+    while True:
+        try:
+            batch = await sub.fetch(1000, timeout=1)
+        except nats.errors.TimeoutError:
+            break
+        got += batch
+        if batch[-1].metadata.num_pending == 0:
+            break
+    await sub.unsubscribe()
+    ev = [msgspec.json.decode(m.data, type=EventUpdate) for m in got if m.subject.startswith("yj.event.")]
+    al = [msgspec.json.decode(m.data, type=Alert) for m in got if m.subject.startswith("yj.alert.")]
+    return ev, al
+
+
+def _content(a: Alert) -> tuple:
+    """What a device acts on, without the ids and counters the announcer sets."""
+    return (a.issued_at_s, round(a.magnitude, 3), a.tiers, a.msg_type == "cancel")
+
+
+def _reference(msgs, issuer: Issuer) -> tuple[list[EventUpdate], list[Alert]]:
+    """The same messages through one engine that never fails (drive(): message time)."""
+    clock = ManualClock()
+    svc = Service(clock=clock, issuer=issuer)
+    out: list = []
+    svc.bus.publish = lambda subject, obj: out.append(obj)  # no loop: collect what it would publish
+    drive(svc, clock, msgs)
+    return [o for o in out if isinstance(o, EventUpdate)], [o for o in out if isinstance(o, Alert)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_s, restart_s", [(5.6, 6.4), (7.0, 12.0)], ids=["between-alerts", "5s-dead"])
+def test_a_worker_sigkilled_mid_quake_resumes_from_the_stream(nats_url, tmp_path, kill_s, restart_s):
+    """Luding 2022 (20,000 simulated phones, seed 3) into ``YJ_IN`` at full speed with
+    scripted arrival times; the only worker is SIGKILLed ``kill_s`` after the origin (after
+    its first alert: the failure-free engine alerts at 5.5, 5.7, 6.3, 6.6, 6.7 and 7.3 s),
+    the quake goes into the stream up to ``restart_s`` while it is dead, and it restarts
+    under the same worker id. It must resume the quake from the stream: one event id, one
+    alert id, versions going on from the dead life's, every alert the failure-free engine
+    makes after the restart announced, and the final alert the failure-free one."""
+    sc = scenarios.get("luding2022")
+    creds = str(tmp_path / "credentials")
+    issuer = Issuer()
+    issuer.save(creds)
+    ot = sc.origin_time_s
+    msgs = [m for m in scenario_wire(simulate(sc, 20_000, seed=3), signer=Signer(issuer))
+            if WINDOW_S[0] <= m[0] - ot <= WINDOW_S[1]]
+    cut1 = next(i for i, m in enumerate(msgs) if m[0] - ot > kill_s)  # killed here
+    cut2 = next(i for i, m in enumerate(msgs) if m[0] - ot > restart_s)  # restarted here
+    ref_ev, ref_al = _reference(msgs, issuer)
+    assert ref_al, "the failure-free engine alerts (else the test shows nothing)"
+    procs: list[WorkerProc] = []
+
+    async def go():
+        nc = await ynats.connect([nats_url], "test")
+        js = nc.jetstream(timeout=5)
+        await ynats.ensure_jetstream(js, replicas=1, lease_ttl_s=3.0)
+        a1 = WorkerProc(tmp_path, nats_url, "a", creds, 1)
+        procs.append(a1)
+        await _wait(lambda: a1.caught_up(0), 30, "the worker live")
+        await _publish_scripted(js, msgs[:cut1])
+        await _wait(lambda: a1.caught_up(cut1), 60, "the worker through the first 7 s")
+        await _wait(lambda: any(x[0] == "alert" for x in a1.status()["announced"]), 15, "the first alert")
+        before = a1.status()
+        a1.kill()
+        t_kill = time.time()
+        await _publish_scripted(js, msgs[cut1:cut2])  # the quake goes on while the engine is dead
+        a2 = WorkerProc(tmp_path, nats_url, "a", creds, 2)
+        procs.append(a2)
+        t_restart = time.time()
+        await _wait(lambda: a2.caught_up(cut2) and any(x[0] == "alert" for x in a2.status()["announced"]), 60,
+                    "the restarted worker live and announcing")
+        st = a2.status()
+        first_ann = min(x[3] for x in st["announced"])
+        await _publish_scripted(js, msgs[cut2:])
+        await _wait(lambda: a2.caught_up(len(msgs)), 60, "the restarted worker through the quake")
+        await asyncio.sleep(1.0)  # its last announcements
+        after = a2.status()
+        ev, al = await _read_out(js)
+        await nc.close()
+        return before, after, ev, al, t_kill, t_restart, first_ann
+
+    async def bounded():
+        async with asyncio.timeout(240):
+            return await go()
+
+    try:
+        before, after, ev, al, t_kill, t_restart, first_ann = asyncio.run(bounded())
+    finally:
+        for p in procs:
+            p.kill()
+
+    # one event id and one alert id; versions 1, 2, ... with no repeat and no gap
+    assert ev and al
+    assert len({u.event_id for u in ev}) == 1, sorted({u.event_id for u in ev})
+    assert len({a.alert_id for a in al}) == 1, sorted({a.alert_id for a in al})
+    versions = [a.version for a in al]
+    dup_versions = len(versions) - len(set(versions))
+    assert versions == list(range(1, len(al) + 1)), versions
+    assert [u.version for u in ev] == list(range(1, len(ev) + 1)), [u.version for u in ev]
+    assert al[0].msg_type == "alert" and all(a.msg_type == "update" for a in al[1:])
+    # both lives announced, under those ids
+    life1 = [x for x in before["announced"] if x[0] == "alert"]
+    life2 = [x for x in after["announced"] if x[0] == "alert"]
+    assert life1 and life2
+    # alerts lost: the failure-free engine's alerts before the kill, and after the restart
+    # went live, each on YJ_OUT; of those it made while the worker was dead (superseded by
+    # the next), the newest must be announced on resumption
+    t_dead = (msgs[cut1 - 1][0], msgs[cut2 - 1][0])
+    sent = {_content(a) for a in al}
+    before_kill = [a for a in ref_al if a.issued_at_s <= t_dead[0]]
+    while_dead = [a for a in ref_al if t_dead[0] < a.issued_at_s <= t_dead[1]]
+    after_resume = [a for a in ref_al if a.issued_at_s > t_dead[1]]
+    must = before_kill + after_resume + while_dead[-1:]
+    lost = [a for a in must if _content(a) not in sent]
+    # duplicates: the same content sent under two versions. A takeover re-sends the newest
+    # once when nothing new came while the announcer was dead (at least once to devices);
+    # here something did in both cases, so none (the sweep and the takeover both sent it
+    # until Worker._announce took one engine record once)
+    contents = [_content(a) for a in al]
+    resent = len(contents) - len(set(contents))
+    extra = [a for a in al if _content(a) not in {_content(r) for r in ref_al}]
+    # event updates: likewise (those made while dead are superseded by the resumed newest)
+    ukey = lambda u: (u.issued_at_s, round(u.magnitude, 3), round(u.latitude, 4), round(u.longitude, 4))  # noqa: E731
+    u_sent = {ukey(u) for u in ev}
+    u_dead = [u for u in ref_ev if t_dead[0] < u.issued_at_s <= t_dead[1]]
+    u_must = [u for u in ref_ev if not t_dead[0] < u.issued_at_s <= t_dead[1]] + u_dead[-1:]
+    u_lost = [u for u in u_must if ukey(u) not in u_sent]
+    print(f"\nworker killed {msgs[cut1 - 1][0] - ot:.1f} s after origin (message time), restarted after "
+          f"{msgs[cut2 - 1][0] - msgs[cut1 - 1][0]:.1f} s of quake in the stream; alerts on YJ_OUT {len(al)} "
+          f"(life 1: {len(life1)}, life 2: {len(life2)}), failure-free engine {len(ref_al)} ({len(while_dead)} made while "
+          f"dead, superseded); lost {len(lost)}, same (id, version) twice {dup_versions}, same content re-sent "
+          f"{resent}, alerts the failure-free engine never made {len(extra)}; restart -> first announcement "
+          f"{first_ann - t_restart:.2f} s (lease TTL 3 s + rebuilding {cut2} messages from the stream); "
+          f"alerts after the resumption {len(after_resume)}; event updates {len(ev)} (failure-free {len(ref_ev)}, "
+          f"{len(u_dead)} made while dead), lost {len(u_lost)}")
+    assert lost == [], [(a.version, a.issued_at_s - ot, a.magnitude) for a in lost]
+    assert u_lost == [], [(u.version, u.issued_at_s - ot, u.magnitude) for u in u_lost]
+    assert resent == 0, [(a.version, a.issued_at_s - ot, a.magnitude) for a in al]
+    assert extra == [], [(a.version, a.issued_at_s - ot, a.magnitude) for a in extra]
+    assert _content(al[-1]) == _content(ref_al[-1])
+    assert before["errors"] == 0 and after["errors"] == 0
+
+
+# ----------------------------------------------------------------------------- device clocks
+
+CLOCK_SHARE = 0.2  # of devices whose clocks are off
+CLOCK_OFF_S = (2.0, 300.0)  # by this much, either way
+
+
+def _clock_offsets(devices, seed: int) -> dict[str, float]:
+    """20 % of ``devices`` (seeded) with clocks off by 2 s to 5 min, ahead or behind."""
+    rng = np.random.default_rng(seed)
+    devs = sorted(devices)
+    pick = rng.choice(len(devs), size=round(CLOCK_SHARE * len(devs)), replace=False)
+    mag = rng.uniform(*CLOCK_OFF_S, size=len(pick))
+    sign = rng.choice([-1.0, 1.0], size=len(pick))
+    return {devs[i]: float(m * s) for i, m, s in zip(pick, mag, sign)}
+
+
+def _skew(msgs, offsets: dict[str, float], signer: Signer):
+    """The same messages with every device time of the devices in ``offsets`` on their
+    wrong clock (sent_s, onset_s), signed again; arrival times unchanged."""
+    for arr, topic, payload in msgs:
+        m = protocol.decode(topic, payload)
+        off = offsets.get(m.device, 0.0)
+        if off:
+            ch = {"sent_s": m.sent_s + off}
+            if isinstance(m, protocol.TriggerMsg):
+                ch["onset_s"] = m.onset_s + off
+            m = msgspec.structs.replace(m, **ch)
+        yield arr, topic, signer.payload(topic, m)
+
+
+def _run_service(msgs, issuer: Issuer):
+    clock = ManualClock()
+    svc = Service(clock=clock, issuer=issuer)
+    out: list = []
+    svc.bus.publish = lambda subject, obj: out.append(obj)
+    drive(svc, clock, msgs)
+    return svc, [o for o in out if isinstance(o, EventUpdate)], [o for o in out if isinstance(o, Alert)]
+
+
+def _quake_figures(sc, ups: list[EventUpdate], als: list[Alert]) -> dict:
+    near = [u for u in ups if not u.retracted and distance_km(u.latitude, u.longitude, sc.latitude, sc.longitude) < 100]
+    far = {u.event_id for u in ups if u.event_id not in {n.event_id for n in near}}
+    ot = sc.origin_time_s
+    last = near[-1] if near else None
+    return {
+        "detected": bool(near),
+        "events": len({u.event_id for u in near}),
+        "other_events": len(far),
+        "first_update_s": round(near[0].issued_at_s - ot, 2) if near else None,
+        "first_alert_s": round(als[0].issued_at_s - ot, 2) if als else None,
+        "alerts": len(als),
+        "final_error_km": round(float(distance_km(last.latitude, last.longitude, sc.latitude, sc.longitude)), 1) if last else None,
+        "final_origin_error_s": round(last.origin_time_s - ot, 2) if last else None,
+        "final_magnitude": round(last.magnitude, 2) if last else None,
+        "first_magnitude": round(near[0].magnitude, 2) if near else None,
+    }
+
+
+def test_clocks_off_on_a_fifth_of_the_phones_luding():
+    """Luding 2022 (20,000 simulated phones, seed 3; a minute of heartbeats before the
+    quake): the same messages with 20 % of the phones' clocks off by 2 s to 5 min (seeded),
+    through the service (``drive``: message time). The service must see the offsets from
+    sent vs arrival time and the quake must come out as it does with true clocks: one
+    event, alerted as early, located and sized as well (to the tolerances below)."""
+    sc = scenarios.get("luding2022")
+    ot = sc.origin_time_s
+    issuer = Issuer()
+    msgs = [m for m in scenario_wire(simulate(sc, 20_000, seed=3), signer=False) if -70.0 <= m[0] - ot <= 25.0]
+    devices = {protocol.decode(t, p).device for _, t, p in msgs}
+    offsets = _clock_offsets(devices, seed=12)
+    clean = list(_skew(msgs, {}, Signer(issuer)))
+    skewed = list(_skew(msgs, offsets, Signer(issuer)))
+    svc0, ups0, als0 = _run_service(clean, issuer)
+    svc1, ups1, als1 = _run_service(skewed, issuer)
+    f0, f1 = _quake_figures(sc, ups0, als0), _quake_figures(sc, ups1, als1)
+    # detected: the registry's offset estimate of each skewed phone that was heard
+    # (offset = arrival - sent = latency - clock error). A phone whose clock is ahead by
+    # more than service.CLOCK_AHEAD_MAX_S (120 s) never gets a stored estimate (a forged
+    # message "from the future" must not move it): each of its messages is corrected by
+    # its own arrival - sent instead (its latency is then lost in the correction)
+    heard = [d for d in offsets if d in svc1.registry.devs]
+    est = {d: svc1.registry.devs[d].off_min_s for d in heard if math.isfinite(svc1.registry.devs[d].off_min_s)}
+    unstored = [d for d in heard if d not in est]
+    err = np.array([abs(est[d] + offsets[d]) for d in est])
+    flagged = sum(1 for d in est if protocol.clock_correction_s(est[d]) != 0.0)
+    trig_devs = {protocol.decode(t, p).device for _, t, p in msgs if "/trig/" in t}
+    print(f"\nclocks off on {len(offsets)} of {len(devices)} phones ({min(abs(v) for v in offsets.values()):.1f}-"
+          f"{max(abs(v) for v in offsets.values()):.0f} s); heard {len(heard)}: estimated {len(est)} (flagged off {flagged}, "
+          f"estimate error median {np.median(err):.2f} s, max {err.max():.2f} s), ahead > 120 s so corrected message by "
+          f"message {len(unstored)}; skewed among the {len(trig_devs)} triggering phones: {len(trig_devs & offsets.keys())}\ntrue clocks: {f0}\nclocks off:  {f1}\nrejects: {svc1.rejects.by_reason()} (true clocks: {svc0.rejects.by_reason()})")
+    assert f0["detected"] and f1["detected"]
+    assert f1["events"] == 1 and f1["other_events"] == f0["other_events"]
+    assert flagged == len(est) and len(est) + len(unstored) == len(heard)
+    assert all(offsets[d] > 120.0 for d in unstored)
+    assert f1["first_alert_s"] is not None and f1["first_alert_s"] <= f0["first_alert_s"] + 0.5
+    assert f1["final_error_km"] <= max(15.0, f0["final_error_km"] + 5.0)
+    assert abs(f1["final_magnitude"] - f0["final_magnitude"]) <= 0.1
+    assert abs(f1["first_magnitude"] - f0["first_magnitude"]) <= 0.2
+
+
+@pytest.mark.slow
+def test_clocks_off_on_a_fifth_of_the_sensors_dev_set(openeew_dir, monkeypatch):
+    """The 11 development recordings (OpenEEW sensors: raw packets, the server picks) with
+    20 % of the sensors' clocks off by 2 s to 5 min (seeded, one offset per sensor over all
+    recordings): the replay must still meet the detection issue's targets that
+    tests/test_dev_set.py holds the true-clock replay to (every quake, no false event,
+    first announcement median <= 2 s after the P wave at the third device, final epicentre
+    median <= 15 km, final / first magnitude median error <= 0.25 / 0.40)."""
+    from yujing import replay as replay_mod
+    from yujing.score import false_events, load_catalog, score_folder, summarise
+    from yujing.sources.openeew import iter_event_dirs, load_devices
+
+    devices = load_devices(openeew_dir / "devices.json")
+    offsets = _clock_offsets(devices, seed=12)
+    real_iter = replay_mod.iter_packets
+    shifted = {"n": 0}
+
+    def skewed_packets(event_dir, devs, rejects):
+        for p in real_iter(event_dir, devs, rejects):
+            off = offsets.get(p.device_id)
+            if off:
+                shifted["n"] += 1
+                p = msgspec.structs.replace(p, device_time_s=p.device_time_s + off)
+            yield p
+
+    dirs = list(iter_event_dirs(openeew_dir))
+    truth = {c.key: c for c in load_catalog(openeew_dir / "catalog.csv")}
+    full = load_catalog(openeew_dir / "ssn_catalog.csv")
+
+    def scored(result):
+        scores, false, notes = [], [], {}
+        for f in result.folders:
+            recorded = [devices[p.name] for p in (openeew_dir / "events" / f.folder).iterdir() if p.name in devices]
+            scores.append(score_folder(f.folder, f.updates, truth[f.folder], recorded))
+            false += false_events(f.updates, full)
+            for k, v in f.rejects.notes.items():
+                notes[k] = notes.get(k, 0) + v
+        return scores, false, notes
+
+    scores0, false0, notes0 = scored(replay_mod.replay(dirs, devices))  # true clocks, for the figures
+    sm0 = summarise(scores0, 0)
+    monkeypatch.setattr(replay_mod, "iter_packets", skewed_packets)
+    scores, false, notes = scored(replay_mod.replay(dirs, devices))
+    sm = summarise(scores, 0)
+    print(f"\nclocks off on {len(offsets)} of {len(devices)} sensors ({shifted['n']} packets shifted); detected "
+          f"{sum(s.detected for s in scores)}/11, false events {len(false)}; first announcement median "
+          f"{sm.median_first_delay_p3_s:.2f} s after P at the 3rd device; final epicentre median "
+          f"{sm.median_final_location_error_km:.1f} km; magnitude median error final {sm.median_final_magnitude_error:.2f}, "
+          f"first {sm.median_first_magnitude_error:.2f}; ingest notes {notes}\ntrue clocks: detected "
+          f"{sum(s.detected for s in scores0)}/11, false events {len(false0)}; first announcement median "
+          f"{sm0.median_first_delay_p3_s:.2f} s; final epicentre median {sm0.median_final_location_error_km:.1f} km; "
+          f"magnitude median error final {sm0.median_final_magnitude_error:.2f}, first {sm0.median_first_magnitude_error:.2f}; "
+          f"ingest notes {notes0}")
+    assert shifted["n"] > 0
+    assert [s.key for s in scores if not s.detected] == []
+    assert false == [], [(u.event_id, u.magnitude) for u in false]
+    assert sm.median_first_delay_p3_s <= 2.0
+    assert sm.median_final_location_error_km <= 15.0
+    assert round(sm.median_final_magnitude_error, 2) <= 0.25
+    assert round(sm.median_first_magnitude_error, 2) <= 0.40
+
+
+# ----------------------------------------------------------------------------- slow consumers
+
+
+class _StalledStore:
+    """A store whose writes hang until released (a database that stopped answering)."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+        self.calls = 0
+
+    def _hang(self, *args) -> None:
+        self.calls += 1
+        self.release.wait(60)
+
+    save_update = save_alert = note_devices = _hang
+
+
+async def _drive_live(svc: Service, clock: ManualClock, msgs, every: int = 50) -> None:
+    """drive() that lets the loop run (the bus's subscribers) every ``every`` messages
+    (drive() itself cannot be cut in chunks: each call starts its own step grid and ends
+    with a step past its last message)."""
+    step = svc.config.step_s
+    next_tick = None
+    for i, (arr, topic, payload) in enumerate(msgs):
+        if next_tick is None:
+            next_tick = arr + step
+        while next_tick <= arr:
+            clock.t_s = next_tick
+            svc.process_queue()
+            svc.fire_timer()
+            next_tick += step
+        clock.t_s = arr
+        svc.receive(topic, payload, arr)
+        if i % every == 0:
+            await asyncio.sleep(0)
+    svc.process_queue()
+    clock.t_s = next_tick
+    svc.fire_timer()
+
+
+def _alert_path_run(msgs, issuer: Issuer, slow: bool) -> dict:
+    """The Luding quake through a service whose alerts go to a critical subscriber (what
+    the MQTT link to devices is); with ``slow``, a live-stream client that never reads
+    (a non-critical subscriber that never returns) and a store that hangs on every write.
+    Returns the alerts received, per-alert publish -> received delays, and the bus's counts."""
+    from yujing.bus.memory import MemoryBus
+
+    async def go():
+        clock = ManualClock()
+        store = _StalledStore() if slow else None
+        svc = Service(bus=MemoryBus(queue_size=200), store=store, clock=clock, issuer=issuer)
+        if store is not None:
+            # the service's own store subscribers (critical), as `yujing serve` runs them
+            await svc.start()
+            for t in svc._tasks:
+                if t.get_name() in ("engine", "registry-flush"):  # driven on message time below, not by the wall clock
+                    t.cancel()
+        published: dict[tuple[str, int], float] = {}
+        got: list[tuple[Alert, float]] = []
+        real_publish = svc.bus.publish
+        n_pub = [0]
+
+        def publish(subject, obj):
+            n_pub[0] += 1
+            if isinstance(obj, Alert):
+                published[(obj.alert_id, obj.version)] = time.perf_counter()
+            real_publish(subject, obj)
+
+        svc.bus.publish = publish
+        svc.bus.subscribe("yj.alert.>", lambda s, a: got.append((a, time.perf_counter())), critical=True)
+        stuck = asyncio.Event()
+        if slow:
+            async def never_reads(subject, obj):  # a live-stream client whose socket never drains
+                await stuck.wait()
+
+            slow_sub = svc.bus.subscribe("yj.>", never_reads)
+        await _drive_live(svc, clock, msgs)
+        await asyncio.sleep(0.2)  # the alert subscriber catches up (it must not wait on the others)
+        out = {
+            "alerts": [(a.alert_id, a.version) for a, _ in got],
+            "published": sorted(published),
+            "delays_ms": [1000 * (t - published[(a.alert_id, a.version)]) for a, t in got],
+            "dropped": dict(svc.bus.dropped),
+            "store_calls": store.calls if store else 0,
+            "updates": svc.stats.updates,
+            "n_published": n_pub[0],
+        }
+        if slow:
+            out["slow_queue"] = slow_sub.queue.qsize()
+            out["store_queued"] = sum(s.queue.qsize() for s in svc.bus._subs if s.pattern in ("yj.event.>", "yj.alert.>")
+                                      and s.critical and s.handler.__name__.startswith("_store"))
+            store.release.set()
+            stuck.set()
+        await svc.bus.close()
+        for t in svc._tasks:
+            t.cancel()
+        await asyncio.gather(*svc._tasks, return_exceptions=True)
+        return out
+
+    async def bounded():
+        async with asyncio.timeout(120):
+            return await go()
+
+    return asyncio.run(bounded())
+
+
+def test_slow_consumers_never_stall_the_alert_path():
+    """The same quake twice: alone, and with a live-stream client that never reads plus a
+    store that hangs on every write. Every alert reaches the alert path both times; only
+    the non-critical subscriber loses messages, each one counted; the stalled store's
+    records wait in its queue (none dropped). The delays are printed as figures."""
+    sc = scenarios.get("luding2022")
+    ot = sc.origin_time_s
+    issuer = Issuer()
+    msgs = [m for m in scenario_wire(simulate(sc, 20_000, seed=3), signer=Signer(issuer)) if WINDOW_S[0] <= m[0] - ot <= WINDOW_S[1]]
+    fast = _alert_path_run(msgs, issuer, slow=False)
+    slow = _alert_path_run(msgs, issuer, slow=True)
+    d0, d1 = np.array(fast["delays_ms"]), np.array(slow["delays_ms"])
+    print(f"\nalerts {len(fast['alerts'])} / {len(slow['alerts'])}; publish -> alert subscriber median {np.median(d0):.2f} ms "
+          f"(max {d0.max():.2f}) alone, {np.median(d1):.2f} ms (max {d1.max():.2f}) with a never-reading stream client and a "
+          f"stalled store; dropped {slow['dropped']} (the stream client's queue holds {slow['slow_queue']}); store calls "
+          f"{slow['store_calls']} (hung), records waiting for it {slow['store_queued']}; messages on the bus {slow['n_published']}")
+    assert fast["alerts"] and fast["alerts"] == fast["published"]
+    assert slow["alerts"] == slow["published"] == fast["published"]  # every alert, in order, none lost
+    assert fast["dropped"] == {}
+    # only the non-critical consumer lost any, and each is counted: all it was sent but the
+    # 200 its queue holds and the one its handler is stuck on
+    assert set(slow["dropped"]) == {"yj.>"}
+    assert slow["dropped"]["yj.>"] == slow["n_published"] - 200 - 1 > 0
+    assert slow["slow_queue"] == 200  # bounded: full, not growing
+    assert slow["store_calls"] == 2  # one update and one alert write hung ...
+    assert slow["store_queued"] == slow["updates"] + len(slow["published"]) - 2  # ... and the rest wait, none dropped
