@@ -518,6 +518,54 @@ def test_raw_packets_only_when_opted_in():
     assert sum(isinstance(m, TriggerMessage) for m in msgs) == ag.stats.trigger_messages > 0
 
 
+
+def test_outbox_messages_signed_with_enrolled_credentials_pass_the_servers_door():
+    """docs/security.md: the agent signs with the credential a server enrolled for its
+    pseudonym (POST /api/enrol). Enrolled on day one only: day one's triggers and raw
+    packets pass the server's Guard, each numbered for the replay window; day two's go
+    unsigned and are refused as such; a replayed payload is refused; nothing is signed
+    with a key the server did not issue."""
+    from yujing import protocol, security
+    from yujing.device.signing import DeviceSigner, enrol_request
+
+    ag = _quake_agent(share_raw=True)
+    msgs = ag.drain()
+    issuer = security.Issuer(bytes(range(32)))
+    day1 = daily_pseudonym(SECRET, "2024-03-01")
+    assert msgspec.json.decode(enrol_request([day1])) == {"pseudonyms": [day1]}
+    # the API's answer (src/yujing/api/app.py, enrol)
+    cred = issuer.enrol(day1, 1709251200.0)
+    signer = DeviceSigner()
+    refused = signer.add_enrolment({"kid": issuer.kid.hex(), "credentials": [{"device": day1, "key": cred.key.hex()}],
+                                    "refused": []})
+    assert refused == [] and set(signer.credentials) == {day1}
+    guard = security.Guard(issuer, security.GuardConfig(rate_limits=False))
+    verdict = {}
+    first = None
+    for m in msgs:
+        sent = m.trigger.issued_at_s if isinstance(m, TriggerMessage) else m.packet.device_time_s
+        topic, payload = signer.wire(m, sent)
+        decoded = protocol.decode(topic, payload)
+        assert decoded.device == (m.trigger.device_id if isinstance(m, TriggerMessage) else m.packet.device_id)
+        try:
+            guard.check(topic, payload, decoded, sent)
+            reason = "ok"
+        except protocol.ProtocolError as exc:
+            reason = exc.reason
+        verdict.setdefault((decoded.device, reason), 0)
+        verdict[(decoded.device, reason)] += 1
+        if first is None and reason == "ok":
+            first = (topic, payload, decoded, sent)
+    day2 = daily_pseudonym(SECRET, "2024-03-02")
+    kinds = {type(m) for m in msgs}
+    assert kinds == {TriggerMessage, PacketMessage}
+    assert verdict[(day1, "ok")] > 10 and verdict[(day2, "unsigned")] > 0
+    assert set(verdict) == {(day1, "ok"), (day2, "unsigned")}, verdict
+    with pytest.raises(protocol.ProtocolError) as exc:
+        guard.check(*first)
+    assert exc.value.reason == "replayed"
+
+
 # ------------------------------------------------------------------ alerts
 
 

@@ -1,0 +1,71 @@
+"""The device agent's messages as signed wire messages for a server (the transport edge).
+
+The agent's :class:`~yujing.device.messages.Outbox` holds records; a transport that sends
+them to a yujing server turns each into a :mod:`yujing.protocol` message and signs it with
+the credential the server issued for the pseudonym (:mod:`yujing.security`): a server
+refuses unsigned messages unless it is a development server (docs/security.md).
+
+Credentials come from ``POST /api/enrol`` (one per daily pseudonym, first come): build the
+request with :func:`enrol_request`, give the response to :meth:`DeviceSigner.add_enrolment`.
+A pseudonym with no credential is sent unsigned, which a production server counts and
+refuses as ``unsigned``: the device fails loud rather than sending under someone else's key.
+A new UTC day brings a new pseudonym (:func:`yujing.device.messages.utc_day`), to enrol
+again. Units: times UNIX s (device clock).
+"""
+
+from __future__ import annotations
+
+import json
+
+from .. import protocol
+from ..security import Credential, Signer
+from .messages import PacketMessage, TriggerMessage
+
+
+def enrol_request(pseudonyms: list[str]) -> bytes:
+    """The JSON body of ``POST /api/enrol`` for ``pseudonyms`` (today's, and tomorrow's
+    ahead of midnight)."""
+    return json.dumps({"pseudonyms": list(pseudonyms)}).encode()
+
+
+def wire_record(message: TriggerMessage | PacketMessage, sent_s: float):
+    """(kind, unsigned :mod:`yujing.protocol` message) of an outbox message sent at
+    ``sent_s`` (device clock, UNIX s)."""
+    if isinstance(message, TriggerMessage):
+        return "trig", protocol.from_trigger(message.trigger, message.cell, sent_s)
+    p = message.packet
+    return "pkt", protocol.PacketMsg(
+        device=p.device_id,
+        cell=message.cell,
+        device_time_s=p.device_time_s,
+        sample_rate_hz=p.sample_rate_hz,
+        x_gal=list(p.x_gal),
+        y_gal=list(p.y_gal),
+        z_gal=list(p.z_gal),
+    )
+
+
+class DeviceSigner:
+    """Signs one device's outbox messages with its enrolled credentials and numbers them
+    (``seq`` per pseudonym, from 1, for the server's replay window). Never makes a
+    credential itself: it holds only what a server issued."""
+
+    def __init__(self, credentials: dict[str, Credential] | None = None):
+        self._signer = Signer(creds=dict(credentials or {}))  # creds given: no local issuer
+
+    @property
+    def credentials(self) -> dict[str, Credential]:
+        return self._signer.creds
+
+    def add_enrolment(self, response: dict) -> list[dict]:
+        """Keep the credentials of a ``POST /api/enrol`` response (its JSON, decoded);
+        returns the refused pseudonyms with the server's reasons."""
+        kid = bytes.fromhex(response["kid"])
+        for c in response.get("credentials", []):
+            self._signer.creds[c["device"]] = Credential(c["device"], bytes.fromhex(c["key"]), kid)
+        return list(response.get("refused", []))
+
+    def wire(self, message: TriggerMessage | PacketMessage, sent_s: float) -> tuple[str, bytes]:
+        """(MQTT topic, payload) of an outbox message sent at ``sent_s`` (UNIX s)."""
+        kind, msg = wire_record(message, sent_s)
+        return self._signer.wire(kind, msg)
