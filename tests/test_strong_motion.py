@@ -255,7 +255,7 @@ def test_no_event_announced_before_its_origin(measured):
     assert sm.events_announced_before_origin == 0, [(q.event, q.first_announcement) for q in quakes]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: first magnitude errors -2.27 (Nisqually), -0.46 (Napa), -1.42 "
+@pytest.mark.xfail(strict=True, reason="issue 11 (measured at 0c9bf89): first magnitude errors -2.27 (Nisqually), -0.46 (Napa), -1.42 "
                                        "(Ridgecrest), median 1.42. The 0.46 measured before the picker fix came from a "
                                        "warm-up pick in CI.CCC's foreshock coda that put Ridgecrest's origin 6.4 s early "
                                        "and its epicentre 34 km off (first M6.7 at +3.5 s); with the P picks the location "
@@ -265,7 +265,7 @@ def test_first_magnitude_median_within_half_a_unit(measured):
     assert round(sm.median_first_magnitude_error, 2) <= 0.5, [round(q.first_magnitude_error, 2) for q in quakes]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: final magnitude errors +0.04 (Nisqually), +0.53 (Napa), -0.48 "
+@pytest.mark.xfail(strict=True, reason="issue 11 (measured at 0c9bf89): final magnitude errors +0.04 (Nisqually), +0.53 (Napa), -0.48 "
                                        "(Ridgecrest: M7.20 at +20.5 s falls to M6.62 at +30.5 s), median 0.48; the 0.18 "
                                        "before the picker fix rode on Ridgecrest's warm-up pick and 34 km-off location")
 def test_final_magnitude_median_within_a_quarter_unit(measured):
