@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -143,3 +145,33 @@ def test_pgv_next_to_the_fault_says_nothing_about_mw():
     far = pgv_moment_magnitude([5.0], [150.0], 10.0)
     assert np.isnan(near[0])
     assert np.isfinite(far[0])
+
+
+def test_one_complete_record_among_many_growing_ones_does_not_lift_the_magnitude():
+    """The demo's M6.6 read M7.3 for ten seconds: the first complete record among hundreds
+    of growing ones made every one of them push M above itself. The lower bounds say the
+    same thing with one detection as without it."""
+    rng = np.random.default_rng(5)
+    lo = 6.6 + 0.35 * rng.standard_normal(400)
+    alone, _ = censored_magnitude([], lower=lo)
+    with_one, _ = censored_magnitude([6.2], lower=lo)
+    assert abs(with_one - alone) <= 0.05, (alone, with_one)
+    # many detections below the bounds' floor do outvote it (the bounds are still growing
+    # amplitudes; detections are complete ones)
+    many, _ = censored_magnitude(list(6.0 + 0.3 * rng.standard_normal(400)), lower=lo)
+    assert many < alone - 0.2
+
+
+def test_self_consistent_magnitude_does_not_depend_on_the_last_value():
+    """Which amplitudes are complete depends on the magnitude assumed; the answer must be a
+    function of the data, not of where the last step left it."""
+    from yujing.associate import self_consistent_magnitude
+
+    # a longer rupture (larger M assumed) leaves one record incomplete: the estimate falls
+    est = lambda m: (7.3, 0.2) if m < 7.05 else (6.9, 0.2)
+    got = {g: self_consistent_magnitude(est, g)[0] for g in (float("nan"), 5.0, 6.9, 7.3, 8.5)}
+    assert all(m == pytest.approx(7.05, abs=0.02) for m in got.values()), got  # the jump's place, from every start
+    # a smooth dependence (NaN: no rupture duration assumed, as event_magnitude takes it)
+    smooth = lambda m: (6.0 + 0.1 * (7.0 - (m if math.isfinite(m) else 7.0)), 0.1)
+    for g in (float("nan"), 5.0, 8.0):
+        assert self_consistent_magnitude(smooth, g)[0] == pytest.approx(6.7 / 1.1, abs=0.02)

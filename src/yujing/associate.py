@@ -671,23 +671,8 @@ class Associator:
             if did not in best or wa[i] > wa[best[did]]:
                 best[did] = i
         idx = np.array(sorted(best.values()))
-        # Which amplitudes are complete depends on the rupture duration, i.e. on the
-        # magnitude itself: iterate to the fixed point (a few steps; a 2-cycle, possible at
-        # a completeness edge, is settled at its mean).
-        m_prev, m = ev.magnitude, ev.magnitude
-        history: list[float] = []
-        for _ in range(4):
-            m, sig = event_magnitude(
-                wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx], m_prev
-            )
-            if math.isfinite(m_prev) and abs(m - m_prev) < 0.05:
-                break
-            history.append(m)
-            m_prev = m
-        else:
-            if len(history) >= 2:
-                m = 0.5 * (history[-1] + history[-2])
-        ev.magnitude, ev.magnitude_sigma = m, sig
+        args = (wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx])
+        ev.magnitude, ev.magnitude_sigma = self_consistent_magnitude(lambda m: event_magnitude(*args, m), ev.magnitude)
 
     def _refresh_soon(self, ev: Event, now_s: float) -> list[EventUpdate]:
         """Refresh now while the event is small; a large one waits for the step's end
@@ -811,6 +796,52 @@ class Associator:
                         out.extend(self._refresh(ev, now_s))
         return out
 
+
+
+def self_consistent_magnitude(estimate, guess: float, tol: float = 0.02) -> tuple[float, float]:
+    """The magnitude ``m`` with ``estimate(m) = (m, sigma)``: which amplitudes are complete
+    depends on the rupture duration, i.e. on the magnitude assumed. A longer rupture
+    leaves fewer amplitudes complete, which mostly lowers the estimate, so iterating from
+    the last value swung between two answers (M6.8 and M7.4 on consecutive steps of the
+    demo's M6.6, one phone apart). The crossing of ``estimate(m) - m`` found by bisection is
+    a function of the data alone, not of the path; where the estimate jumps across the
+    diagonal (a set of amplitudes turning complete) it is the magnitude of the jump.
+    ``guess`` (the last value, NaN for a new event) only places the first bracket."""
+    m0, s0 = estimate(guess)
+    if not math.isfinite(m0):
+        return m0, s0
+    if math.isfinite(guess):
+        lo = hi = guess
+        g_lo = g_hi = m0 - guess
+    else:  # a new event: start from what the duration-free estimate says
+        lo = hi = m0
+        m1, s1 = estimate(m0)
+        g_lo = g_hi = m1 - m0
+        if abs(g_lo) < tol:
+            return m1, s1
+    if abs(g_lo) < tol:
+        return m0, s0
+    step = 0.25
+    # bracket: estimate(lo) >= lo and estimate(hi) <= hi
+    while g_lo < 0 and lo > 0.0:
+        lo -= step
+        g_lo = estimate(lo)[0] - lo
+        step *= 2
+    step = 0.25
+    while g_hi > 0 and hi < 10.0:
+        hi += step
+        g_hi = estimate(hi)[0] - hi
+        step *= 2
+    if not (g_lo >= 0 >= g_hi):
+        return m0, s0  # no crossing within M0-10: keep the plain estimate
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if estimate(mid)[0] >= mid:
+            lo = mid
+        else:
+            hi = mid
+    m = 0.5 * (lo + hi)
+    return m, estimate(m)[1]
 
 
 def _convex_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -166,7 +166,12 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
     # never flat, so M cannot run off to where a lone detection stops mattering. Bounds
     # cost a Cauchy function of their violation (quadratic, then ever flatter): they pull
     # while close, but a bound far off - a site reading low, a growing amplitude - cannot
-    # outvote the detections.
+    # outvote the detections. The lower bounds enter as the one magnitude they say the
+    # event has at least (what they give alone, _lower_bound_magnitude), weighted by
+    # their number: each one on its own pushed M above nearly all of them, to the
+    # largest station scatters, so that the first complete record among hundreds of
+    # growing ones lifted M by half a unit (the demo's M6.6 read M7.3 from 20 s to 30 s).
+    floor = _lower_bound_magnitude(lo) if len(lo) else float("nan")
     allm = np.concatenate([det, up, lo])
     grid = _M_GRID[(_M_GRID >= allm.min() - 1.0 - 1e-9) & (_M_GRID <= allm.max() + 1.0 + 1e-9)]
     if len(grid) == 0:
@@ -176,7 +181,7 @@ def censored_magnitude(detected, upper=(), lower=(), sigma: float = STATION_SIGM
         if len(up):
             nll += _cauchy(np.maximum(0.0, (g[:, None] - up[None, :]) / sigma)).sum(axis=1)
         if len(lo):
-            nll += _cauchy(np.maximum(0.0, (lo[None, :] - g[:, None]) / sigma)).sum(axis=1)
+            nll += len(lo) * _cauchy(np.maximum(0.0, (floor - g) / sigma))
         return nll
 
     # coarse to fine (0.05 then 0.01): thousands of phones times hundreds of grid points
