@@ -7,7 +7,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from yujing.alerting import AlertPolicy, AlertSettings, area_tier, device_warning, warning_times
+from yujing.alerting import TIERS, AlertPolicy, AlertSettings, area_tier, device_warning, magnitude_margin, warning_times
 from yujing.geo import distance_km
 from yujing.records import EventUpdate
 from yujing.shaking import forecast_site
@@ -76,12 +76,156 @@ def test_updates_only_when_magnitude_moves_or_area_grows():
     assert a3.version == 3 and len(cells_of(a3, "be_aware")) > len(cells_of(a2, "be_aware"))
 
 
-def test_area_never_shrinks_when_magnitude_drops():
+def expected_cells(magnitude: float, lat: float = LAT, name: str | None = None) -> set[str]:
+    """Cells (of one tier, or of both) the forecast at this magnitude gives."""
+    tm = AlertPolicy(model="bssa14").tier_map(upd(1, magnitude, lat=lat))
+    keep = [i for i, t in enumerate(tm.tier.tolist()) if name is None or TIERS[t] == name]
+    return {h3.int_to_str(int(tm.cells_int[i])) for i in keep}
+
+
+def all_cells(alert) -> set[str]:
+    return cells_of(alert, "be_aware") | cells_of(alert, "take_action")
+
+
+def test_margin_is_the_sigma_within_bounds():
+    assert magnitude_margin(0.2) == pytest.approx(0.2)
+    assert magnitude_margin(0.01) == pytest.approx(0.1)
+    assert magnitude_margin(0.5) == pytest.approx(0.3)
+    assert magnitude_margin(float("nan")) == pytest.approx(0.3)
+
+
+def test_a_falling_estimate_shrinks_the_areas_after_the_hold():
+    """M6.6, then M7.4 (an upgrade, at once), then M6.6 again: the M7.4 areas stay until
+    the lower estimate has stood for the hold (10 s), then shrink, in one update, to the
+    areas of M6.6 plus the margin (sigma 0.2): tiers lowered, cells dropped."""
     pol = AlertPolicy(model="bssa14")
-    [a1] = pol.on_update(upd(1, 6.5))
-    [a2] = pol.on_update(upd(2, 6.0, 1.0))  # moved by 0.5: an update
-    assert cells_of(a1, "take_action") <= cells_of(a2, "take_action")
-    assert cells_of(a1, "be_aware") - cells_of(a2, "take_action") <= cells_of(a2, "be_aware")
+    [a1] = pol.on_update(upd(1, 6.6, 0.0))
+    [a2] = pol.on_update(upd(2, 7.4, 1.0))
+    assert all_cells(a1) < all_cells(a2)
+    # the estimate falls: the message says M6.6 (devices size their own shaking by it) but
+    # the areas hold
+    [a3] = pol.on_update(upd(3, 6.6, 2.0))
+    assert a3.msg_type == "update" and a3.magnitude == 6.6
+    assert cells_of(a3, "take_action") == cells_of(a2, "take_action") and cells_of(a3, "be_aware") == cells_of(a2, "be_aware")
+    for k, t in enumerate((4.0, 7.0, 11.9)):
+        assert pol.on_update(upd(4 + k, 6.6, t)) == []
+    # 10 s after the M7.4 was replaced by the lower estimate: lowered
+    [a4] = pol.on_update(upd(7, 6.6, 12.0))
+    assert a4.msg_type == "update" and a4.version == a3.version + 1 and a4.alert_id == a1.alert_id
+    for name in TIERS:
+        assert cells_of(a4, name) == expected_cells(6.8, name=name)
+    assert all_cells(a1) <= all_cells(a4) < all_cells(a2)
+    lowered = cells_of(a2, "take_action") & cells_of(a4, "be_aware")
+    dropped = all_cells(a2) - all_cells(a4)
+    assert lowered and len(dropped) > 0.3 * len(all_cells(a2))
+    # settled: nothing more to say
+    assert pol.on_update(upd(8, 6.6, 30.0)) == [] and pol.tick(T0 + 10.0 + 60.0) == []
+
+
+def test_a_downgrade_comes_due_on_a_tick_without_a_new_estimate():
+    pol = AlertPolicy(model="bssa14")
+    pol.on_update(upd(1, 6.6, 0.0))
+    pol.on_update(upd(2, 7.4, 1.0))
+    [a3] = pol.on_update(upd(3, 6.6, 2.0))
+    assert pol.tick(T0 + 10.0 + 11.9) == []
+    [a4] = pol.tick(T0 + 10.0 + 12.0)
+    assert a4.msg_type == "update" and a4.version == a3.version + 1
+    assert a4.issued_at_s == T0 + 22.0 and a4.magnitude == 6.6 and a4.event_version == 3
+    assert all_cells(a4) == expected_cells(6.8)
+    # the newest estimate stands until a newer one comes: time alone lowers nothing further
+    assert pol.tick(T0 + 10.0 + 300.0) == []
+    # a policy with nothing held above its estimate has nothing due
+    other = AlertPolicy(model="bssa14")
+    other.on_update(upd(1, 6.6, 0.0))
+    assert other.tick(T0 + 1000.0) == []
+
+
+def test_a_swing_within_the_hold_does_not_flap():
+    """Issue 11's demo: M6.6 read as M7.4 and back, again and again, for 20 s. Upgrades go
+    out at once, no area falls while the swing lasts; once the estimate stays at M6.6
+    (jittering by a few hundredths) the areas fall once, 10 s after the last M7.4, and
+    never rise or fall again."""
+    pol = AlertPolicy(model="bssa14")
+    rng = np.random.default_rng(1)
+    msgs, v, t = [], 0, 0.0
+    swing = [6.6, 7.4, 7.4, 6.6, 6.6, 6.6, 7.4, 6.6]  # every 0.5 s, repeated (period 4 s)
+    while t < 20.0:
+        v += 1
+        msgs += pol.on_update(upd(v, swing[v % len(swing)], t))
+        if swing[v % len(swing)] == 7.4:
+            replaced = t + 0.5  # when the next, lower, estimate replaces it
+        t += 0.5
+    while t < 90.0:
+        v += 1
+        msgs += pol.on_update(upd(v, 6.6 + float(rng.uniform(-0.04, 0.04)), t))
+        t += 0.5
+    sizes = [len(all_cells(a)) for a in msgs]
+    falls = [i for i in range(1, len(msgs)) if sizes[i] < sizes[i - 1]]
+    rises = [i for i in range(1, len(msgs)) if sizes[i] > sizes[i - 1]]
+    assert len(falls) == 1
+    fell = msgs[falls[0]]
+    assert fell.issued_at_s - T0 - 10.0 == pytest.approx(replaced + 10.0)
+    assert all(msgs[i].issued_at_s < fell.issued_at_s for i in rises)  # the M7.4 upgrade only
+    assert all(a.issued_at_s <= fell.issued_at_s for a in msgs)  # the jitter says nothing new
+    # lowered to what the highest estimate of the hold (M6.6 + jitter <= 0.04) supports
+    # with the margin (sigma 0.2)
+    assert expected_cells(6.76) <= all_cells(fell) <= expected_cells(6.84)
+
+
+def test_a_fall_within_the_margin_keeps_the_areas():
+    pol = AlertPolicy(model="bssa14")
+    [a1] = pol.on_update(upd(1, 6.6, 0.0))
+    msgs = []
+    for k in range(60):  # M6.45 +/- 0.2 for a minute: not a fall beyond the uncertainty
+        msgs += pol.on_update(upd(2 + k, 6.45, 1.0 + k))
+    msgs += pol.tick(T0 + 10.0 + 120.0)
+    assert msgs == []
+    # a fall of 0.4 that holds: the areas of M6.4 (6.2 + 0.2)
+    for k in range(12):
+        msgs += pol.on_update(upd(100 + k, 6.2, 70.0 + k))
+    assert len(msgs) == 2  # the magnitude moved 0.4 (update, same areas), then the fall
+    assert all_cells(msgs[0]) == all_cells(a1)
+    assert all_cells(msgs[1]) == expected_cells(6.4)
+
+
+def test_areas_follow_an_epicentre_that_moves():
+    """The second estimate puts the quake 55 km further north: the cells to the north are
+    warned at once, those it no longer reaches in the south are dropped after the hold."""
+    pol = AlertPolicy(model="bssa14")
+    [a1] = pol.on_update(upd(1, 6.0, 0.0))
+    [a2] = pol.on_update(upd(2, 6.0, 1.0, lat=LAT + 0.5))
+    assert all_cells(a2) == all_cells(a1) | expected_cells(6.0, lat=LAT + 0.5)
+    assert pol.on_update(upd(3, 6.0, 10.9, lat=LAT + 0.5)) == []
+    [a3] = pol.on_update(upd(4, 6.0, 11.0, lat=LAT + 0.5))
+    # what the new epicentre warns, and of the cells warned before, those it still
+    # supports with the margin (M6.2)
+    near = expected_cells(6.0, lat=LAT + 0.5)
+    assert all_cells(a3) == near | (all_cells(a1) & expected_cells(6.2, lat=LAT + 0.5))
+    assert all_cells(a3) < all_cells(a2) and all_cells(a1) - all_cells(a3)
+
+
+def test_an_estimate_that_falls_below_every_tier_clears_every_area():
+    """Not retracted, but too small to reach MMI 3 anywhere once it has held: an update
+    without tiers (the event stands; no area is warned)."""
+    pol = AlertPolicy(model="bssa14")
+    pol.on_update(upd(1, 5.0, 0.0))
+    [a2] = pol.on_update(upd(2, 3.0, 1.0))
+    assert all_cells(a2)  # held
+    [a3] = pol.on_update(upd(3, 3.0, 11.0))
+    assert a3.msg_type == "update" and a3.tiers == ()
+    assert pol.first_alert_times("yjTEST") == {}
+
+
+def test_retraction_after_a_downgrade_cancels_every_area():
+    pol = AlertPolicy(model="bssa14")
+    pol.on_update(upd(1, 6.6, 0.0))
+    pol.on_update(upd(2, 7.4, 1.0))
+    pol.on_update(upd(3, 6.6, 2.0))
+    [down] = pol.on_update(upd(4, 6.6, 12.0))
+    [c] = pol.on_update(upd(5, 6.6, 13.0, retracted=True))
+    assert c.msg_type == "cancel" and c.tiers == () and c.version == down.version + 1
+    assert pol.tick(T0 + 1000.0) == [] and pol.on_update(upd(6, 7.4, 14.0)) == []
+    assert pol.first_alert_times("yjTEST") == {}
 
 
 def test_retraction_cancels_once_and_silences_the_event():
@@ -120,9 +264,10 @@ def test_device_warning_near_and_far():
     assert 10.0 < mid.seconds_to_s_wave < 25.0
 
 
-def test_device_never_shows_less_than_its_area():
+def test_device_shows_at_least_its_area_in_each_message():
     """The server's cells are coarse: a device at the edge of a take-action cell whose own
-    forecast says MMI 4.9 still shows take-action."""
+    forecast says MMI 4.9 still shows take-action (in that message: a later message that
+    lowers the area lowers the device too, see the next test)."""
     pol = AlertPolicy(model="bssa14")
     [a] = pol.on_update(upd(1, 6.5))
     act = cells_of(a, "take_action")
@@ -138,6 +283,25 @@ def test_device_never_shows_less_than_its_area():
         assert area_tier(a, la, lo) == 1
         assert device_warning(a, la, lo, T0 + 10.0).tier == "take_action"
     assert checked > 50
+
+
+def test_device_follows_a_downgrade():
+    """A phone warned to take action by the M7.4 estimate shows be-aware once its area is
+    lowered; one whose area is dropped shows nothing (its countdown stops)."""
+    pol = AlertPolicy(model="bssa14")
+    pol.on_update(upd(1, 6.6, 0.0))
+    [high] = pol.on_update(upd(2, 7.4, 1.0))
+    pol.on_update(upd(3, 6.6, 2.0))
+    [low] = pol.on_update(upd(4, 6.6, 12.0))
+    lowered = sorted(cells_of(high, "take_action") & cells_of(low, "be_aware"))
+    dropped = sorted(all_cells(high) - all_cells(low))
+    for cells, tier in ((lowered, "be_aware"), (dropped, "")):
+        assert cells
+        for c in cells[:: max(1, len(cells) // 25)]:
+            la, lo = h3.cell_to_latlng(c)
+            assert device_warning(high, la, lo, T0 + 12.0).tier in ("take_action", "be_aware")
+            w = device_warning(low, la, lo, T0 + 22.0)
+            assert w.tier == tier, (c, w)
 
 
 def test_cancel_shows_nothing():

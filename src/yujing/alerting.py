@@ -5,13 +5,51 @@ cell, Worden et al. 2012 MMI) decides which cells get which tier — ``be_aware`
 3-4, ``take_action`` where it is 5 or more, the tiers of Android's earthquake alerts. The
 policy (thresholds in ``AlertSettings``):
 
-* (thresholds in :class:`~yujing.settings.AlertSettings`) no alert below ``min_magnitude`` (M4.5) or when no cell reaches a tier;
+* no alert below ``min_magnitude`` (M4.5) or when no cell reaches a tier;
 * the first alert for an event is ``msg_type="alert"``, version 1; an ``"update"`` follows
-  when the magnitude has moved by ``update_magnitude_step`` (0.3) since the last message or
-  the alerted area grows; a ``"cancel"`` when the event is retracted;
+  when a cell's tier rises or falls (by the rules below) or the magnitude has moved by
+  ``update_magnitude_step`` (0.3) since the last message; a ``"cancel"`` when the event is
+  retracted (every area it ever reached is told);
 * one alert per event: ``alert_id`` is derived from the event id and never changes;
-* areas only grow: a cell once told to take action is not told later that it is merely to
-  be aware (the shaking may already be on its way; a downgrade mid-warning helps nobody).
+* every message states the whole current picture (CAP's Update "supersedes" the earlier
+  messages): a cell that an earlier message warned and this one does not is no longer
+  warned, and the transports tell its area so (``bus.mqtt``, ``formats.cap``).
+
+Rising and falling are not symmetric (hysteresis):
+
+* **upgrades are immediate**: the newest estimate's tier for a cell, if higher than the
+  one sent, goes out with this update (warning time is what the system is for);
+* **downgrades wait**: a cell keeps its tier while any estimate of the last
+  :data:`DOWNGRADE_HOLD_S` seconds (message time) *supports* it, and an estimate supports
+  a tier if the forecast at its magnitude **plus** :func:`magnitude_margin` (its 1-sigma,
+  clipped to 0.1-0.3 units) reaches it. So a cell is lowered only when the estimate has
+  fallen by more than its uncertainty below what the tier needs, and stayed there for
+  the hold; it is then lowered to the highest tier still supported. An event's areas
+  are lowered at most once per hold, so a slowly falling estimate gives one downgrade
+  every 10 s rather than a staircase of small ones, and only by a fall visible in the
+  magnitude as shown: a downgrade must lower some cell that even 0.1 units above the
+  highest estimate of the hold (plus its margin) would not warn as much, so that a settled
+  estimate jittering by a few hundredths does not shave a ring of edge cells off the area
+  every 10 s (each shave would be a message telling people to stand down). Between updates,
+  :meth:`AlertPolicy.tick` issues a downgrade that came due without a new estimate.
+
+Why these numbers (none is fitted to one event):
+
+* ``DOWNGRADE_HOLD_S`` = 10 s. Early estimates of a growing rupture swing by several
+  tenths for a few seconds as stations are added (a first M6.6 read as M7.4 and back is
+  the case that asked for this rule); a rupture of M6.5-7 lasts ~5-20 s, and 10 s spans
+  tens of engine updates, so one outlier (high or low) cannot decide a downgrade. The cost
+  is small: for 10 s longer than needed a shrinking area's edge stays warned, while an
+  upgrade never waits. An area whose S wave arrives within the hold is past helping
+  anyway (10 s is ~35 km of S-wave travel).
+* margin = clip(sigma, 0.1, 0.3): a fall inside the estimate's own 1-sigma is not evidence
+  of a smaller quake. The floor 0.1 is the precision magnitudes are shown with (M6.6):
+  a change people cannot see in the number must not move the areas back and forth, and
+  it stops boundary cells flickering while a settled estimate jitters by a few hundredths.
+  The cap 0.3 is ``update_magnitude_step``, the change the policy already treats as news:
+  a larger fall that holds for 10 s is real even when the estimator reports a larger sigma.
+* consequence: at rest the area is that of the estimate plus at most the margin (the
+  band of a Schmitt trigger), never smaller than the estimate's own area.
 
 ``device_warning`` is what a device runs when an alert reaches it: from the event parameters
 and its own position (which never leaves the device) it computes its own intensity, tier
@@ -22,8 +60,10 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
 import h3
+import msgspec
 import numpy as np
 from h3.api import numpy_int as h3n
 
@@ -34,6 +74,20 @@ from .shaking import choose_model, forecast, forecast_site
 from .traveltime import default_table
 
 TIERS = ("be_aware", "take_action")
+
+#: seconds (message time) a lower tier must hold before a cell is lowered; see the module
+#: docstring for why. ``AlertSettings.downgrade_hold_s``, when the settings have it, wins.
+DOWNGRADE_HOLD_S = 10.0
+#: the margin's floor and cap (magnitude units): a fall must exceed the estimate's 1-sigma
+MARGIN_MIN_M, MARGIN_MAX_M = 0.1, 0.3
+
+
+def magnitude_margin(sigma: float) -> float:
+    """How far (magnitude units) an estimate must fall below what a tier needs before it
+    stops supporting that tier: its 1-sigma, within [0.1, 0.3] (NaN counts as the cap)."""
+    if not math.isfinite(sigma):
+        return MARGIN_MAX_M
+    return float(min(max(sigma, MARGIN_MIN_M), MARGIN_MAX_M))
 
 
 def _disk_cells(lat: float, lon: float, radius_km: float, res: int) -> np.ndarray:
@@ -111,14 +165,51 @@ def cell_centres(cells) -> tuple[np.ndarray, np.ndarray]:
     return ll[:, 0], ll[:, 1]
 
 
-@dataclass
 class _AlertState:
-    alert_id: str
-    version: int
-    magnitude: float
-    tier_of: dict[int, int] = field(default_factory=dict)  # cell (64-bit H3) -> tier index
-    cancelled: bool = False
-    first_alert_s: dict[int, float] = field(default_factory=dict)  # cell -> first time alerted
+    """What the policy has told about one event. Per cell ever alerted (``cells``, sorted
+    64-bit H3): the tier sent (``held``, -1 none), the last message time an estimate
+    supported tier >= 0 and >= 1 (``support_s``), the first time it was alerted."""
+
+    def __init__(self, alert_id: str):
+        self.alert_id = alert_id
+        self.version = 0
+        self.magnitude = math.nan  # of the last message
+        self.cells = np.zeros(0, np.uint64)
+        self.held = np.zeros(0, np.int8)
+        self.support_s = np.zeros((0, 2))
+        self.first_s = np.zeros(0)
+        self.current = np.zeros(0, np.int8)  # tier the newest estimate supports (it stands until replaced)
+        self.cancelled = False
+        self.last: EventUpdate | None = None  # the newest estimate
+        self.due_s = math.inf  # when the next downgrade falls due (if no estimate supports it)
+        self.lowered_s = -math.inf  # when a cell was last lowered
+        self.recent: list[tuple[float, float]] = []  # (time, magnitude + margin) of recent estimates
+
+    def include(self, cells: np.ndarray) -> np.ndarray:
+        """Add cells (new ones: no tier, never supported); their positions in ``cells``."""
+        cells = np.asarray(cells, dtype=np.uint64)
+        new = np.setdiff1d(cells, self.cells, assume_unique=False)
+        if len(new):
+            allc = np.concatenate((self.cells, new))
+            order = np.argsort(allc, kind="stable")
+            n = len(new)
+            self.cells = allc[order]
+            self.held = np.concatenate((self.held, np.full(n, -1, np.int8)))[order]
+            self.support_s = np.concatenate((self.support_s, np.full((n, 2), -np.inf)))[order]
+            self.first_s = np.concatenate((self.first_s, np.full(n, np.nan)))[order]
+            self.current = np.concatenate((self.current, np.full(n, -1, np.int8)))[order]
+        return np.searchsorted(self.cells, cells)
+
+    def lookup(self, tm: "TierMap") -> np.ndarray:
+        """The map's tier for each of ``cells`` (-1 where the map has none)."""
+        out = np.full(len(self.cells), -1, np.int8)
+        if len(tm.cells_int) and len(self.cells):
+            order = np.argsort(tm.cells_int)
+            keys = tm.cells_int[order]
+            idx = np.minimum(np.searchsorted(keys, self.cells), len(keys) - 1)
+            hit = keys[idx] == self.cells
+            out[hit] = tm.tier[order][idx[hit]]
+        return out
 
 
 @dataclass(frozen=True)
@@ -166,6 +257,10 @@ class AlertPolicy:
         keep = tier >= 0
         return TierMap(cells_int=cells[keep], mmi=sh.mmi[keep], tier=tier[keep])
 
+    @property
+    def hold_s(self) -> float:
+        return float(getattr(self.s, "downgrade_hold_s", DOWNGRADE_HOLD_S))
+
     def on_update(self, u: EventUpdate) -> list[Alert]:
         """The alert messages (zero or one) that this event update calls for."""
         st = self._alerts.get(u.event_id)
@@ -174,6 +269,7 @@ class AlertPolicy:
                 return []
             st.cancelled = True
             st.version += 1
+            st.due_s = math.inf
             return [self._message(u, st, "cancel")]
         if st is not None and st.cancelled:
             return []
@@ -183,37 +279,101 @@ class AlertPolicy:
         if st is None:
             if len(tm.cells_int) == 0:
                 return []
-            st = self._alerts[u.event_id] = _AlertState(alert_id=f"{u.event_id}-alert", version=0, magnitude=u.magnitude)
-            grew = self._merge(st, tm, u.issued_at_s)
-            st.version = 1
-            st.magnitude = u.magnitude
-            return [self._message(u, st, "alert")]
-        grew = self._merge(st, tm, u.issued_at_s)
-        if grew or abs(u.magnitude - st.magnitude) >= self.s.update_magnitude_step:
-            st.version += 1
-            st.magnitude = u.magnitude
-            return [self._message(u, st, "update")]
-        return []
+            st = self._alerts[u.event_id] = _AlertState(alert_id=f"{u.event_id}-alert")
+        first = st.version == 0
+        st.last = u
+        rose, fell = self._step(st, u.issued_at_s, u, tm)
+        if first:
+            if not (st.held >= 0).any():
+                return []
+            msg_type = "alert"
+        elif rose or fell or abs(u.magnitude - st.magnitude) >= self.s.update_magnitude_step:
+            msg_type = "update"
+        else:
+            return []
+        st.version += 1
+        st.magnitude = u.magnitude
+        return [self._message(u, st, msg_type)]
 
-    def _merge(self, st: _AlertState, tm: TierMap, now_s: float) -> bool:
-        """Raise cells to their new tier (never lower); True when any cell rose."""
-        grew = False
-        for c, t in zip(tm.cells_int.tolist(), tm.tier.tolist()):
-            old = st.tier_of.get(c, -1)
-            if t > old:
-                st.tier_of[c] = t
-                grew = True
-            if c not in st.first_alert_s:
-                st.first_alert_s[c] = now_s
-        return grew
+    def tick(self, now_s: float) -> list[Alert]:
+        """Downgrades that have come due at ``now_s`` (message-time clock, like
+        ``issued_at_s``) without a new estimate: one ``update`` per event whose areas fall,
+        with the newest estimate's parameters and ``issued_at_s = now_s``. Cheap when
+        nothing is due; a live service calls it about once a second."""
+        out = []
+        for st in self._alerts.values():
+            if st.cancelled or st.last is None or now_s < st.due_s:
+                continue
+            rose, fell = self._step(st, now_s, None, None)
+            if fell:
+                st.version += 1
+                st.magnitude = st.last.magnitude
+                out.append(self._message(msgspec.structs.replace(st.last, issued_at_s=now_s), st, "update"))
+        return out
+
+    def _step(self, st: _AlertState, now_s: float, u: EventUpdate | None, tm: TierMap | None) -> tuple[bool, bool]:
+        """Apply one estimate (or, with ``u`` None, only the passing of time) to the cells'
+        tiers; returns (some cell rose, some cell fell). See the module docstring."""
+        if tm is not None:
+            # the estimate being replaced stood until now
+            st.support_s[st.current >= 0, 0] = now_s
+            st.support_s[st.current >= 1, 1] = now_s
+            st.include(tm.cells_int)
+            margin = magnitude_margin(u.magnitude_sigma)
+            target = st.lookup(tm)
+            if u.magnitude < self.s.min_magnitude:
+                target[:] = -1  # no alert below min_magnitude: nothing rises
+            support = target.copy()
+            if u.magnitude + margin < self.s.min_magnitude:
+                pass  # below it beyond the margin: supports nothing
+            elif (st.held > target).any():
+                # cells this estimate would lower: does it still support them, with the margin?
+                up = msgspec.structs.replace(u, magnitude=u.magnitude + margin)
+                support = np.maximum(support, st.lookup(self.tier_map(up)))
+            st.current = support
+            st.recent.append((now_s, u.magnitude + margin))
+        else:
+            target = np.full(len(st.cells), -1, np.int8)
+        # the newest estimate stands until a newer one comes: it supports its cells now
+        st.support_s[st.current >= 0, 0] = now_s
+        st.support_s[st.current >= 1, 1] = now_s
+        hold = self.hold_s
+        recent = now_s - st.support_s < hold  # (n, 2): tier k supported within the hold
+        supported = np.where(recent[:, 1], 1, np.where(recent[:, 0], 0, -1)).astype(np.int8)
+        if now_s - st.lowered_s >= hold:
+            new = np.maximum(target, np.minimum(st.held, supported))
+        else:
+            new = np.maximum(target, st.held)  # at most one downgrade per hold: no staircase
+        st.recent = [r for r in st.recent[:-1] if now_s - r[0] < hold] + st.recent[-1:]
+        if (new < st.held).any():
+            # a downgrade must be visible in the magnitude as shown (0.1): it must lower a
+            # cell that even 0.1 above the highest recent estimate (+ margin) would not
+            # warn as much; else a settled estimate's jitter would shave a ring of cells
+            # off the area every hold
+            gate = msgspec.structs.replace(st.last, magnitude=max(m for _, m in st.recent) + MARGIN_MIN_M)
+            clear_fall = (new < st.held) & (st.lookup(self.tier_map(gate)) < st.held)
+            if not clear_fall.any():
+                new = np.maximum(new, st.held)
+        rose, fell = bool((new > st.held).any()), bool((new < st.held).any())
+        if fell:
+            st.lowered_s = now_s
+        st.first_s[(new >= 0) & np.isnan(st.first_s)] = now_s
+        st.held = new
+        on = new > st.current  # held above what the newest estimate supports: may fall later
+        if on.any():
+            k = new[on].astype(int)
+            st.due_s = max(float(st.support_s[on, :][np.arange(len(k)), k].min()), st.lowered_s) + hold
+        else:
+            st.due_s = math.inf
+        return rose, fell
 
     def _message(self, u: EventUpdate, st: _AlertState, msg_type: str) -> Alert:
         tiers = []
         if msg_type != "cancel":
             for i, name in enumerate(TIERS):
-                cells = [c for c, t in st.tier_of.items() if t == i]
-                if cells:
-                    compact = sorted(h3.int_to_str(c) for c in h3n.compact_cells(np.array(cells, dtype=np.uint64)).tolist())
+                cells = st.cells[st.held == i]
+                if len(cells):
+                    compact = sorted(h3.int_to_str(c) for c in h3n.compact_cells(cells).tolist())
                     tiers.append(
                         AlertTier(
                             name=name,
@@ -240,11 +400,14 @@ class AlertPolicy:
         )
 
     def first_alert_times(self, event_id: str) -> dict[str, tuple[int, float]]:
-        """cell -> (final tier, time it was first alerted), for warning-time accounting."""
+        """cell -> (tier now, time it was first alerted), for warning-time accounting: the
+        cells the last message warned (a cell warned earlier and since dropped is not
+        counted as warned; after a cancel, none is)."""
         st = self._alerts.get(event_id)
-        if st is None:
+        if st is None or st.cancelled:
             return {}
-        return {h3.int_to_str(c): (t, st.first_alert_s[c]) for c, t in st.tier_of.items()}
+        on = np.flatnonzero(st.held >= 0)
+        return {h3.int_to_str(int(st.cells[i])): (int(st.held[i]), float(st.first_s[i])) for i in on}
 
 
 # ------------------------------------------------------------------------- device side
