@@ -11,7 +11,9 @@ broker (:mod:`.mqtt_broker`), Mosquitto and NATS's MQTT listener alike (each tes
   the broker's hook in-process instead, one hop fewer;
 - it publishes every alert message (critical subscriber of ``yj.alert.>`` on the bus) to
   ``yj/v1/alert/<res3 cell>`` for each resolution-3 cell its tiers meet, retained, QoS 1;
-  a cancel goes to every cell the alert was ever sent to; with the embedded broker it
+  an update also goes to the cells the previous message met and it no longer does (the
+  estimate fell: those areas are no longer warned, and their retained warning must not
+  outlive it); a cancel goes to every cell the alert was ever sent to; with the embedded broker it
   publishes in-process and the broker refuses alert topics from every client (a device
   must not be able to warn an area; an external broker needs that rule in its ACL);
 - ``retain_s`` after an alert's last message it clears the retained messages it left
@@ -248,6 +250,7 @@ class MqttLink:
         self._device_client: MqttClient | None = None
         self._outbox: asyncio.Queue = asyncio.Queue()
         self._topics_of: dict[str, set[str]] = {}  # alert_id -> topics it was sent to
+        self._current_of: dict[str, set[str]] = {}  # alert_id -> topics its last message reached
         self._owner: dict[str, tuple[str, float]] = {}  # topic -> (alert_id, clear at, monotonic s)
         self._tasks: list[asyncio.Task] = []
         self._taking_input = True
@@ -317,16 +320,25 @@ class MqttLink:
             topics.update(protocol.alert_topic(c) for c in protocol.alert_cells(tier.cells, a.h3_resolution))
         sent = self._topics_of.setdefault(a.alert_id, set())
         if a.msg_type == "cancel":
-            topics = set(sent)
+            # a retraction reaches every area the alert ever went to
+            topics, dropped = set(), set(sent)
             self._topics_of.pop(a.alert_id, None)
+            self._current_of.pop(a.alert_id, None)
         else:
+            # an update replaces the last message in full: areas it no longer reaches get it
+            # too (their devices see that they are no longer warned, and the obsolete
+            # warning retained there is replaced at once)
+            dropped = self._current_of.get(a.alert_id, set()) - topics
+            self._current_of[a.alert_id] = topics
             sent |= topics
+            self.counts["alert_area_dropped"] += len(dropped)
         clear_at = time.monotonic() + self.retain_s
-        for t in sorted(topics):
+        for t in sorted(topics | dropped):
             owner = self._owner.get(t)
-            # an area's retained message is its newest alert; a cancel of an older alert
-            # there goes to the devices listening now but must not replace the newer one
-            retain = a.msg_type != "cancel" or owner is None or owner[0] == a.alert_id
+            # an area's retained message is its newest alert; a cancel, or an update that no
+            # longer reaches the area, of an older alert there goes to the devices listening
+            # now but must not replace the newer alert's warning
+            retain = t in topics or owner is None or owner[0] == a.alert_id
             if retain:
                 self._owner[t] = (a.alert_id, clear_at)
             self._outbox.put_nowait((t, payload, a.issued_at_s, retain))
