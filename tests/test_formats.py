@@ -299,6 +299,76 @@ def test_cap_m74_alert_fits_in_8_kb(cap_schema, shape):
         assert sum(len(r) for r in rings) > 6  # simplified, not collapsed
 
 
+def _info_by_tier(doc) -> dict:
+    out = {}
+    for info in doc.findall("cap:info", NS):
+        name = [q.findtext("cap:value", namespaces=NS) for q in info.findall("cap:parameter", NS)
+                if q.findtext("cap:valueName", namespaces=NS) == "tier"][0]
+        out[name] = info
+    return out
+
+
+@pytest.mark.parametrize("max_bytes", [None, 8000])
+def test_cap_update_that_lowers_and_clears_areas(cap_schema, max_bytes):
+    """The estimate fell: take_action shrinks from a disk of 4 rings to 2 (the cells between
+    are now be_aware), be_aware from 9 rings to 6. The Update lists the new areas and adds
+    an AllClear info over the cells no longer warned (the ring between 6 and 9), cut into
+    pieces without holes, so that no outline covers an area still warned."""
+    first = _alert(1, "alert", _tiers(4, 9), magnitude=6.9)
+    down = _alert(2, "update", _tiers(2, 6), magnitude=6.3)
+    doc = _doc(alert_to_cap(down, previous=[first], max_bytes=max_bytes))
+    assert cap_schema.validate(doc), cap_schema.error_log
+    assert _text(doc, "cap:msgType") == "Update"
+    assert "all clear" in _text(doc, "cap:note")
+    infos = _info_by_tier(doc)
+    assert list(infos) == ["take_action", "be_aware", "all_clear"]
+    clear = infos["all_clear"]
+    assert [_text(clear, f"cap:{k}") for k in ("responseType", "urgency", "severity", "certainty")] == [
+        "AllClear", "Past", "Minor", "Unlikely"]
+    desc = _text(clear, "cap:area/cap:areaDesc")
+    err_km = float(desc.split("~")[1].split()[0]) if "~" in desc else 0.0
+    cleared = AlertTier("all_clear", 0.0, tuple(sorted(_disk(9) - _disk(6))))
+    rings = _check_polygons(clear, cleared, slack_km=err_km + 0.05)
+    assert len(rings) >= 3  # a ring cut into pieces
+    # no warned cell lies inside an all-clear outline, beyond the outline's error
+    for c in sorted(_disk(6))[::3]:
+        lat, lon = h3.cell_to_latlng(c)
+        for r in rings:
+            assert not _inside(lat, lon, r) or _dist_to_ring_km(lat, lon, r) <= err_km + 0.05, c
+    # an update that only grows the areas has nothing to clear
+    grow = _doc(alert_to_cap(_alert(2, "update", _tiers(5, 10)), previous=[first]))
+    assert list(_info_by_tier(grow)) == ["take_action", "be_aware"] and grow.find("cap:note", NS) is None
+
+
+def test_cap_update_that_warns_nowhere_and_a_cancel_after_it(cap_schema):
+    first = _alert(1, "alert", _tiers(2, 6))
+    none = _alert(2, "update", (), magnitude=4.0)
+    doc = _doc(alert_to_cap(none, previous=[first]))
+    assert cap_schema.validate(doc), cap_schema.error_log
+    assert list(_info_by_tier(doc)) == ["all_clear"]
+    _check_polygons(_info_by_tier(doc)["all_clear"], AlertTier("x", 0.0, tuple(sorted(_disk(6)))), slack_km=0.0)
+    cancel = _doc(alert_to_cap(_alert(3, "cancel"), previous=[first, none]))
+    assert cap_schema.validate(cancel), cap_schema.error_log
+    assert _text(cancel, "cap:msgType") == "Cancel" and len(cancel.findall("cap:info", NS)) == 1
+
+
+def test_cap_m74_shrinking_to_m66_fits_in_8_kb(cap_schema):
+    """The demo's case: an M7.4 area (~20,000 cells) lowered to an M6.6 one. The warning
+    outlines stay within ~1.5 cell edges, the AllClear ring within ~4, in 8 kB."""
+    big = _alert(1, "alert", _round_tiers(150.0, 480.0), magnitude=7.4)
+    small = _alert(2, "update", _round_tiers(60.0, 300.0), magnitude=6.6)
+    xml = alert_to_cap(small, previous=[big])
+    assert len(xml) <= 8000, len(xml)
+    doc = _doc(xml)
+    assert cap_schema.validate(doc), cap_schema.error_log
+    infos = _info_by_tier(doc)
+    assert list(infos) == ["take_action", "be_aware", "all_clear"]
+    edge = h3.average_hexagon_edge_length(RES, unit="km")
+    for name, info in infos.items():
+        err_km = float(_text(info, "cap:area/cap:areaDesc").split("~")[1].split()[0])
+        assert err_km <= (4.0 if name == "all_clear" else 1.5) * edge + 0.1, (name, err_km)
+
+
 # ----------------------------------------------------------------------------- QuakeML
 
 

@@ -70,6 +70,12 @@ from ..records import Alert, AlertTier
 CAP_NS = "urn:oasis:names:tc:emergency:cap:1.2"
 DEFAULT_SENDER = "yujing@localhost"
 MAX_BYTES = 8000
+#: the all-clear area's outline may be this many cell edges off when the budget is short
+#: (~15 km at resolution 6); if it does not fit even so, it is left out
+CLEAR_MAX_ERROR_EDGES = 4.0
+#: ... and to make room for it the warning areas' outlines may grow coarser up to this many
+#: cell edges (~5.5 km at resolution 6: an M7.4's warning areas alone need about that)
+WARN_ERROR_EDGES_WITH_CLEAR = 1.5
 _KM_PER_DEG = 6371.0088 * math.pi / 180.0
 _FORBIDDEN = re.compile(r"[\s,<&]+")
 _MSG_TYPES = {"alert": "Alert", "update": "Update", "cancel": "Cancel"}
@@ -170,52 +176,76 @@ def alert_to_cap(
         )
 
     tiers = _ordered_tiers(alert)
-    if alert.msg_type == "cancel" or not tiers:
+    pieces = _cleared_pieces(alert, prev) if alert.msg_type == "update" else []
+    if alert.msg_type == "cancel" or not (tiers or pieces):
         return build({})
     res0 = alert.h3_resolution
+    areas = [(tuple(t.cells),) for t in tiers] + ([tuple(pieces)] if pieces else [])
+    warn, clear = list(range(len(tiers))), len(tiers)
     outlines: dict[tuple[int, int], list[list[tuple[float, float]]]] = {}
+    texts: dict[tuple[int, int], list[str]] = {}
 
-    def attempt(res: int, tol_km: float, err_km: float) -> bytes:
-        polys = {}
-        for i, tier in enumerate(tiers):
-            if (i, res) not in outlines:
-                outlines[i, res] = _outer_rings(tuple(tier.cells), res0, res)
-            polys[i] = (_rings_to_cap(outlines[i, res], res, tol_km), err_km)
-        return build(polys)
+    def rings(i: int, res: int, tol_km: float) -> list[str]:
+        if (i, res) not in outlines:
+            outlines[i, res] = [ring for part in areas[i] for ring in _outer_rings(part, res0, res)]
+        return _rings_to_cap(outlines[i, res], res, tol_km)
 
-    exact = attempt(res0, 0.0, 0.0)
-    if max_bytes is None or len(exact) <= max_bytes:
-        return exact
-    levels = _error_levels(res0)
-    docs: dict[int, bytes] = {}
-
-    def at_level(k: int) -> bytes:
-        # the smallest document whose outlines are within levels[k] km of the cells:
-        # Douglas-Peucker at the alert's resolution, or at a coarser one (which merges
-        # small separate pieces) with the rest of the error budget as tolerance
-        if k not in docs:
+    def at_level(i: int, k: int) -> tuple[list[str], float]:
+        # the shortest outline of area i within levels[k] km of its cells: Douglas-Peucker
+        # at the alert's resolution, or at a coarser one (which merges small separate
+        # pieces) with the rest of the error budget as tolerance
+        if k < 0:
+            return rings(i, res0, 0.0), 0.0
+        if (i, k) not in texts:
             err = levels[k]
-            cands = [attempt(res0, err, err)]
+            cands = [rings(i, res0, err)]
             for r in range(res0 - 1, -1, -1):
                 edge = h3.average_hexagon_edge_length(r, unit="km")
                 if edge >= err:
                     break
-                cands.append(attempt(r, err - edge, err))
-            docs[k] = min(cands, key=len)
-        return docs[k]
+                cands.append(rings(i, r, err - edge))
+            texts[i, k] = min(cands, key=lambda c: sum(map(len, c)))
+        return texts[i, k], levels[k]
 
-    # the size falls (nearly) monotonically with the error allowed: bisect for the
-    # smallest error level that fits
-    lo, hi = -1, len(levels) - 1
-    if len(at_level(hi)) > max_bytes:
-        return docs[hi]
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if len(at_level(mid)) <= max_bytes:
-            hi = mid
-        else:
-            lo = mid
-    return docs[hi]
+    def doc(k: int, j: int | None) -> bytes:
+        polys = {i: at_level(i, k) for i in warn}
+        if j is not None and pieces:
+            polys[clear] = at_level(clear, j)
+        return build(polys)
+
+    def smallest(lo: int, hi: int, fits) -> int | None:
+        # the size falls (nearly) monotonically with the error allowed: bisect for the
+        # smallest level in (lo, hi] that fits
+        if not fits(hi):
+            return None
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if fits(mid):
+                hi = mid
+            else:
+                lo = mid
+        return hi
+
+    levels = _error_levels(res0)
+    exact = doc(-1, -1)
+    if max_bytes is None or len(exact) <= max_bytes:
+        return exact
+    # the warning areas come first: as exact as the budget allows without the all-clear
+    # area. That area is added (its outline within a few cell edges) if it fits beside
+    # them while their outlines stay within ~1.5 cell edges (or their best, if coarser);
+    # else it is left out
+    n = len(levels)
+    k0 = smallest(-2, n - 1, lambda k: len(doc(k, None)) <= max_bytes)
+    if k0 is None:
+        return doc(n - 1, None)
+    if pieces:
+        edge = h3.average_hexagon_edge_length(res0, unit="km")
+        j_max = max((j for j in range(n) if levels[j] <= CLEAR_MAX_ERROR_EDGES * edge), default=-1)
+        k_max = max([k0] + [k for k in range(n) if levels[k] <= WARN_ERROR_EDGES_WITH_CLEAR * edge])
+        k = smallest(k0 - 1, k_max, lambda k: len(doc(k, j_max)) <= max_bytes)
+        if k is not None:
+            return doc(k, smallest(-2, j_max, lambda j: len(doc(k, j)) <= max_bytes))
+    return doc(k0, None)
 
 
 def cells_to_cap_polygons(
@@ -272,6 +302,58 @@ def _cap_token(s: str) -> str:
 
 def _ordered_tiers(alert: Alert) -> list[AlertTier]:
     return sorted((t for t in alert.tiers if t.cells), key=lambda t: -t.min_mmi)
+
+
+def _cells_of(alert: Alert) -> set[str]:
+    out: set[str] = set()
+    for t in alert.tiers:
+        out |= _cells_at(tuple(t.cells), alert.h3_resolution, alert.h3_resolution)
+    return out
+
+
+#: sector counts tried when cutting the all-clear area into pieces without holes
+_SECTORS = (4, 8, 16, 32)
+
+
+def _cleared_pieces(alert: Alert, previous: Sequence[Alert]) -> list[tuple[str, ...]]:
+    """The cells an earlier message of the alert warned and this one does not, cut into
+    pieces whose outlines have no holes (CAP polygons have none, and an all-clear outline
+    must not cover an area that is still warned). The cleared area is usually a ring
+    around the one still warned: it is cut into sectors around the epicentre, 4, 8, 16 or
+    32 of them until no piece encloses a hole; a piece that still does is left out (the
+    Update itself still clears it: CAP's Update supersedes the earlier messages)."""
+    if not previous or alert.h3_resolution is None:
+        return []
+    before: set[str] = set()
+    for p in previous:
+        if p.h3_resolution == alert.h3_resolution:
+            before |= _cells_of(p)
+    cleared = sorted(before - _cells_of(alert))
+    if not cleared:
+        return []
+    ll = np.array([h3.cell_to_latlng(c) for c in cleared])
+    dlon = np.radians((ll[:, 1] - alert.longitude + 180.0) % 360.0 - 180.0)
+    bearing = np.arctan2(dlon * math.cos(math.radians(alert.latitude)), np.radians(ll[:, 0] - alert.latitude))
+    frac = (bearing + math.pi) / (2.0 * math.pi)
+    cells = np.array(cleared, dtype=object)
+    for n in _SECTORS:
+        sector = np.minimum((frac * n).astype(int), n - 1)
+        pieces, holed = [], False
+        for k in range(n):
+            part = tuple(cells[sector == k].tolist())
+            if not part:
+                continue
+            shape = h3.cells_to_h3shape(list(part))
+            polys = [shape] if isinstance(shape, h3.LatLngPoly) else list(shape)
+            if any(p.holes for p in polys):
+                holed = True
+                if n != _SECTORS[-1]:
+                    break
+                continue
+            pieces.append(part)
+        if not holed or n == _SECTORS[-1]:
+            return pieces
+    return []
 
 
 def _severity(tier: AlertTier) -> str:
@@ -341,8 +423,13 @@ def _document(
     _sub(root, "status", status)
     _sub(root, "msgType", _MSG_TYPES[alert.msg_type])
     _sub(root, "scope", "Public")
+    n_tiers = len(_ordered_tiers(alert))
+    cleared = n_tiers in polygons
     if alert.msg_type == "cancel":
         _sub(root, "note", "Cancelled: the earthquake was not confirmed.")
+    elif cleared:
+        _sub(root, "note", "Warning areas reduced: the magnitude estimate fell or the epicentre moved. This update "
+             "supersedes the earlier messages; areas they warned that it does not are all clear.")
     if references:
         _sub(root, "references", references)
     _sub(root, "incidents", _cap_token(alert.event_id))
@@ -381,6 +468,24 @@ def _document(
             _sub(info, "web", web)
         common(info)
     else:
+
+        def texts(info: ET.Element, headline: str, description: str, instruction: str) -> None:
+            if expires_after_s is not None:
+                _sub(info, "expires", cap_time(alert.issued_at_s + expires_after_s, utc_offset_min))
+            _sub(info, "senderName", sender_name)
+            _sub(info, "headline", headline)
+            _sub(info, "description", description)
+            _sub(info, "instruction", instruction)
+            if web:
+                _sub(info, "web", web)
+
+        def area(info: ET.Element, i: int, desc: str) -> None:
+            rings, err_km = polygons.get(i, ([], 0.0))
+            a = _sub(info, "area")
+            _sub(a, "areaDesc", desc + (f"; outline within ~{_km_up(err_km)} km" if err_km > 0 else ""))
+            for r in rings:
+                _sub(a, "polygon", r)
+
         for i, tier in enumerate(_ordered_tiers(alert)):
             label, response, instruction = _TIER_TEXT.get(
                 tier.name, (tier.name.replace("_", " "), "Monitor", "Be aware of shaking.")
@@ -388,29 +493,21 @@ def _document(
             info = _sub(root, "info")
             head(info, response, "Immediate", _severity(tier), cert)
             _sub(info, "onset", cap_time(alert.origin_time_s, utc_offset_min))
-            if expires_after_s is not None:
-                _sub(info, "expires", cap_time(alert.issued_at_s + expires_after_s, utc_offset_min))
-            _sub(info, "senderName", sender_name)
-            _sub(info, "headline", f"Earthquake {mag}: {label}")
-            _sub(
-                info,
-                "description",
-                f"{event_text} Forecast shaking of intensity MMI {tier.min_mmi:g} or more in this area.",
-            )
-            _sub(info, "instruction", instruction)
-            if web:
-                _sub(info, "web", web)
+            texts(info, f"Earthquake {mag}: {label}",
+                  f"{event_text} Forecast shaking of intensity MMI {tier.min_mmi:g} or more in this area.", instruction)
             common(info)
             _param(info, "tier", tier.name)
             _param(info, "mmiThreshold", f"{tier.min_mmi:g}")
-            rings, err_km = polygons.get(i, ([], 0.0))
-            area = _sub(info, "area")
-            desc = f"Forecast intensity MMI {tier.min_mmi:g} or more"
-            if err_km > 0:
-                desc += f"; outline within ~{_km_up(err_km)} km"
-            _sub(area, "areaDesc", desc)
-            for r in rings:
-                _sub(area, "polygon", r)
+            area(info, i, f"Forecast intensity MMI {tier.min_mmi:g} or more")
+        if cleared:
+            info = _sub(root, "info")
+            head(info, "AllClear", "Past", "Minor", "Unlikely")
+            texts(info, f"Earthquake {mag}: all clear here",
+                  f"{event_text} The shaking an earlier message warned of is no longer expected here.",
+                  "No action needed. The earlier warning for this area is withdrawn.")
+            _param(info, "eventId", alert.event_id)  # the event's figures are in the infos above
+            _param(info, "tier", "all_clear")
+            area(info, n_tiers, "No longer warned (an earlier message of this alert warned it)")
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
