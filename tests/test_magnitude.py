@@ -165,7 +165,7 @@ def test_one_complete_record_among_many_growing_ones_does_not_lift_the_magnitude
 def test_self_consistent_magnitude_does_not_depend_on_the_last_value():
     """Which amplitudes are complete depends on the magnitude assumed; the answer must be a
     function of the data, not of where the last step left it."""
-    from yujing.associate import self_consistent_magnitude
+    from yujing.sizing import self_consistent_magnitude
 
     # a longer rupture (larger M assumed) leaves one record incomplete: the estimate falls
     est = lambda m: (7.3, 0.2) if m < 7.05 else (6.9, 0.2)

@@ -1,0 +1,182 @@
+"""New events: from pooled triggers to a quake, or to nothing.
+
+A new event needs ``min_devices`` pooled triggers at distinct sites whose onsets are
+pairwise consistent with P-wave move-out, a cheap polygon test of the silence around
+them, then a joint location that fits (RMS, silent devices, the triggered share). Each
+attempt costs a locate, so an engine step has a budget of attempts; what is left over
+is tried at the step's end. The associator mixes this in."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import numpy as np
+
+from .event import Event
+from .evidence import HULL_FRACTION_FACTOR
+from .geo import distance_km
+from .records import EventUpdate, Trigger
+from .traveltime import default_table
+
+#: triggers tried together for a new event (the seed's nearest consistent ones), and
+#: attempts per engine step: each attempt is one locate
+NEW_EVENT_PICKS = 6
+NEW_EVENT_TRIES = 3
+
+
+class NewEvents:
+    """Forming new events (mixed into the Associator: it reads and changes ``pool``,
+    ``events``, the step's budget and the event ids)."""
+
+    def _consistent_with(self, a: Trigger, others: list[Trigger]) -> np.ndarray:
+        """For each of ``others``: could it and ``a`` be P arrivals of one quake?
+        (Onsets differ by at most the P travel time between the two devices plus the slack;
+        the devices are at most ``max_pair_distance_km`` apart.)"""
+        lat = np.fromiter((o.latitude for o in others), dtype=float, count=len(others))
+        lon = np.fromiter((o.longitude for o in others), dtype=float, count=len(others))
+        t = np.fromiter((o.onset_time_s for o in others), dtype=float, count=len(others))
+        d = distance_km(a.latitude, a.longitude, lat, lon)
+        tmax = default_table().p_time_s(d, 0.0)
+        return (d <= self.s.associate.max_pair_distance_km) & (
+            np.abs(a.onset_time_s - t) <= tmax + self.s.associate.moveout_slack_s
+        )
+
+    def _attempt(self, seed: Trigger, now_s: float) -> list[EventUpdate] | None:
+        """Try a new event around ``seed`` if this engine step's budget of
+        ``NEW_EVENT_TRIES`` attempts (a locate each) allows; None when it does not. A
+        trigger that was part of a failed group in this step is not tried again as a
+        seed: its group would be much the same."""
+        if id(seed) in self._tried:
+            return []
+        if self._tries_left <= 0:
+            return None
+        self._tries_left -= 1
+        made, group = self._try_new_event(seed, now_s)
+        if not made:
+            self._tried.update(id(g) for g in group)
+        return made
+
+    def _end_of_step(self, now_s: float) -> list[EventUpdate]:
+        """Triggers pooled after the step's budget ran out are tried now, newest first
+        (the newest are the likeliest to complete a group), within a fresh budget."""
+        fresh, self._fresh = self._fresh, []
+        self._tries_left = NEW_EVENT_TRIES
+        out: list[EventUpdate] = []
+        if fresh:
+            in_pool = {id(p) for p in self.pool}
+            for seed in reversed(fresh):
+                if id(seed) not in in_pool:
+                    continue
+                made = self._attempt(seed, now_s)
+                if made is None:
+                    break
+                if made:
+                    out += made
+                    in_pool = {id(p) for p in self.pool}
+        self._tries_left = NEW_EVENT_TRIES
+        self._tried.clear()
+        return out
+
+    def _try_new_event(self, newest: Trigger, now_s: float) -> tuple[list[EventUpdate], list[Trigger]]:
+        """Try one new event around ``newest``; returns its first update (or nothing) and
+        the group of triggers that was tried."""
+        a = self.s.associate
+        self.pool = [p for p in self.pool if now_s - p.onset_time_s <= a.candidate_ttl_s]
+        if len(self.pool) < a.min_devices:
+            return [], []
+        # Greedy clique around the seed, nearest devices first: the triggers of a real
+        # quake cluster in space, while false triggers (a phone picked up, a door) are
+        # scattered; "earliest first" would let one false trigger tens of seconds early and
+        # 200 km away (still within move-out) into every group and spoil the fit.
+        cand = [p for p in self.pool if p is not newest and p.device_id != newest.device_id]
+        if len(cand) < a.min_devices - 1:
+            return [], []
+        ok = self._consistent_with(newest, cand)
+        cand = [p for p, k in zip(cand, ok) if k]
+        if len(cand) < a.min_devices - 1:
+            return [], []
+        lat = np.fromiter((p.latitude for p in cand), dtype=float, count=len(cand))
+        lon = np.fromiter((p.longitude for p in cand), dtype=float, count=len(cand))
+        near = np.argsort(distance_km(newest.latitude, newest.longitude, lat, lon), kind="stable")
+        group = [newest]
+        ids = {newest.device_id}
+        for k in near.tolist():
+            p = cand[k]
+            # the smallest group that can stand (min_devices sites): a larger one reaches
+            # past the quake's own triggers to false ones far away while few have arrived,
+            # and one false pick 30 s early can carry the origin time and the epicentre
+            if len(group) >= NEW_EVENT_PICKS or self._n_sites(group) >= a.min_devices:
+                break
+            if p.device_id in ids:
+                continue
+            if self._consistent_with(p, group).all():
+                group.append(p)
+                ids.add(p.device_id)
+        if len(group) < a.min_devices or self._n_sites(group) < a.min_devices:
+            return [], group
+        sig = self.s.locate.pick_sigma_s
+        # only when every member must fit (below): a member that may be left out as an
+        # outlier says nothing about when P passed its site
+        need = max(a.min_devices, (len(group) + 1) // 2)
+        if need >= len(group) and self._hull_fraction(group, now_s) < HULL_FRACTION_FACTOR * a.min_triggered_fraction:
+            return [], group
+        loc = self._locate(group, now_s, exclude={g.device_id for g in group})
+        fits = ~loc.is_s & (np.abs(loc.residual_s) <= 3 * sig)
+        members = [g for g, f in zip(group, fits) if f]
+        # Outliers (false triggers, S read as P) are left out of the RMS: the capped misfit
+        # keeps them from moving the epicentre much, but one pick 30 s off would fail the
+        # RMS test of a group whose other picks fit well. Most of the group must fit.
+        n_p = len(members)
+        if n_p < max(a.min_devices, (len(group) + 1) // 2) or self._n_sites(members) < a.min_devices:
+            return [], group
+        rms = float(np.sqrt(np.mean(loc.residual_s[fits] ** 2)))
+        if rms > a.max_rms_s or loc.n_silent_violations > max(1, n_p // 2):
+            return [], group
+        if self._triggered_fraction(loc, members, now_s) < a.min_triggered_fraction:
+            return [], group
+        picks = {g.device_id: g for g in members}
+        ev = Event(event_id=self._new_id(loc.origin_time_s), location=loc, picks=picks)
+        taken = {(g.device_id, g.onset_time_s) for g in members}
+        self.pool = [p for p in self.pool if (p.device_id, p.onset_time_s) not in taken]
+        self.events.append(ev)
+        self._adopt_pool(ev)
+        return self._refresh(ev, now_s, force=True), group
+
+    def _adopt_pool(self, ev: Event) -> None:
+        """Pooled P triggers that a newly formed event explains join it (the refresh that
+        follows relocates with them): with thousands of phones, dozens arrive in the step
+        that forms the event. Pooled later phases stay pooled, as they did before."""
+        rest = []
+        for p in self.pool:
+            role = self._role(ev, p)
+            if role == "P" and p.device_id not in ev.picks:
+                ev.picks[p.device_id] = p
+                ev.dirty_location = True
+            else:
+                rest.append(p)
+        self.pool = rest
+
+    def _new_id(self, origin_time_s: float) -> str:
+        """An id from the first origin-time estimate (UTC, to the second), so that ids stay
+        unique across engine restarts; a letter is added if one second holds two events."""
+        stamp = datetime.fromtimestamp(origin_time_s, tz=timezone.utc).strftime("%Y%m%dT%H%M%S")
+        eid = f"{self.id_prefix}{stamp}"
+        suffix = 0
+        while eid in self._ids:
+            suffix += 1
+            eid = f"{self.id_prefix}{stamp}{chr(ord('a') + suffix - 1)}"
+        self._ids.add(eid)
+        return eid
+
+    def _n_sites(self, trigs) -> int:
+        """Number of distinct sites among triggers (greedy: a trigger within
+        ``min_site_separation_km`` of an earlier site joins it)."""
+        sites: list[Trigger] = []
+        for t in trigs:
+            if all(
+                float(distance_km(t.latitude, t.longitude, q.latitude, q.longitude))
+                >= self.s.associate.min_site_separation_km
+                for q in sites
+            ):
+                sites.append(t)
+        return len(sites)

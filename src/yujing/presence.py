@@ -1,0 +1,90 @@
+"""Who is alive and quiet: the devices whose silence is evidence.
+
+Streaming sensors are known through their packets, phones through their heartbeats
+(with the agent's word on whether the phone lies still enough to detect). The
+associator asks it which devices should have triggered and did not."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: a phone that sent a heartbeat within this long is online; its silence counts up to
+#: AssociateSettings.phone_report_delay_s before the engine clock (a trigger of a P onset
+#: before that would have arrived)
+HEARTBEAT_WINDOW_S = 90.0
+
+
+class Presence:
+    """Which devices are alive and quiet, as arrays: a million phones are a million rows.
+
+    Streaming sensors are seen through their packets (quiet up to the end of their newest
+    packet, alive while packets keep coming, after a warm-up); phones through heartbeats
+    (alive for ``HEARTBEAT_WINDOW_S``; able to detect only when their agent says the phone
+    lies still). Positions are a sensor's surveyed place or a phone's coarse cell."""
+
+    def __init__(self):
+        self.index: dict[str, int] = {}
+        self.ids: list[str] = []
+        self.n = 0
+        cap = 64
+        self.lat = np.zeros(cap)
+        self.lon = np.zeros(cap)
+        self.last = np.full(cap, -np.inf)
+        self.started = np.full(cap, -np.inf)
+        self.heartbeat = np.zeros(cap, dtype=bool)
+
+    def _slot(self, device_id: str) -> int:
+        i = self.index.get(device_id)
+        if i is None:
+            i = self.index[device_id] = self.n
+            self.ids.append(device_id)
+            self.n += 1
+            if self.n > len(self.lat):
+                for name in ("lat", "lon", "last", "started", "heartbeat"):
+                    a = getattr(self, name)
+                    grown = np.empty(2 * len(a), dtype=a.dtype)
+                    grown[: len(a)] = a
+                    setattr(self, name, grown)
+            self.started[i] = np.inf
+        return i
+
+    def note_packet(self, device_id: str, latitude: float, longitude: float, end_time_s: float, reset: bool):
+        i = self._slot(device_id)
+        if reset or not np.isfinite(self.started[i]):
+            self.started[i] = end_time_s
+        self.lat[i], self.lon[i], self.last[i] = latitude, longitude, end_time_s
+        self.heartbeat[i] = False
+
+    def note_heartbeats(self, device_ids, latitudes, longitudes, time_s, ready=None):
+        """Bulk: phones alive at ``time_s``; ``ready`` False for phones that cannot detect
+        now (carried, moving): they are alive but their silence says nothing."""
+        idx = np.fromiter((self._slot(d) for d in device_ids), dtype=np.int64, count=len(device_ids))
+        ok = np.ones(len(idx), dtype=bool) if ready is None else np.asarray(ready, dtype=bool)
+        self.lat[idx] = latitudes
+        self.lon[idx] = longitudes
+        self.heartbeat[idx] = True
+        self.last[idx] = np.where(ok, time_s, -np.inf)
+        self.started[idx] = np.minimum(self.started[idx], time_s)
+
+    def in_box(self, lat_min: float, lat_max: float, lon_min: float, lon_max: float) -> np.ndarray:
+        """Rows (indices) whose position lies strictly inside a latitude/longitude box."""
+        n = self.n
+        lat, lon = self.lat[:n], self.lon[:n]
+        return np.flatnonzero((lat > lat_min) & (lat < lat_max) & (lon > lon_min) & (lon < lon_max))
+
+    def silent(self, now_s: float, busy: set[str], warmup_s: float, report_delay_s: float = 2.5, kinds: bool = False):
+        """Positions and 'quiet up to' times of the live devices not in ``busy`` (and,
+        with ``kinds``, which of them are phones)."""
+        n = self.n
+        last, started, hb = self.last[:n], self.started[:n], self.heartbeat[:n]
+        stream_ok = ~hb & (now_s - last <= 5.0) & (last - started >= warmup_s)
+        phone_ok = hb & (now_s - last <= HEARTBEAT_WINDOW_S)
+        ok = stream_ok | phone_ok
+        for d in busy:
+            i = self.index.get(d)
+            if i is not None:
+                ok[i] = False
+        seen = np.where(hb, now_s - report_delay_s, last)
+        if kinds:
+            return self.lat[:n][ok], self.lon[:n][ok], seen[ok], hb[ok]
+        return self.lat[:n][ok], self.lon[:n][ok], seen[ok]

@@ -1,0 +1,89 @@
+"""Sizing an event: its magnitude from the amplitudes of its devices, given where and
+when it happened. Which amplitudes are complete depends on the rupture duration, i.e.
+on the magnitude itself; :func:`self_consistent_magnitude` settles that."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .geo import distance_km
+from .locate import Location
+from .magnitude import event_magnitude
+from .records import Trigger
+from .traveltime import default_table
+
+
+def size_event(loc: Location, triggers: list[Trigger], detection_snr: float, previous: float) -> tuple[float, float]:
+    """(magnitude, 1-sigma) of an event at ``loc`` from its devices' P picks and later
+    phases (``triggers``; one estimate per device, from its larger Wood-Anderson
+    amplitude); ``detection_snr`` is the amplitude-to-noise ratio of a usable reading;
+    ``previous`` the last magnitude (NaN for a new event), a starting point only."""
+    trs = triggers
+    lat = np.array([t.latitude for t in trs])
+    lon = np.array([t.longitude for t in trs])
+    epi = distance_km(loc.latitude, loc.longitude, lat, lon)
+    hypo = np.hypot(epi, loc.depth_km)
+    tp, ts = default_table().times_s(epi, loc.depth_km)
+    tp = loc.origin_time_s + tp
+    ts = loc.origin_time_s + ts
+    seen_until = np.array([t.onset_time_s + t.window_s for t in trs])
+    wa = np.array([t.wa_horizontal_nm for t in trs])
+    noise = np.array([t.noise_wa_nm for t in trs])
+    pgv = np.array([t.pgv_cm_s for t in trs])
+    usable = wa > detection_snr * np.maximum(noise, 1e-9)
+    # one estimate per device: its later-phase trigger may hold the larger amplitude
+    best: dict[str, int] = {}
+    for i, t in enumerate(trs):
+        if t.device_id not in best or wa[i] > wa[best[t.device_id]]:
+            best[t.device_id] = i
+    idx = np.array(sorted(best.values()))
+    args = (wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx])
+    return self_consistent_magnitude(lambda m: event_magnitude(*args, m), previous)
+
+
+def self_consistent_magnitude(estimate, guess: float, tol: float = 0.02) -> tuple[float, float]:
+    """The magnitude ``m`` with ``estimate(m) = (m, sigma)``: which amplitudes are complete
+    depends on the rupture duration, i.e. on the magnitude assumed. A longer rupture
+    leaves fewer amplitudes complete, which mostly lowers the estimate, so iterating from
+    the last value swung between two answers (M6.8 and M7.4 on consecutive steps of the
+    demo's M6.6, one phone apart). The crossing of ``estimate(m) - m`` found by bisection is
+    a function of the data alone, not of the path; where the estimate jumps across the
+    diagonal (a set of amplitudes turning complete) it is the magnitude of the jump.
+    ``guess`` (the last value, NaN for a new event) only places the first bracket."""
+    m0, s0 = estimate(guess)
+    if not math.isfinite(m0):
+        return m0, s0
+    if math.isfinite(guess):
+        lo = hi = guess
+        g_lo = g_hi = m0 - guess
+    else:  # a new event: start from what the duration-free estimate says
+        lo = hi = m0
+        m1, s1 = estimate(m0)
+        g_lo = g_hi = m1 - m0
+        if abs(g_lo) < tol:
+            return m1, s1
+    if abs(g_lo) < tol:
+        return m0, s0
+    step = 0.25
+    # bracket: estimate(lo) >= lo and estimate(hi) <= hi
+    while g_lo < 0 and lo > 0.0:
+        lo -= step
+        g_lo = estimate(lo)[0] - lo
+        step *= 2
+    step = 0.25
+    while g_hi > 0 and hi < 10.0:
+        hi += step
+        g_hi = estimate(hi)[0] - hi
+        step *= 2
+    if not (g_lo >= 0 >= g_hi):
+        return m0, s0  # no crossing within M0-10: keep the plain estimate
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        if estimate(mid)[0] >= mid:
+            lo = mid
+        else:
+            hi = mid
+    m = 0.5 * (lo + hi)
+    return m, estimate(m)[1]
