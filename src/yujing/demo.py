@@ -204,10 +204,27 @@ def run(
             elif abs(u.magnitude - last_said_m.get(u.event_id, u.magnitude)) >= 0.3:
                 say(u.issued_at_s, f"  M{u.magnitude:.1f} ({u.n_devices} phones)")
                 last_said_m[u.event_id] = u.magnitude
-            for a in new:
-                n_cells = {t.name: len(h3.uncompact_cells(list(t.cells), a.h3_resolution)) for t in a.tiers}
-                tiers = ", ".join(f"{k} {v:,} cells" for k, v in n_cells.items()) or "no cells"
-                say(a.issued_at_s, f"ALERT {a.msg_type} v{a.version} M{a.magnitude:.1f}: {tiers}")
+            say_alerts(new)
+
+    def say_alerts(new: list[Alert]):
+        for a in new:
+            n_cells = {t.name: len(h3.uncompact_cells(list(t.cells), a.h3_resolution)) for t in a.tiers}
+            tiers = ", ".join(f"{k} {v:,} cells" for k, v in n_cells.items()) or "no cells"
+            say(a.issued_at_s, f"ALERT {a.msg_type} v{a.version} M{a.magnitude:.1f}: {tiers}")
+
+    next_policy_tick = -math.inf
+
+    def policy_tick(t: float):
+        # as a live service does (about once a second): areas fall once a lower
+        # estimate has held, whether or not a new estimate comes
+        nonlocal next_policy_tick, t_alert
+        if t >= next_policy_tick:
+            next_policy_tick = t + 1.0
+            a0 = time.perf_counter()
+            new = policy.tick(t)
+            t_alert += time.perf_counter() - a0
+            alerts.extend(new)
+            say_alerts(new)
 
     for m in net.messages():
         t = m.arrival_time_s if isinstance(m, HeartbeatBatch) else m.issued_at_s
@@ -232,6 +249,7 @@ def run(
             n_trig_msgs += 1
         t_engine += time.perf_counter() - e0
         handle(out)
+        policy_tick(t)
     e0 = time.perf_counter()
     out = eng.flush()
     t_engine += time.perf_counter() - e0
