@@ -58,8 +58,6 @@ def test_decode_alert_raises_only_value_errors_on_bytes(data):
     assert isinstance(a, Alert)
 
 
-@pytest.mark.xfail(strict=True, reason="wire.decode_alert lets zlib.error out of a tier whose cell blob is not zlib "
-                   "(wire.unpack_cells; wire.py is not this test's to fix): a device app that catches ValueError crashes")
 @FUZZ
 @given(st.integers(0, 15), st.binary(max_size=40), _values)
 def test_decode_alert_raises_only_value_errors_on_mangled_alerts(field, cells, value):

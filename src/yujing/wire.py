@@ -62,8 +62,22 @@ def pack_cells(cells) -> bytes:
     return zlib.compress(bytes(out), 9)
 
 
+#: largest decompressed cell list accepted, bytes: a million cells of ~10-byte varints. A
+#: message is small on the wire, but zlib expands ~1000x: a device must not be made to
+#: allocate gigabytes by one forged alert.
+MAX_CELL_BYTES = 16 * 1024 * 1024
+
+
 def unpack_cells(data: bytes) -> tuple[str, ...]:
-    raw = zlib.decompress(data)
+    """Inverse of :func:`pack_cells`; ValueError on anything that is not a packed list of
+    valid H3 cells."""
+    try:
+        d = zlib.decompressobj()
+        raw = d.decompress(data, MAX_CELL_BYTES)
+    except zlib.error as exc:
+        raise ValueError(f"cell list is not zlib data: {exc}") from None
+    if d.unconsumed_tail:
+        raise ValueError(f"cell list larger than {MAX_CELL_BYTES} bytes unpacked")
     cells = []
     value = shift = prev = 0
     for b in raw:
@@ -72,7 +86,10 @@ def unpack_cells(data: bytes) -> tuple[str, ...]:
             shift += 7
             continue
         prev += value
-        cells.append(h3.int_to_str(prev))
+        cell = h3.int_to_str(prev) if prev < 1 << 64 else ""
+        if not cell or not h3.is_valid_cell(cell):
+            raise ValueError(f"cell list holds {prev:#x}, not an H3 cell")
+        cells.append(cell)
         value = shift = 0
     if shift:
         raise ValueError("truncated cell list: the last varint is incomplete")

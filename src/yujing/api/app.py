@@ -432,6 +432,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
         def put(subject: str, obj: Any) -> None:
             if q.full():  # a slow browser loses old messages, never stalls the service
                 q.get_nowait()
+                service.bus.dropped["sse"] += 1  # counted with the bus's own drops (/metrics)
             q.put_nowait((subject, obj))
 
         subs = [service.bus.subscribe(p, put) for p in ("yj.event.>", "yj.alert.>", "yj.trig")]
