@@ -587,7 +587,11 @@ def test_on_alert_matches_device_warning():
     [cancel] = policy.on_update(msgspec.structs.replace(upd, version=2, issued_at_s=t0 + 12.0, retracted=True))
     c = ag.on_alert(encode_alert(cancel), t0 + 12.0)
     assert c.msg_type == "cancel" and c.tier == "" and math.isnan(c.countdown_s)
-    assert ag.on_alert(alert, now).version == 2  # an older message does not undo the cancel
+    assert (w.screen, w.alarm, w.show_countdown) == ("take_action", True, True)
+    assert (c.screen, c.alarm, c.show_countdown) == ("cancelled", False, False)
+    late = ag.on_alert(alert, now)  # an older message does not undo the cancel, nor ring again
+    assert (late.version, late.screen, late.alarm, late.change) == (2, "cancelled", False, "stale")
+    assert ag.warnings[alert.alert_id] == c
     assert ag.on_alert(b"\x93garbage", now) is None and ag.rejects.by_reason() == {"bad_alert": 1}
 
 

@@ -13,6 +13,8 @@ into what the device shows. One module per stage; :class:`DeviceAgent` wires the
   outbox ◄── TriggerMessage (pseudonym, H3 res-7 cell, amplitudes) ◄── decision: gates,
   (messages.py)  ◄── PacketMessage (only if the owner opted in)        classifier (decision.py)
   alert ──► on_alert ──► own MMI, tier and countdown from its own position (warning.py)
+           (newest version per alert id; what the phone shows: take action / be aware /
+            all clear here / cancelled, against what it showed before)
   yujing device replay: files in, JSON lines out (replay.py); set-up and counters (config.py)
 ```
 
@@ -385,8 +387,12 @@ class DeviceAgent:
         from :func:`yujing.wire.encode_alert`) at device time ``now_s`` (UNIX s).
 
         Intensity, tier and countdown come from the event parameters and the device's own
-        position (:func:`yujing.alerting.device_warning`), which is never sent. A message
-        that cannot be decoded is counted (``bad_alert``) and gives None; a version older
-        than one already seen gives the newer warning again.
+        position (:func:`yujing.alerting.device_warning`), which is never sent, recomputed
+        from the newest message alone (a lower tier is a downgrade, never kept at the old
+        one). ``screen``, ``alarm`` and ``change`` say what to show against the warning
+        shown before (:class:`~yujing.device.warning.LocalWarning`). A message that cannot
+        be decoded is counted (``bad_alert``) and gives None; a version older than the one
+        shown is ignored: the shown warning comes back unchanged (``change`` ``stale``, no
+        alarm).
         """
         return self.local.on_alert(alert, now_s)
