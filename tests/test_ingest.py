@@ -156,6 +156,37 @@ def test_clock_ahead_is_corrected_from_first_packet() -> None:
     assert [o.reset for o in out].count(True) == 1
 
 
+@pytest.mark.parametrize("clock_error", [-163.36, 2.84, 257.72])
+def test_corrected_clock_lands_on_the_trusted_devices_time_base(clock_error: float) -> None:
+    """A wrong clock among devices with good clocks, all with the same network latency
+    (0.08-0.9 s): its correction must not keep the latency of its fastest packets, or its
+    onsets come out late against its neighbours' by that much (a three-device location
+    moves by ~10 km for 0.13 s). The trusted devices' minimum offset is that latency."""
+    # the good clocks see the latencies in another order than the wrong one
+    good = [
+        packet(dev, p.device_time_s + k * 0.3, p.arrival_time_s + k * 0.3)
+        for k, dev in ((1, "000"), (2, "024"))
+        for p in live(dev, T0 + 3 * k, 60)
+    ]
+    bad = live("012", T0, 60, clock_error=clock_error)
+    stream = sorted(good + bad, key=lambda p: p.arrival_time_s)
+    out, rejects = run(stream)
+    assert rejects.total == 0
+    got = {(p.device_id, p.device_time_s): o for p, o in zip(stream, out)}
+    # once every device has seen its fastest latency three times (the robust minimum),
+    # the wrong clock is off the true time by the spread of the devices' minimum
+    # latencies: here none. (Before, it was off by that minimum latency, 0.08 s.)
+    late = [got["012", p.device_time_s] for p in bad[40:]]
+    true_end = [p.device_time_s + clock_error for p in bad[40:]]
+    assert [o.end_time_s for o in late] == pytest.approx(true_end, abs=1e-6)
+    # the good clocks are left alone
+    assert all(o.clock_correction_s == 0.0 for o in out if o.device_id != "012")
+    ingest = Ingest(DEVICES, Rejects())
+    for p in stream:
+        ingest.accept(p)
+    assert ingest.latency_floor_s == pytest.approx(min(LATENCIES))
+
+
 def test_one_bad_arrival_stamp_does_not_shift_the_clock_for_good() -> None:
     """A packet whose cloud_t is 100 s early (a corrupt line) looks like a clock 100 s ahead;
     one such packet must not move the rest of the device's samples by 100 s."""

@@ -37,6 +37,16 @@ a backlog, so the stage looks at the trend:
 - the minimum holds within 1 s for 3 s of device time: the clock is behind, correction =
   the minimum offset.
 
+The smallest offset is the clock error *plus the latency of the fastest packets*
+(0.1-0.35 s in the recordings). Left in, that latency would put every corrected device's
+onsets late by it against the devices with good clocks, and three-device locations move
+by 10 km for 0.13 s. So a corrected clock is mapped onto the time base of the trusted
+devices instead: the correction is the device's minimum offset minus the median minimum
+offset of the devices whose clocks are trusted (their minimum offset is that same latency
+floor plus their NTP error). That is what the locator needs, times consistent across the
+devices it uses; with no trusted device yet the floor is taken as 0 (the packet mapped
+onto its fastest arrival). ``clock_correction_s`` reports the correction so applied.
+
 ``end_time_s = device_time + correction``. A packet whose corrected time lies more than
 1 s after its arrival is impossible; on an established clock it means the clock jumped
 ahead (``clock_jump``): the estimate restarts from this packet.
@@ -202,6 +212,10 @@ class Ingest:
         self.max_gap_s = max_gap_s
         self._slots = {device_id: i for i, device_id in enumerate(devices)}
         self._state: dict[str, _DeviceState] = {}
+        # robust minimum offset of each device whose clock is trusted: the latency floor
+        # (plus NTP error) that a corrected clock is mapped onto (see the module notes)
+        self._trusted_floor: dict[str, float] = {}
+        self._floor = 0.0
 
     def add_device(self, device: Device) -> None:
         """Take a device that joined while running (a sensor's hello): it gets the next
@@ -336,17 +350,38 @@ class Ingest:
         st.cand_first_d = math.nan
         st.last_d = d
         st.recent.append(d)
+        self._note_floor(dev, st)
+        # a corrected clock lands on the trusted devices' time base: its minimum offset
+        # minus theirs (the latency both hold); a trusted or draining clock is left alone
+        correction = st.correction - self._floor if st.state in (_OFFSET, _PROVISIONAL) else 0.0
         return IngestedPacket(
             st.slot,
             dev,
-            d + st.correction,
+            d + correction,
             c,
             sr,
             samples,
             reset,
             gap_s,
-            st.correction,
+            correction,
         )
+
+    @property
+    def latency_floor_s(self) -> float:
+        """Median robust minimum offset (arrival - device time, s) of the devices whose
+        clocks are trusted; 0 while there is none. Subtracted from corrected clocks."""
+        return self._floor
+
+    def _note_floor(self, dev: str, st: _DeviceState) -> None:
+        """Keep the trusted devices' minimum offsets and their median up to date."""
+        if st.state == _TRUSTED and len(st.lows) >= ROBUST_LOWS:
+            if self._trusted_floor.get(dev) == st.min_off:
+                return
+            self._trusted_floor[dev] = st.min_off
+        elif self._trusted_floor.pop(dev, None) is None:
+            return
+        v = self._trusted_floor.values()
+        self._floor = float(np.median(np.fromiter(v, float, len(v)))) if v else 0.0
 
     def _backward_jump(self, st: _DeviceState, d: float, off: float, dur: float) -> bool:
         """Track packets older than the last accepted one; True once they prove a clock jump back.
