@@ -250,6 +250,16 @@ def test_one_alert_id_per_event_whatever_happens():
     assert [a.msg_type for a in msgs][0] == "alert" and all(a.msg_type == "update" for a in msgs[1:])
 
 
+def test_an_update_without_tiers_warns_no_device():
+    """When the estimate falls below min_magnitude the update carries no tiers: a phone
+    near the epicentre, whose own forecast would still say be_aware, shows nothing."""
+    pol = AlertPolicy(model="bssa14")
+    [a] = pol.on_update(upd(1, 6.5))
+    bare = msgspec.structs.replace(a, version=2, msg_type="update", magnitude=4.4, tiers=())
+    assert device_warning(msgspec.structs.replace(bare, tiers=a.tiers), LAT + 0.05, LON, T0 + 10.0).tier != ""
+    assert device_warning(bare, LAT + 0.05, LON, T0 + 10.0).tier == ""
+
+
 def test_device_warning_near_and_far():
     pol = AlertPolicy(model="bssa14")
     [a] = pol.on_update(upd(1, 6.5))

@@ -449,7 +449,9 @@ def device_warning(
         alert.latitude, alert.longitude, alert.depth_km, alert.magnitude, latitude, longitude, vs30_m_s, alert.gmpe
     )
     mmi = float(site.mmi)
-    own = 1 if mmi >= s.take_action_mmi else 0 if mmi >= s.be_aware_mmi else -1
+    # an update with no tiers says the event no longer warns anyone (its estimate fell below
+    # min_magnitude): the device's own forecast must not warn where the server stopped
+    own = (1 if mmi >= s.take_action_mmi else 0 if mmi >= s.be_aware_mmi else -1) if alert.tiers else -1
     area = area_tier(alert, latitude, longitude)
     best = max(own, area)
     epi = float(distance_km(alert.latitude, alert.longitude, latitude, longitude))
