@@ -87,11 +87,15 @@ def run_case(name: str, load_args: list[str], duration_s: float) -> dict:
         srv.wait(30)
     sent = load.get("sent_total") or sum(load.get("sent", {}).values())
     rejected = sum(v for k, v in m.items() if k.startswith("yujing_messages_rejected_total"))
+    # by reason: a rejection is a dropped trigger unless it is garbage the load never sends
+    reasons = {k.split('reason="', 1)[1].split('"', 1)[0]: v for k, v in m.items()
+               if k.startswith("yujing_messages_rejected_total") and 'reason="' in k and v}
     row = {
         "case": name,
         "sent": sent,
         "received": m.get("yujing_messages_received_total"),
         "rejected": rejected,
+        "rejected_by_reason": reasons,
         "alerts": m.get("yujing_alerts_total"),
         "events": health.get("events"),
         "p50_ms": 1000 * m.get('yujing_alert_latency_seconds{quantile="0.5"}', float("nan")),
@@ -123,7 +127,7 @@ def main() -> int:
         row = run_case(name, la, args.duration_s)
         rows.append(row)
         print(
-            f"{name}: sent {row['sent']:,}, received {row['received']:,.0f}, rejected {row['rejected']:.0f}, "
+            f"{name}: sent {row['sent']:,}, received {row['received']:,.0f}, rejected {row['rejected']:.0f} {row['rejected_by_reason'] or ''}, "
             f"events {row['events']}, alerts {row['alerts']:.0f}; alert latency p50 {row['p50_ms']:.1f} ms, "
             f"p90 {row['p90_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms; engine busy {row['engine_busy_s']:.1f} s, "
             f"policy {row['policy_busy_s']:.1f} s of {row['duration_s']:.0f} s",

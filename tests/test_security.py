@@ -93,10 +93,20 @@ def test_a_device_sending_hundreds_of_triggers_a_minute_is_throttled(svc):
 
 
 def test_onsets_per_cell_are_capped_and_counted(svc):
+    """1,000 devices that enrolled themselves a minute ago (new) trigger in one cell at once:
+    the cell's onset limit holds them; 1,000 established ones (enrolled a day ago) in
+    another cell pass (a strong quake under a city), each within its own limits."""
     sign = Signer(svc.issuer)
+    for i in range(1000):
+        svc.issuer.enrol(f"d{i}", 1000.0 - 60.0)
+        svc.issuer.enrol(f"e{i}", 1000.0 - 86_400.0)
     got = [svc.receive(*sign.wire("trig", _trig(f"d{i}", onset=1000.0)), 1000.0) for i in range(1000)]
     assert sum(got) == security.CELL_ONSET_BURST
     assert svc.rejects.by_reason() == {"rate_limited_cell": 1000 - security.CELL_ONSET_BURST}
+    other = h3.latlng_to_cell(29.7, 102.2, 7)
+    est = [svc.receive(*sign.wire("trig", msgspec.structs.replace(_trig(f"e{i}", onset=1000.0), cell=other)), 1000.0)
+           for i in range(1000)]
+    assert all(est) and svc.rejects.by_reason() == {"rate_limited_cell": 1000 - security.CELL_ONSET_BURST}
 
 
 def test_unsigned_messages_only_on_a_development_server():

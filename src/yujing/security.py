@@ -253,6 +253,11 @@ class GuardConfig(msgspec.Struct, frozen=True, kw_only=True):
     allow_unsigned: bool = False
     rate_limits: bool = True
     max_credentials: int = 5_000_000
+    # the per-cell onset limit holds for new devices only (self-enrolled within this many
+    # seconds: Settings.associate.new_device_s): a strong quake under a city makes
+    # thousands of a cell's established phones trigger within seconds, and their onsets
+    # must reach the engine; each of them is still held by its own credential's limits
+    new_device_s: float = 6 * 3600.0
 
 
 class Guard:
@@ -347,7 +352,7 @@ class Guard:
                 c.refused_onset = msg.onset_s
             raise ProtocolError("rate_limited_device", f"triggers from {msg.device!r} above {TRIGGER_RATE_PER_S * 60:.0f}/min "
                                 f"or onsets above {ONSET_RATE_PER_S * 3600:.0f}/h")
-        if msg.update == 0:
+        if msg.update == 0 and self.issuer.is_new(msg.device, t_s, self.config.new_device_s):
             b = self.cells.get(msg.cell)
             if b is None:
                 if len(self.cells) >= 1_000_000:
@@ -361,6 +366,7 @@ class Guard:
                 raise ProtocolError("rate_limited_cell", f"trigger onsets from cell {msg.cell} above "
                                     f"{CELL_ONSET_RATE_PER_S:.0f}/s (burst {CELL_ONSET_BURST:.0f})")
             b[0] -= 1.0
+        if msg.update == 0:
             c.onsets -= 1.0
         c.tokens -= 1.0
 
