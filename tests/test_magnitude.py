@@ -12,6 +12,8 @@ from yujing.magnitude import (
     censored_magnitude,
     event_magnitude,
     local_magnitude,
+    near_source_h_km,
+    pd_magnitude,
     pgv_moment_magnitude,
     si_midorikawa_log_pgv,
 )
@@ -175,3 +177,72 @@ def test_self_consistent_magnitude_does_not_depend_on_the_last_value():
     smooth = lambda m: (6.0 + 0.1 * (7.0 - (m if math.isfinite(m) else 7.0)), 0.1)
     for g in (float("nan"), 5.0, 8.0):
         assert self_consistent_magnitude(smooth, g)[0] == pytest.approx(6.7 / 1.1, abs=0.02)
+
+
+# --------------------------------------------------------------- Pd and finite-fault distance
+
+
+def _wu_zhao_pd(m, r):
+    """Wu & Zhao (2006): log10 Pd = -3.463 + 0.729 M - 1.374 log10 R (cm, km)."""
+    return 10 ** (-3.463 + 0.729 * m - 1.374 * np.log10(r))
+
+
+@pytest.mark.parametrize("m", [4.0, 5.5, 6.5])
+@pytest.mark.parametrize("r", [15.0, 60.0, 150.0])
+def test_pd_magnitude_inverts_wu_zhao(m, r):
+    assert pd_magnitude(_wu_zhao_pd(m, r), r) == pytest.approx(m, abs=1e-6)
+
+
+def test_near_source_h_is_yenier_atkinson():
+    # h = 10^(-0.405 + 0.235 M): ~10 km at M6, ~18 km at M7.1, nothing for an unknown M
+    assert near_source_h_km(6.0) == pytest.approx(10 ** (-0.405 + 1.41), rel=1e-9)
+    assert 17.5 < near_source_h_km(7.1) < 19.0
+    assert near_source_h_km(float("nan")) == 0.0
+
+
+def test_a_station_on_the_rupture_reads_the_magnitude_of_the_far_ones():
+    """Amplitudes of an extended rupture fall off with sqrt(R^2 + h(M)^2): a station 6 km
+    from the hypocentre of an M7 is not 6 km from most of the rupture. Read with R alone its
+    ML is ~0.6 units low; with the effective distance (at the magnitude assumed) it agrees
+    with a station 80 km away."""
+    from yujing.sizing import self_consistent_magnitude
+
+    m_true = 7.0
+    hypo = np.array([6.0, 80.0])
+    r_eff = np.hypot(hypo, near_source_h_km(m_true))
+    wa = 10 ** (m_true - (1.11 * np.log10(r_eff) + 0.00189 * r_eff - 2.09))
+    seen, tp, ts = _arrivals(hypo, 200.0)
+    assert local_magnitude(wa[0], hypo[0]) < m_true - 0.5  # the point-source reading
+    m, _ = self_consistent_magnitude(
+        lambda g: event_magnitude(wa, wa * 0, hypo, 8.0, seen, tp, ts, [True] * 2, g), float("nan"))
+    assert m == pytest.approx(m_true, abs=0.05)
+
+
+def test_p_only_devices_are_sized_by_pd_not_by_a_second_of_wood_anderson():
+    """Half a second of P: the Wood-Anderson reading of the first P cycles (+ the S/P
+    ratio) says M4.5 'at least', the long-period Pd already says M6.3 (Nisqually's first
+    announcement read M4.5 for an M6.8). Pd of a device is used while it has seen P only."""
+    hypo = np.array([55.0, 60.0, 65.0])
+    tp, ts = hypo / 7.0, hypo / 4.0
+    seen = tp + 0.5
+    wa = 10 ** (4.5 - P_TO_S_LOG10 - (1.11 * np.log10(hypo) + 0.00189 * hypo - 2.09))
+    pd = _wu_zhao_pd(6.3, hypo)
+    m_wa, _ = event_magnitude(wa, wa * 0, hypo, 45.0, seen, tp, ts, [True] * 3)
+    assert m_wa == pytest.approx(4.5, abs=0.05)
+    m_pd, sigma = event_magnitude(wa, wa * 0, hypo, 45.0, seen, tp, ts, [True] * 3, pd_cm=pd, pd_usable=[True] * 3)
+    assert m_pd == pytest.approx(6.3, abs=0.05)
+    assert sigma > 0
+    # Pd at noise level is no reading
+    m_noise, _ = event_magnitude(wa, wa * 0, hypo, 45.0, seen, tp, ts, [True] * 3, pd_cm=pd, pd_usable=[False] * 3)
+    assert m_noise == pytest.approx(m_wa)
+
+
+def test_pd_is_not_read_once_s_has_arrived():
+    """The picker's Pd window runs on past S (up to 9 s): once S is there it is no P reading."""
+    hypo = np.array([20.0, 25.0, 30.0])
+    tp, ts = hypo / 7.0, hypo / 4.0
+    seen = ts + 200.0  # complete S records of an M5
+    wa = 10 ** (5.0 - (1.11 * np.log10(hypo) + 0.00189 * hypo - 2.09))
+    m, _ = event_magnitude(wa, wa * 0, hypo, 10.0, seen, tp, ts, [True] * 3, 5.0,
+                           pd_cm=_wu_zhao_pd(7.5, hypo), pd_usable=[True] * 3)
+    assert m == pytest.approx(5.0, abs=0.05)

@@ -33,6 +33,8 @@ def size_event(loc: Location, triggers: list[Trigger], detection_snr: float, pre
     noise = np.array([t.noise_wa_nm for t in trs])
     pgv = np.array([t.pgv_cm_s for t in trs])
     usable = wa > detection_snr * np.maximum(noise, 1e-9)
+    pd = np.array([t.pd_cm for t in trs])
+    pd_usable = pd > detection_snr * np.maximum(np.array([t.noise_pd_cm for t in trs]), 1e-12)
     # one estimate per device: its later-phase trigger may hold the larger amplitude
     best: dict[str, int] = {}
     for i, t in enumerate(trs):
@@ -40,7 +42,9 @@ def size_event(loc: Location, triggers: list[Trigger], detection_snr: float, pre
             best[t.device_id] = i
     idx = np.array(sorted(best.values()))
     args = (wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx])
-    return self_consistent_magnitude(lambda m: event_magnitude(*args, m), previous)
+    return self_consistent_magnitude(
+        lambda m: event_magnitude(*args, m, pd_cm=pd[idx], pd_usable=pd_usable[idx]), previous
+    )
 
 
 def self_consistent_magnitude(estimate, guess: float, tol: float = 0.02) -> tuple[float, float]:
