@@ -295,6 +295,58 @@ class AlertPolicy:
         st.magnitude = u.magnitude
         return [self._message(u, st, msg_type)]
 
+    def resume(self, event_id: str, alert: Alert | None) -> bool:
+        """Go on from what devices were actually told about ``event_id``: ``alert`` is the
+        newest message sent for it (by this service's previous life: a restart), None if
+        none was sent. The next message continues its version; its areas are the cells
+        held (so an upgrade beyond them is news, a fall waits for the hold as usual); a
+        cancel stays cancelled. What this policy computed for the event itself (a rebuilt
+        engine's estimates: the cells' support times, the newest estimate) is kept.
+
+        Returns whether what this policy would have told differs from what was told (then
+        ``on_update(newest estimate)`` says what the devices still miss); False leaves
+        the policy exactly as it was."""
+        st = self._alerts.get(event_id)
+        if alert is None:
+            if st is None or st.cancelled or st.version == 0:
+                return False
+            # nothing was sent: the first message to go out is the alert, version 1
+            st.version, st.magnitude = 0, math.nan
+            st.held[:] = -1
+            st.first_s[:] = np.nan
+            st.due_s = math.inf
+            return True
+        if st is None:
+            st = self._alerts[event_id] = _AlertState(alert_id=alert.alert_id)
+        told = np.full(0, -1, np.int8)
+        for i, name in enumerate(TIERS):
+            tier = next((t for t in alert.tiers if t.name == name), None)
+            if tier is None or not tier.cells:
+                continue
+            ints = np.array([h3.str_to_int(c) for c in tier.cells], dtype=np.uint64)
+            cells = np.asarray(h3n.uncompact_cells(ints, alert.h3_resolution), dtype=np.uint64)
+            idx = st.include(cells)
+            if len(told) < len(st.cells):
+                told = np.concatenate((told, np.full(len(st.cells) - len(told), -1, np.int8)))
+            told[idx] = np.maximum(told[idx], i)
+        told = np.concatenate((told, np.full(len(st.cells) - len(told), -1, np.int8)))
+        cancelled = alert.msg_type == "cancel"
+        if (st.version == alert.version and st.cancelled == cancelled and st.magnitude == alert.magnitude
+                and np.array_equal(st.held, told)):
+            return False  # the same picture: its timing (hold, due downgrades) stands
+        st.alert_id = alert.alert_id
+        st.version = alert.version
+        st.magnitude = alert.magnitude
+        st.cancelled = cancelled
+        st.held = told
+        st.first_s[(told >= 0) & np.isnan(st.first_s)] = alert.issued_at_s
+        if cancelled or not (st.held > st.current).any():
+            st.due_s = math.inf
+        else:
+            # cells held above what the newest estimate supports: they may fall, after the hold
+            st.due_s = max(alert.issued_at_s, st.lowered_s) + self.hold_s
+        return True
+
     def tick(self, now_s: float) -> list[Alert]:
         """Downgrades that have come due at ``now_s`` (message-time clock, like
         ``issued_at_s``) without a new estimate: one ``update`` per event whose areas fall,

@@ -6,6 +6,12 @@ the live map on 127.0.0.1. Options switch each part to a real server:
 ``--mqtt tcp://host:port`` (any MQTT 3.1.1 broker: Mosquitto, NATS's MQTT listener),
 ``--store postgresql://...``, ``--bus nats://...`` (scale-out; see :mod:`yujing.bus.nats`).
 
+Restarts: accepted device messages are journaled in the store for a few minutes
+(:mod:`yujing.store.journal`); a server started again (after a crash, a kill, a clean
+stop mid-quake) replays that window into its fresh engine and goes on from the store: the
+same event and alert ids, versions after the stored ones, nothing published twice
+(:meth:`yujing.service.Service.resume`, docs/reliability.md).
+
 Retention (:mod:`yujing.retention`): the server purges what it holds about devices silent
 for longer than ``retention`` (default 7 days), in its store and in memory, once at start
 and then every ``retention.interval_s``; each purge is in the audit log.
@@ -89,6 +95,8 @@ class Server:
         self.broker: EmbeddedBroker | None = None
         self.link: MqttLink | None = None
         self.store = None
+        self.journal = None  # yujing.store.Journal (None: in-memory store)
+        self.resumed: dict = {}  # figures of Service.resume at start
         self.service: Service | None = None
         self.replay: LiveReplay | None = None
         self._uvicorn = None
@@ -108,9 +116,17 @@ class Server:
         if o.bus is not None:
             await self._start_worker()
             return
+        from .store import Journal
+
         self.store = await asyncio.to_thread(open_store, o.store)
+        self.journal = await asyncio.to_thread(Journal.open, o.store)
         bus = MemoryBus()
-        self.service = Service(o.settings, bus, self.store, config=self.service_config(), clock=self.clock)
+        self.service = Service(o.settings, bus, self.store, config=self.service_config(), clock=self.clock,
+                               journal=self.journal)
+        # a restart: rebuild the quake in progress from the journal, go on from the store
+        # (ids, versions, alert areas) before any device message or request is taken
+        t0 = time.monotonic()
+        self.resumed = await asyncio.to_thread(self.service.resume)
         await self.service.start()
         if o.mqtt is None:
             self.broker = EmbeddedBroker(o.mqtt_host, o.mqtt_port)
@@ -120,7 +136,11 @@ class Server:
             parse_mqtt_url(o.mqtt)  # a bad URL fails here, with what was wrong
             self.mqtt_url = o.mqtt
         self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker)
-        await self.link.start()
+        self.link.resume(self.service.resume_alerts, self.clock())
+        await self.link.start(ready=self.service.publish_resumed)
+        self.resumed["ready_s"] = time.monotonic() - t0
+        if self.resumed["journal_rows"] or self.resumed["stored_events"]:
+            log.warning("resumed after a restart: %s", self.resumed)
         self.replay = self._replay(self.service.issuer)
         await self._start_retention()
         await self._start_http()
@@ -270,6 +290,8 @@ class Server:
             await self.link.stop()
         if self.broker is not None:
             await self.broker.stop()
+        if self.journal is not None:
+            await asyncio.to_thread(self.journal.close)
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
 

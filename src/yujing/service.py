@@ -47,6 +47,7 @@ from . import protocol
 from .alerting import AlertPolicy
 from .bus.memory import MemoryBus
 from .engine import Engine
+from .geo import distance_km
 from .records import Alert, Device, EventUpdate, Trigger
 from .rejects import Rejects
 from .security import Guard, GuardConfig, Issuer, local_issuer
@@ -72,6 +73,16 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     # where the credential master and the enrolled pseudonyms are kept across restarts
     # ("" = in memory: every credential dies with the process)
     credentials_file: str = ""
+    # the journal of accepted messages (a service given one: yujing serve with a file or
+    # PostgreSQL store): how far back it is kept and replayed on start (s; the event TTL
+    # plus a minute), its size bound, how often the accepted messages are written (s)
+    journal_s: float = 300.0
+    journal_max_rows: int = 2_000_000
+    journal_flush_s: float = 0.2
+    # a restarted service's event continues a stored one of the journal window when its
+    # first estimate lies within this distance (km) and origin time (s) of it
+    resume_match_km: float = 100.0
+    resume_match_s: float = 20.0
 
 
 #: A device's clock offset is the smallest (arrival - sent) it showed within this window
@@ -180,6 +191,7 @@ class Service:
         config: ServiceConfig | None = None,
         clock: Callable[[], float] = time.time,
         issuer: Issuer | None = None,
+        journal=None,
     ):
         self.settings = settings or Settings()
         self.config = config or ServiceConfig()
@@ -213,6 +225,18 @@ class Service:
         self.last_store_error: str = ""
         self._warm_regions: set[str] = set()
         self._noted_cells: set[str] = set()  # cells whose region is known (a memo)
+        # the journal (yujing.store.journal): accepted messages wait in _jbuf (a list
+        # append per message) until the flusher writes them from a worker thread
+        self.journal = journal
+        self._jbuf: list | None = [] if journal is not None else None
+        self.journal_written = 0
+        self.journal_dropped = 0  # accepted messages the journal could not keep (counted)
+        # a restarted service (resume()): engine event id -> (published id, version offset)
+        self._resume: _Resumption | None = None
+        self._catching_up = False
+        self._resumed_out: list[tuple[str, Any]] = []  # what resume() found unsent, for publish_resumed()
+        self.resume_figures: dict[str, Any] = {}
+        self.resume_alerts: list[Alert] = []  # stored alert messages of the window, for the MQTT link
 
     # ------------------------------------------------------------------ input
     def now(self) -> float:
@@ -240,6 +264,9 @@ class Service:
         except Exception as exc:  # a decoder bug must not stop the service either
             self.rejects.add("decode_error", f"topic {topic}", f"{type(exc).__name__}: {exc}")
             return False
+        jb = self._jbuf
+        if jb is not None:
+            jb.append((arr, topic, payload))
         self._queue.append((arr, msg))
         if self._wake is not None:
             self._wake.set()
@@ -251,6 +278,8 @@ class Service:
         self._wake = asyncio.Event()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._engine_loop(), name="engine"))
+        if self.journal is not None:
+            self._tasks.append(loop.create_task(self._journal_loop(), name="journal"))
         if self.store is not None:
             self._tasks.append(loop.create_task(self._flush_loop(), name="registry-flush"))
             self.bus.subscribe("yj.event.>", self._store_update, critical=True)
@@ -272,6 +301,14 @@ class Service:
             log.error("outputs not drained within %.0f s at shutdown (store down?): %s", drain_timeout_s, self.last_store_error)
         if self.store is not None:
             await self._flush_registry_async()
+        if self.journal is not None:
+            # everything accepted was processed and its outputs stored: a clean stop needs
+            # no replay, and the journal is personal data (docs/privacy.md)
+            self._jbuf = None
+            try:
+                await asyncio.to_thread(self.journal.clear, True)
+            except Exception as exc:
+                log.error("journal not cleared at shutdown (%s: %s); the next start purges it", type(exc).__name__, exc)
         if self.config.credentials_file:
             await asyncio.to_thread(self.issuer.save, self.config.credentials_file)
 
@@ -299,6 +336,40 @@ class Service:
                 log.exception("engine step failed")
             # let transports and the API run between batches
             await asyncio.sleep(0)
+
+    async def _journal_loop(self) -> None:
+        c = self.config
+        purge_every = max(1.0, min(10.0, c.journal_s / 10))
+        next_purge = self.clock()
+        while True:
+            await asyncio.sleep(c.journal_flush_s)
+            try:
+                await self._flush_journal()
+                if self.clock() >= next_purge:
+                    next_purge = self.clock() + purge_every
+                    await asyncio.to_thread(self.journal.purge, self.clock() - c.journal_s, c.journal_max_rows)
+            except Exception as exc:
+                # the store down: rows wait in the buffer (bounded below); the engine goes on
+                log.warning("journal write failed (%s: %s); %d rows waiting", type(exc).__name__, exc,
+                            len(self._jbuf or ()))
+
+    async def _flush_journal(self) -> None:
+        rows = self._jbuf
+        if not rows:
+            return
+        self._jbuf = []
+        try:
+            self.journal_written += await asyncio.to_thread(self.journal.append, rows)
+        except BaseException:
+            # keep them for the next round, in order, within the size bound
+            if self._jbuf is not None:
+                rows.extend(self._jbuf)
+                over = len(rows) - self.config.journal_max_rows
+                if over > 0:
+                    del rows[:over]
+                    self.journal_dropped += over
+                self._jbuf = rows
+            raise
 
     def process_queue(self, max_items: int = 50_000) -> int:
         """Run queued messages through the engine, oldest first; returns how many."""
@@ -428,17 +499,99 @@ class Service:
         self.stats.engine_busy_s += time.perf_counter() - t0
         self._emit(out)
 
+    # ------------------------------------------------------------------ restart
+    def resume(self, now_s: float | None = None) -> dict[str, Any]:
+        """Go on after a restart; call before :meth:`start`, in a worker thread (it is CPU
+        work, seconds at most). Replays the journal's last ``journal_s`` through the fresh
+        engine on message time (as :func:`drive` does) with nothing published, and matches
+        the events it rebuilds to those the store holds from the same window (same id, or
+        a first estimate within ``resume_match_km`` and ``resume_match_s`` of origin): a
+        matched event keeps its stored id, its versions go on from the stored ones, and the
+        alert policy goes on from the newest stored alert (:meth:`AlertPolicy.resume`).
+        What the rebuilt engine knows and the store does not (its newest estimate, when it
+        is newer than the newest stored; an alert picture devices were not told) is kept
+        for :meth:`publish_resumed`, one message each. Without a journal the engine starts
+        empty, but events it makes later still continue stored ones under their ids.
+        Returns figures (also in ``resume_figures``)."""
+        t0 = time.perf_counter()
+        c = self.config
+        now = self.clock() if now_s is None else now_s
+        since = now - c.journal_s
+        rows = self.journal.since(since) if self.journal is not None else []
+        horizon = since - self.settings.associate.event_ttl_s
+        events: dict[str, dict] = {}
+        alerts: dict[str, Alert] = {}
+        sent: list[Alert] = []
+        if self.store is not None:
+            events = {r["event_id"]: r for r in self.store.events(limit=100_000, since_s=horizon)}
+            sent = self.store.alerts(limit=1_000_000, since_s=horizon)[::-1]  # oldest first
+            for a in sent:
+                alerts[a.event_id] = a if a.event_id not in alerts or a.version > alerts[a.event_id].version else alerts[a.event_id]
+            for eid, a in alerts.items():
+                # an alert stored without its event row (the two writes race): match on it
+                events.setdefault(eid, {"event_id": eid, "origin_time_s": a.origin_time_s, "latitude": a.latitude,
+                                        "longitude": a.longitude, "version": a.event_version, "last_issued_s": a.issued_at_s})
+        self.resume_alerts = sent
+        rs = self._resume = _Resumption(events, alerts, c.resume_match_km, c.resume_match_s)
+        jb, self._jbuf = self._jbuf, None  # what is replayed is in the journal already
+        live_clock = self.clock
+        mc = ManualClock(rows[0][0] if rows else now)
+        self.clock = mc
+        self._catching_up = True
+        try:
+            drive(self, mc, rows)
+        finally:
+            self.clock = live_clock
+            self._catching_up = False
+            self._jbuf = jb
+        self._resumed_out = rs.finish(self)
+        self.resume_figures = {
+            "journal_rows": len(rows), "journal_from_s": rows[0][0] if rows else None,
+            "journal_to_s": rows[-1][0] if rows else None,
+            "stored_events": len(events), "stored_alerts": len(alerts),
+            "events_rebuilt": len(rs.ids), "events_continued": len(rs.taken),
+            "updates_unsent": sum(1 for k, _ in self._resumed_out if k.startswith("yj.event.")),
+            "alerts_unsent": sum(1 for k, _ in self._resumed_out if k.startswith("yj.alert.")),
+            "seconds": time.perf_counter() - t0,
+        }
+        log.info("resumed: %s", self.resume_figures)
+        return self.resume_figures
+
+    def publish_resumed(self) -> int:
+        """Publish what :meth:`resume` found the previous life had not (after
+        :meth:`start`, once the store and the transports are subscribed)."""
+        out, self._resumed_out = self._resumed_out, []
+        for subject, obj in out:
+            if isinstance(obj, Alert):
+                self._publish_alert(obj)
+            else:
+                self.stats.updates += 1
+                self.bus.publish(subject, obj)
+        return len(out)
+
     # ------------------------------------------------------------------ output
     def _emit(self, updates: list[EventUpdate]) -> None:
         trigs = self.engine.triggers
         if trigs:
             # first triggers the engine took (phones' own, or picked from sensors' packets):
             # for the dashboard; the engine keeps them only for reports, a service must not
+            catching = self._catching_up
             for t in trigs:
                 self.recent_triggers.append(t)
-                self.bus.publish("yj.trig", t)
+                if not catching:
+                    self.bus.publish("yj.trig", t)
             trigs.clear()
+        rs = self._resume
         for u in updates:
+            if rs is not None:
+                # a restarted service: the engine's ids and versions -> the published ones
+                u = rs.place(u, self)
+                if self._catching_up:
+                    # rebuilding: what this would publish went out in the previous life, or
+                    # is found missing by resume() at the end
+                    self.latest[u.event_id] = rs.last[u.event_id] = u
+                    self.policy.on_update(u)
+                    continue
             self.stats.updates += 1
             self.latest[u.event_id] = u
             self.bus.publish(f"yj.event.{u.event_id}", u)
@@ -450,6 +603,8 @@ class Service:
                 self.alert_latency_s.append(self.clock() - u.issued_at_s)
 
     def _publish_alert(self, a: Alert) -> None:
+        if self._catching_up:
+            return  # a downgrade found while rebuilding: resume() compares with the store
         self.stats.alerts += 1
         self.latest_alert[a.event_id] = a
         self.bus.publish(f"yj.alert.{a.event_id}", a)
@@ -462,6 +617,15 @@ class Service:
     async def _store_alert(self, subject: str, a: Alert) -> None:
         await self._store_call(self.store.save_alert, a)
 
+    def _stored(self, fn, rec, status) -> None:
+        if status == "conflict":
+            # another record under the same id and version (ids reused, e.g. across a
+            # restart): the stored one stays; never silently
+            what = (f"alert {rec.alert_id} v{rec.version}" if isinstance(rec, Alert)
+                    else f"event {rec.event_id} v{rec.version}")
+            self.rejects.add("store_conflict", what, "the store holds a different record under this id and version")
+            log.error("store conflict: %s is stored with other content; the stored record is kept", what)
+
     async def _store_call(self, fn, *args) -> None:
         # a database outage must not lose the record: retry with backoff, keep order; a
         # record the database refuses for good (a constraint) is counted and skipped, or
@@ -469,8 +633,9 @@ class Service:
         delay = 0.1
         while True:
             try:
-                await asyncio.to_thread(fn, *args)
+                status = await asyncio.to_thread(fn, *args)
                 self.last_store_error = ""
+                self._stored(fn, args[0], status)
                 return
             except Exception as exc:
                 self.last_store_error = f"{type(exc).__name__}: {exc}"
@@ -551,6 +716,82 @@ class Service:
             "alert_latency_p50_ms": 1000 * lat[len(lat) // 2] if lat else None,
             "store_error": self.last_store_error or None,
         }
+
+
+class _Resumption:
+    """A restarted service's map from its engine's events to the published ones; see
+    :meth:`Service.resume`. ``events``: stored event rows of the window by id (origin,
+    position, newest ``version``, ``last_issued_s``); ``alerts``: newest stored alert per
+    event id."""
+
+    def __init__(self, events: dict[str, dict], alerts: dict[str, Alert], km: float, s: float):
+        self.events, self.alerts, self.km, self.s = events, alerts, km, s
+        self.ids: dict[str, tuple[str, int]] = {}  # engine event id -> (published id, version offset)
+        self.used: set[str] = set()  # published ids given out
+        self.taken: set[str] = set()  # stored events continued
+        self.last: dict[str, EventUpdate] = {}  # published id -> newest rebuilt update
+
+    def place(self, u: EventUpdate, svc: "Service") -> EventUpdate:
+        m = self.ids.get(u.event_id)
+        if m is None:
+            m = self._match(u, svc)
+        pub, off = m
+        if pub == u.event_id and off == 0:
+            return u
+        return msgspec.structs.replace(u, event_id=pub, version=u.version + off)
+
+    def _near(self, u: EventUpdate, row: dict) -> bool:
+        return (abs(u.origin_time_s - row["origin_time_s"]) <= self.s
+                and float(distance_km(u.latitude, u.longitude, row["latitude"], row["longitude"])) <= self.km)
+
+    def _match(self, u: EventUpdate, svc: "Service") -> tuple[str, int]:
+        eid = u.event_id
+        row = self.events.get(eid)
+        if row is None or eid in self.taken or not self._near(u, row):
+            near = [r for k, r in self.events.items() if k not in self.taken and self._near(u, r)]
+            row = min(near, key=lambda r: abs(u.origin_time_s - r["origin_time_s"])) if near else None
+        if row is None:
+            pub, k = eid, 1
+            while pub in self.events or pub in self.used:  # another event has this id
+                k += 1
+                pub = f"{eid}-{k}"
+            m = (pub, 0)
+        else:
+            pub = row["event_id"]
+            self.taken.add(pub)
+            if svc._catching_up:
+                m = (pub, 0)  # the offset is set when the rebuild ends (finish)
+            else:
+                # found live, after the rebuild: this update is the stored event's next version
+                m = (pub, int(row["version"]) + 1 - u.version)
+                svc.policy.resume(pub, self.alerts.get(pub))
+        self.used.add(pub)
+        self.ids[eid] = m
+        return m
+
+    def finish(self, svc: "Service") -> list[tuple[str, Any]]:
+        """At the end of the rebuild: each rebuilt event's version offset, the alert
+        policy set to what was sent, and what is still to send (at most one update and
+        one alert per event)."""
+        out: list[tuple[str, Any]] = []
+        for eid, (pub, _) in list(self.ids.items()):
+            u = self.last.get(pub)
+            if u is None:
+                continue
+            row = self.events.get(pub) if pub in self.taken else None
+            v_stored = int(row["version"]) if row is not None else 0
+            newer = u.issued_at_s > (row["last_issued_s"] if row is not None else -math.inf) + 1e-6
+            if row is None and u.retracted:
+                newer = False  # an event nobody heard of, retracted: nothing to tell
+            v_now = v_stored + 1 if newer else v_stored
+            self.ids[eid] = (pub, v_now - u.version)
+            u = msgspec.structs.replace(u, version=max(v_now, 1))
+            svc.latest[pub] = u
+            if newer:
+                out.append((f"yj.event.{pub}", u))
+            if svc.policy.resume(pub, self.alerts.get(pub) if row is not None else None):
+                out += [(f"yj.alert.{pub}", a) for a in svc.policy.on_update(u)]
+        return out
 
 
 def _transient(exc: Exception) -> bool:

@@ -90,9 +90,11 @@ class MqttClient:
     """One MQTT connection. ``on_message(topic, payload, retain)`` is called for each
     PUBLISH received. Use :meth:`connect` then :meth:`subscribe` / :meth:`publish`."""
 
-    def __init__(self, host: str, port: int, client_id: str, keepalive_s: int = 30, on_message=None):
+    def __init__(self, host: str, port: int, client_id: str, keepalive_s: int = 30, on_message=None,
+                 clean: bool = True):
         self.host, self.port = host, port
         self.client_id = client_id
+        self.clean = clean  # False: a persistent session (the broker keeps subscriptions and QoS 1 messages)
         self.keepalive_s = keepalive_s
         self.on_message = on_message
         self._proto: _ClientProtocol | None = None
@@ -114,7 +116,7 @@ class MqttClient:
             )
         except (OSError, asyncio.TimeoutError) as exc:
             raise ConnectionError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from None
-        self._proto.tr.write(connect_packet(self.client_id, self.keepalive_s))
+        self._proto.tr.write(connect_packet(self.client_id, self.keepalive_s, clean=self.clean))
         rc = await asyncio.wait_for(self._connack, timeout_s)
         if rc != 0:
             self._proto.tr.close()
@@ -257,20 +259,29 @@ class MqttLink:
         self.counts: Counter[str] = Counter()
         self.publish_latency_s: deque[float] = deque(maxlen=100_000)  # alert issued -> PUBACK, s
 
-    async def start(self) -> None:
+    async def start(self, ready=None) -> None:
+        """Connect and start. ``ready()``, if given, is called once alerts are subscribed
+        and before any device message is taken (a restarted service publishes what its
+        previous life left unsent there, ahead of anything new)."""
         loop = asyncio.get_running_loop()
+        self.service.bus.subscribe("yj.alert.>", self._on_alert, critical=True)
+        if ready is not None:
+            ready()
         if self.broker is not None:
             self.broker.on_message = self._from_broker
             self.broker.may_publish = _device_may_publish
             self.broker.may_subscribe = _device_may_subscribe
         await self._connect()
-        self.service.bus.subscribe("yj.alert.>", self._on_alert, critical=True)
         self._tasks = [loop.create_task(self._sender(), name="mqtt-alerts"),
                        loop.create_task(self._keep_connected(), name="mqtt-link"),
                        loop.create_task(self._expire(), name="mqtt-expire")]
 
     async def _connect(self) -> None:
-        self.client = MqttClient(self.host, self.port, self.client_id, on_message=self._from_client)
+        # an external broker: a persistent session (clean_session 0, QoS 1 subscriptions),
+        # so the broker queues device messages while the service is away (a restart) and
+        # delivers them when it is back. The embedded broker dies with the service.
+        self.client = MqttClient(self.host, self.port, self.client_id, on_message=self._from_client,
+                                 clean=self.broker is not None)
         await self.client.connect()
         if self.broker is None:
             codes = await self.client.subscribe([(f, 1) for f in DEVICE_FILTERS])
@@ -313,8 +324,24 @@ class MqttLink:
         c.publish_nowait(topic, payload)
 
     # alerts out -----------------------------------------------------------------------
+    def resume(self, alerts: list[Alert], now_s: float) -> None:
+        """A restarted service: take up the areas its previous life's alerts (all stored
+        messages of the recent ones, oldest first) went to, without sending anything, so
+        that an update tells the areas it no longer reaches, a cancel reaches every area,
+        and retained messages an external broker still holds are cleared on time."""
+        for a in alerts:
+            for t, _ in self._route(a):
+                aid, _at = self._owner.get(t, (a.alert_id, 0.0))
+                # clear it retain_s after the message that set it, as the old life would have
+                self._owner[t] = (aid, time.monotonic() + max(0.0, self.retain_s - (now_s - a.issued_at_s)))
+
     def _on_alert(self, subject: str, a: Alert) -> None:
         payload = encode_alert(a)
+        for t, retain in self._route(a):
+            self._outbox.put_nowait((t, payload, a.issued_at_s, retain))
+
+    def _route(self, a: Alert) -> list[tuple[str, bool]]:
+        """The topics an alert message goes to, each with its retain flag; notes them."""
         topics = set()
         for tier in a.tiers:
             topics.update(protocol.alert_topic(c) for c in protocol.alert_cells(tier.cells, a.h3_resolution))
@@ -333,6 +360,7 @@ class MqttLink:
             sent |= topics
             self.counts["alert_area_dropped"] += len(dropped)
         clear_at = time.monotonic() + self.retain_s
+        out = []
         for t in sorted(topics | dropped):
             owner = self._owner.get(t)
             # an area's retained message is its newest alert; a cancel, or an update that no
@@ -341,7 +369,8 @@ class MqttLink:
             retain = t in topics or owner is None or owner[0] == a.alert_id
             if retain:
                 self._owner[t] = (a.alert_id, clear_at)
-            self._outbox.put_nowait((t, payload, a.issued_at_s, retain))
+            out.append((t, retain))
+        return out
 
     async def _sender(self) -> None:
         while True:

@@ -98,6 +98,11 @@ class Backend:
     def execute(self, sql: str, params: tuple | list | None = None) -> Any:
         raise NotImplementedError
 
+    def executemany(self, sql: str, rows: list) -> None:
+        """One statement for many parameter rows (inside a transaction)."""
+        for r in rows:
+            self.execute(sql, r)
+
     def query(self, sql: str, params: tuple | list | None = None) -> list[dict]:
         """Rows as dicts keyed by column name."""
         cur = self.execute(sql, params)
@@ -176,6 +181,14 @@ class SqliteBackend(Backend):
                 ) from e
             raise
 
+    def executemany(self, sql, rows):
+        try:
+            self._conn.executemany(sql, rows)
+        except sqlite3.OperationalError as e:
+            if "locked" in str(e) or "busy" in str(e):
+                raise StoreError(f"SQLite database {self.path!r} stayed locked by another writer ({e})") from e
+            raise
+
     @contextmanager
     def transaction(self):
         # IMMEDIATE takes the write lock now, so a read-then-write (the audit chain, a
@@ -226,6 +239,13 @@ class PostgresBackend(Backend):
                 f"PostgreSQL at {self.url} failed: {_one_line(e)}; check the server, then "
                 f"reopen the store"
             ) from e
+
+    def executemany(self, sql, rows):
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(sql.replace("?", "%s"), rows)
+        except self._psycopg.OperationalError as e:
+            raise StoreError(f"PostgreSQL at {self.url} failed: {_one_line(e)}; check the server") from e
 
     @contextmanager
     def transaction(self):

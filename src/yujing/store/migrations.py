@@ -123,6 +123,26 @@ STEPS: tuple[Step, ...] = (
             key TEXT NOT NULL,
             created_at_s DOUBLE PRECISION NOT NULL)""",
     )),
+    Step(6, "journal of accepted device messages (minutes; personal data)", sqlite=(
+        # What passed the service's door, in arrival order, kept for a few minutes
+        # (ServiceConfig.journal_s) so that a restarted `yujing serve` can rebuild the
+        # engine of a quake in progress (yujing.store.journal). The payloads name
+        # pseudonyms and cells: a running server deletes rows past the window, a clean
+        # stop deletes them all, and the retention purge catches what a dead server left.
+        """CREATE TABLE journal (
+            seq INTEGER PRIMARY KEY,
+            arrival_s DOUBLE PRECISION NOT NULL,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL)""",
+        "CREATE INDEX journal_arrival ON journal (arrival_s)",
+    ), postgresql=(
+        """CREATE TABLE journal (
+            seq BIGSERIAL PRIMARY KEY,
+            arrival_s DOUBLE PRECISION NOT NULL,
+            topic TEXT NOT NULL,
+            payload BYTEA NOT NULL)""",
+        "CREATE INDEX journal_arrival ON journal (arrival_s)",
+    )),
 )
 
 LATEST = STEPS[-1].version

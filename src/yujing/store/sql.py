@@ -67,6 +67,9 @@ _UPSERT_DEVICE = (
 # rows and API keys are kept: they hold no device's data (docs/privacy.md).
 _RETENTION: tuple[tuple[str, str], ...] = (
     ("devices", "last_seen_s"),
+    # a running server keeps its journal minutes only (store/journal.py); this catches the
+    # journal of a server that died and was never started again
+    ("journal", "arrival_s"),
     ("audit_subject_keys", f"(period + 1) * {_audit.SUBJECT_KEY_PERIOD_S}"),
 )
 
@@ -160,9 +163,11 @@ class Store:
 
     # -- events ---------------------------------------------------------------------------
 
-    def save_update(self, u: EventUpdate) -> None:
+    def save_update(self, u: EventUpdate) -> str:
         """Keep an event update; a second save of the same (event_id, version) is ignored.
-        The event's row follows its newest version."""
+        The event's row follows its newest version. Returns ``"saved"``, ``"same"`` (that
+        record was there already: a retried write) or ``"conflict"`` (a *different* record
+        is stored under that id and version, and stays: the caller must count it)."""
         if not isinstance(u, EventUpdate):
             raise TypeError(f"save_update takes an EventUpdate, not {type(u).__name__}")
         # The pseudonyms behind an update are the engine's working data: stored, they would
@@ -182,6 +187,13 @@ class Store:
                     u.event_id, u.version, u.issued_at_s, u.issued_at_s, u.origin_time_s,
                     u.latitude, u.longitude, u.depth_km, u.magnitude, u.n_devices, u.retracted,
                 ))
+                return "saved"
+            return self._same_or_conflict("event_updates", "event_id", u.event_id, u.version, js)
+
+    def _same_or_conflict(self, table: str, key: str, ident: str, version: int, js: str) -> str:
+        # a second save of an (id, version): the same record again (a retry) or another one
+        rows = self._db.query(f"SELECT json FROM {table} WHERE {key} = ? AND version = ?", (ident, version))
+        return "same" if rows and rows[0]["json"] == js else "conflict"
 
     def events(self, limit: int = 100, since_s: float | None = None,
                include_retracted: bool = True) -> list[dict]:
@@ -218,17 +230,21 @@ class Store:
 
     # -- alerts ---------------------------------------------------------------------------
 
-    def save_alert(self, a: Alert) -> None:
-        """Keep an alert message; a second save of the same (alert_id, version) is ignored."""
+    def save_alert(self, a: Alert) -> str:
+        """Keep an alert message; a second save of the same (alert_id, version) is ignored.
+        Returns ``"saved"``, ``"same"`` or ``"conflict"`` as :meth:`save_update` does."""
         if not isinstance(a, Alert):
             raise TypeError(f"save_alert takes an Alert, not {type(a).__name__}")
+        js = msgspec.json.encode(a).decode()
         with self._lock:
-            self._db.execute(
+            cur = self._db.execute(
                 "INSERT INTO alerts (alert_id, version, event_id, msg_type, issued_at_s, json) "
                 "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (alert_id, version) DO NOTHING",
-                (a.alert_id, a.version, a.event_id, a.msg_type, a.issued_at_s,
-                 msgspec.json.encode(a).decode()),
+                (a.alert_id, a.version, a.event_id, a.msg_type, a.issued_at_s, js),
             )
+            if cur.rowcount == 1:
+                return "saved"
+            return self._same_or_conflict("alerts", "alert_id", a.alert_id, a.version, js)
 
     def alerts(self, event_id: str | None = None, limit: int = 100,
                since_s: float | None = None) -> list[Alert]:
@@ -462,6 +478,10 @@ class Store:
                     f"DELETE FROM {table} WHERE {when} <= ?" if table == "audit_subject_keys"
                     else f"DELETE FROM {table} WHERE {when} < ?", (before_s,)
                 ).rowcount
+            if not counts.get("journal"):
+                # the journal is the running server's to keep short (store/journal.py):
+                # named here only when this purge found some of it left behind
+                counts.pop("journal", None)
             cut = datetime.fromtimestamp(before_s, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
             shown = {**counts, **{k: int(v) for k, v in (extra or {}).items()}}
             target = f"before {cut}: " + ", ".join(f"{t}={n}" for t, n in shown.items())
