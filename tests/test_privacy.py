@@ -51,7 +51,7 @@ import h3
 import httpx
 import pytest
 
-from yujing import protocol, scenarios
+from yujing import tokens, protocol, scenarios
 from yujing.api.app import ROUTE_ROLES
 from yujing.api.auth import create_key
 from yujing.bus.mqtt import MqttClient
@@ -445,6 +445,15 @@ async def _session(tmp: Path, my_net, replay_phones: int, replay_seed: int) -> d
             # the device rights: a phone enrols, exports and deletes its data
             fresh = daily_pseudonym(my_net.secret(1), days[1])
             await call("POST", "/api/enrol", "/api/enrol", json={"pseudonyms": [uuid.uuid4().hex[:16]]})
+            # a long-lived account and its blind-signed token for tomorrow's pseudonym
+            acct = (await call("POST", "/api/account", "/api/account")).json()
+            pub = tokens.PublicKey.from_json((await call("GET", "/api/token/keys", "/api/token/keys")).json()["new"])
+            tday = tokens.utc_day(svc.clock() + 86_400.0)
+            b = tokens.blind(pub, tokens.message(tday, daily_pseudonym(my_net.secret(2), tday)))
+            r = await call("POST", "/api/token", "/api/token",
+                           json={"account": acct["account"], "day": tday, "key": "new", "blinded": b.blinded.hex(),
+                                 "proof": tokens.request_proof(bytes.fromhex(acct["key"]), tday, b.blinded)})
+            assert r.status_code == 200, r.text
             cred = svc.issuer.credential(fresh)
             now = int(svc.clock())
             for action in ("export", "delete"):
@@ -471,6 +480,7 @@ async def _session(tmp: Path, my_net, replay_phones: int, replay_seed: int) -> d
                 "/api/ops/devices/{pseudonym}": [f"/api/ops/devices/{consenting}?purpose=privacy-test"],
                 "/api/ops/audit": ["/api/ops/audit?purpose=privacy-test&limit=10000&verify=true"],
                 "/": ["/"],
+                "/api/token/keys": ["/api/token/keys"],
             }
             for (method, route) in ROUTE_ROLES:
                 if method != "GET" or route == "/api/stream":

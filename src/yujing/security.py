@@ -43,6 +43,7 @@ import msgspec
 
 from . import protocol
 from .protocol import ProtocolError, TriggerMsg as _TriggerMsg
+from .tokens import TokenIssuer
 
 KID_LEN = 4
 TAG_LEN = 16
@@ -97,6 +98,9 @@ class Issuer:
         # (Settings.associate.new_device_s: the engine's defence against enrolled fakes)
         self.vouched: set[str] = set()
         self.max_enrolled = max_enrolled
+        # long-lived accounts and the blind-signed daily tokens they get (yujing.tokens):
+        # a pseudonym enrolled with an established token is vouched for, unlinkably
+        self.tokens = TokenIssuer(self.master)
 
     def key(self, pseudonym: str) -> bytes:
         """The 32-byte HMAC key of ``pseudonym``'s credential."""
@@ -150,7 +154,8 @@ class Issuer:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled,
-                                            "vouched": sorted(self.vouched)}))
+                                            "vouched": sorted(self.vouched), "token_keys": self.tokens.pems(),
+                                            "accounts": self.tokens.accounts, "issued": self.tokens.issued}))
         os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_TRUNC
         tmp.replace(p)
 
@@ -166,6 +171,9 @@ class Issuer:
         iss = cls(d["master"])
         iss.enrolled = dict(d.get("enrolled", {}))
         iss.vouched = set(d.get("vouched", ())) & iss.enrolled.keys()
+        iss.tokens = TokenIssuer(iss.master, d.get("token_keys"))
+        iss.tokens.accounts = dict(d.get("accounts", {}))
+        iss.tokens.issued = dict(d.get("issued", {}))
         return iss
 
 
