@@ -437,3 +437,34 @@ def test_two_workers_starting_together_migrate_once(url):
     assert raw(url, "SELECT version FROM schema_migrations ORDER BY version") == [
         (v,) for v in range(1, SCHEMA_LATEST + 1)
     ]
+
+
+def test_a_second_save_says_same_or_conflict(store):
+    assert store.save_alert(alert()) == "saved"
+    assert store.save_alert(alert()) == "same"  # a retried write
+    assert store.save_alert(alert(magnitude=6.1)) == "conflict"  # another record, same (id, version)
+    assert store.latest_alert("alA") == alert()  # the first stays
+    assert store.save_update(update()) == "saved" and store.save_update(update()) == "same"
+    assert store.save_update(update(magnitude=6.0)) == "conflict"
+
+
+def test_the_journal_keeps_accepted_messages_in_order_and_forgets_them(url, store):
+    from yujing.store import Journal
+
+    j = Journal.open(url)
+    if j is None:
+        pytest.fail("a file or PostgreSQL store has a journal")
+    try:
+        j.clear()
+        rows = [(100.0 + i, f"yj/v1/trig/c{i}", bytes([i, 0, 255])) for i in range(5)]
+        assert j.append(rows) == 5 and j.append([]) == 0
+        assert j.since(102.0) == rows[2:]
+        assert j.purge(before_s=101.0) == 1 and j.count() == 4
+        assert j.purge(before_s=0.0, max_rows=2) == 2 and j.since(0.0) == rows[3:]
+        # the retention purge also takes what a server that died left behind
+        assert store.purge(before_s=104.0, at_s=200.0)["journal"] == 1
+        assert "journal" not in store.purge(before_s=104.0, at_s=201.0)  # named only when some went
+        assert j.clear(final=True) == 1 and j.append(rows) == 0  # a clean stop: nothing more
+    finally:
+        j.close()
+    assert Journal.open("sqlite://:memory:") is None
