@@ -4,6 +4,7 @@ credentials across a restart, and a device's data-rights requests over the API."
 from __future__ import annotations
 
 import asyncio
+import math
 
 import h3
 import httpx
@@ -304,3 +305,45 @@ def test_blind_signature_matches_standard_rsa_pss_and_refuses_tampering():
     assert not tokens.verify(k.pub, b.input[:-1] + b"2", sig)
     with pytest.raises(ValueError):
         tokens.finalize(k.pub, b, tokens.SigningKey().blind_sign(b.blinded[: k.pub.size]))
+
+
+def test_a_signed_clock_minutes_ahead_is_believed_and_an_unsigned_one_is_not():
+    """Only its own device can sign a message, so a signed clock 5 min fast is the device's
+    clock and is kept as its offset; an unsigned message that far ahead (a development
+    server) could be anyone's forgery and does not move the estimate."""
+    svc = Service(clock=ManualClock(1000.0), issuer=Issuer(bytes(range(32))), config=ServiceConfig(allow_unsigned=True))
+    assert svc.receive(*Signer(svc.issuer).wire("hb", _hb("s1", sent=1300.0)), 1000.2)
+    assert svc.receive(protocol.topic_for("hb", CELL), protocol.encode(_hb("u1", sent=1300.0)), 1000.2)
+    svc.process_queue()
+    assert svc.registry.devs["s1"].off_min_s == pytest.approx(-299.8)
+    assert svc.registry.devs["u1"].off_min_s == math.inf
+
+
+def test_a_flood_of_enrolments_cannot_push_young_fakes_out_of_the_table():
+    """A forgotten enrolment would count as established (and could be enrolled again by
+    whoever knows it): a full table of today's enrolments refuses more, it drops none."""
+    iss = Issuer(bytes(range(32)), max_enrolled=100)
+    iss.enrol("fake0", 1000.0)
+    for i in range(99):
+        iss.enrol(f"junk{i}", 1001.0)
+    with pytest.raises(ValueError, match="full"):
+        iss.enrol("junk-more", 1002.0)
+    assert iss.is_new("fake0", 1100.0, 6 * 3600.0)
+    # a day later the oldest quarter makes room
+    iss.enrol("tomorrow", 1000.0 + security.PROTECT_ENROLMENT_S)
+    assert "fake0" not in iss.enrolled and "tomorrow" in iss.enrolled
+
+
+def test_a_fresh_master_gives_its_first_hours_enrolments_grace():
+    """A server that starts on a new master (first start, or no credentials file) has every
+    phone enrol afresh: without grace it could announce nothing for new_device_s."""
+    clock = ManualClock(10_000.0)
+    iss = Issuer()
+    svc = Service(clock=clock, issuer=iss)
+    assert svc.issuer.grace_until_s == pytest.approx(10_000.0 + 6 * 3600.0)
+    iss.enrol("early", 10_100.0)
+    iss.enrol("later", 10_000.0 + 7 * 3600.0)
+    assert not iss.is_new("early", 10_200.0, 6 * 3600.0)
+    assert iss.is_new("later", 10_000.0 + 7 * 3600.0 + 60.0, 6 * 3600.0)
+    # a given master (a loaded or an operator's) gets no grace
+    assert Service(clock=clock, issuer=Issuer(bytes(range(32)))).issuer.grace_until_s == -math.inf

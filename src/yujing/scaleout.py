@@ -324,6 +324,9 @@ class Worker:
         # one issuer for all shards (shards come and go with regions; an enrolment made
         # through the API must hold in each), kept in the credentials file by the worker
         self.credentials_file = cfg_svc.credentials_file
+        # without a credentials file: this process's issuer (what its own replays sign
+        # with); give a scale-out a credentials file, or a restart makes every phone
+        # enrol again as new (docs/security.md)
         self.issuer = Issuer.load(self.credentials_file) if self.credentials_file else local_issuer()
         self.service_config = msgspec.structs.replace(cfg_svc, credentials_file="")
         self.mqtt_urls = mqtt_urls

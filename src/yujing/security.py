@@ -78,6 +78,9 @@ ONSET_RATE_PER_S = 1.0 / 60.0
 #: ready, silent phones look like evidence against the event (see docs/security.md).
 CELL_ONSET_BURST = 300.0
 CELL_ONSET_RATE_PER_S = 10.0
+#: Enrolments younger than this are never dropped to make room (s): longer than any
+#: new_device_s in use, so that no fake can be made "established" by being forgotten.
+PROTECT_ENROLMENT_S = 24 * 3600.0
 #: A data-rights proof is good for this long either side of the server's clock, s.
 PROOF_MAX_AGE_S = 300.0
 
@@ -98,6 +101,12 @@ class Issuer:
         # (Settings.associate.new_device_s: the engine's defence against enrolled fakes)
         self.vouched: set[str] = set()
         self.max_enrolled = max_enrolled
+        # A master made just now (a first start, or a store without a credentials file
+        # restarted) has every device enrol afresh: were they all new, the network could
+        # announce nothing for new_device_s. Enrolments before grace_until_s are taken as
+        # established; the service sets it (and says so) when it starts on a fresh master.
+        self.fresh = master is None
+        self.grace_until_s = -math.inf
         # long-lived accounts and the blind-signed daily tokens they get (yujing.tokens):
         # a pseudonym enrolled with an established token is vouched for, unlinkably
         self.tokens = TokenIssuer(self.master)
@@ -120,8 +129,13 @@ class Issuer:
         if pseudonym in self.enrolled:
             raise ValueError(f"pseudonym {pseudonym!r} is enrolled already (pseudonyms are first come)")
         if len(self.enrolled) >= self.max_enrolled:
-            # pseudonyms are daily: the oldest quarter are days old
-            for k in list(self.enrolled)[: self.max_enrolled // 4]:
+            # pseudonyms are daily: the oldest quarter are days old. Never a young one: a
+            # forgotten enrolment would count as established (and be enrolled again by
+            # whoever knows it), so a flood of junk enrolments must not push fakes out
+            old = [k for k, t in list(self.enrolled.items())[: self.max_enrolled // 4] if now_s - t >= PROTECT_ENROLMENT_S]
+            if not old:
+                raise ValueError("the enrolment table is full of today's enrolments; try again later")
+            for k in old:
                 del self.enrolled[k]
                 self.vouched.discard(k)
         self.enrolled[pseudonym] = now_s
@@ -135,7 +149,7 @@ class Issuer:
         pseudonyms an operator vouched for are never new; neither is one enrolled so long
         ago that retention forgot the enrolment (older than any ``new_for_s`` in use)."""
         at = self.enrolled.get(pseudonym)
-        return at is not None and t_s - at < new_for_s and pseudonym not in self.vouched
+        return at is not None and at >= self.grace_until_s and t_s - at < new_for_s and pseudonym not in self.vouched
 
     def forget_before(self, t_s: float) -> int:
         """Drop enrolments older than ``t_s`` (server s); returns how many."""
@@ -155,6 +169,7 @@ class Issuer:
         with os.fdopen(fd, "wb") as f:
             f.write(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled,
                                             "vouched": sorted(self.vouched), "token_keys": self.tokens.pems(),
+                                            "grace_until_s": self.grace_until_s,
                                             "accounts": self.tokens.accounts, "issued": self.tokens.issued}))
         os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_TRUNC
         tmp.replace(p)
@@ -164,13 +179,14 @@ class Issuer:
         """The issuer saved at ``path``, or a new one (saved there) if there is none."""
         p = Path(path)
         if not p.exists():
-            iss = cls()
+            iss = cls()  # fresh: see grace_until_s
             iss.save(p)
             return iss
         d = msgspec.msgpack.decode(p.read_bytes())
         iss = cls(d["master"])
         iss.enrolled = dict(d.get("enrolled", {}))
         iss.vouched = set(d.get("vouched", ())) & iss.enrolled.keys()
+        iss.grace_until_s = float(d.get("grace_until_s", -math.inf))
         iss.tokens = TokenIssuer(iss.master, d.get("token_keys"))
         iss.tokens.accounts = dict(d.get("accounts", {}))
         iss.tokens.issued = dict(d.get("issued", {}))
@@ -186,6 +202,7 @@ def local_issuer() -> Issuer:
     global _LOCAL
     if _LOCAL is None:
         _LOCAL = Issuer()
+        _LOCAL.fresh = False  # the process's own traffic is never enrolled: no grace to give
     return _LOCAL
 
 

@@ -41,6 +41,7 @@ from .bus.mqtt import MqttLink, parse_mqtt_url
 from .bus.mqtt_broker import EmbeddedBroker
 from .replay_live import LiveReplay
 from .retention import RetentionPolicy
+from .security import Issuer
 from .service import Service, ServiceConfig
 from .settings import Settings
 
@@ -121,8 +122,11 @@ class Server:
         self.store = await asyncio.to_thread(open_store, o.store)
         self.journal = await asyncio.to_thread(Journal.open, o.store)
         bus = MemoryBus()
-        self.service = Service(o.settings, bus, self.store, config=self.service_config(), clock=self.clock,
-                               journal=self.journal)
+        cfg = self.service_config()
+        # without a credentials file the credentials live as long as this process: a
+        # master of its own, fresh (the Service gives its first hours' enrolments grace)
+        self.service = Service(o.settings, bus, self.store, config=cfg, clock=self.clock, journal=self.journal,
+                               issuer=None if cfg.credentials_file else Issuer())
         # a restart: rebuild the quake in progress from the journal, go on from the store
         # (ids, versions, alert areas) before any device message or request is taken
         t0 = time.monotonic()

@@ -115,7 +115,7 @@ class _Dev:
         ``signed``: the message carried a signature that verified, so its ``sent_s`` is
         the device's own word and a clock minutes ahead is taken as it is."""
         off = arrival_s - sent_s
-        if off < -CLOCK_AHEAD_MAX_S:
+        if off < -CLOCK_AHEAD_MAX_S and not signed:
             return off if not math.isfinite(self.off_min_s) else self.off_min_s
         if off <= self.off_min_s or arrival_s - self.off_since_s > CLOCK_WINDOW_S:
             self.off_min_s, self.off_since_s = off, arrival_s
@@ -209,8 +209,16 @@ class Service:
         self.issuer = issuer
         # self-enrolled devices count toward announcing an event only once established
         self.engine.assoc.is_new = issuer.is_new
+        if issuer.fresh and issuer.grace_until_s == -math.inf and self.settings.associate.new_device_s > 0:
+            # a master made just now: every device enrols afresh, and were they all new the
+            # network could announce nothing for new_device_s (docs/security.md)
+            issuer.grace_until_s = clock() + self.settings.associate.new_device_s
+            log.warning("new device credentials (no credentials file, or a first start): devices enrolled in the next "
+                        "%.1f h count as established; fake devices enrolled meanwhile would too", 
+                        self.settings.associate.new_device_s / 3600)
         self.guard = Guard(issuer, GuardConfig(allow_unsigned=c.allow_unsigned, rate_limits=c.rate_limits,
-                                               max_credentials=c.max_devices))
+                                               max_credentials=c.max_devices,
+                                               new_device_s=self.settings.associate.new_device_s))
         self.stats = Stats()
         self.started_s = clock()
         self._queue: deque = deque()
