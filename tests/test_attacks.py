@@ -256,3 +256,41 @@ def test_c_a_flood_of_garbage_while_a_real_quake_is_replayed(luding):
     assert by.get("replayed", 0) + by.get("seq_too_old", 0) == kinds["replay"]
     assert svc.stats.accepted["trig"] + svc.stats.accepted["hb"] == len(real)
     assert found and svc.seen_alerts
+
+
+def test_d_fakes_enrolled_that_day_cannot_inflate_a_real_quake(luding):
+    """Fakes that enrolled themselves an hour ago join a real quake once its origin is
+    public: each copies a real phone's triggers (its cell and onsets fit the travel times)
+    with amplitudes 30 times larger. The quake's magnitude, and so its alert areas, must
+    be what its established phones say."""
+    sc, net = luding
+
+    def run(with_fakes: bool):
+        iss = Issuer(bytes(range(1, 33)))
+        clock = ManualClock()
+        svc = Service(clock=clock, issuer=iss)
+        sign = Signer(iss).wire
+        msgs = []
+        fakes = set()
+        for arr, topic, payload in scenario_wire(net, heartbeats=True, signer=False):
+            m = protocol.decode(topic, payload)
+            kind = "trig" if isinstance(m, protocol.TriggerMsg) else "hb"
+            msgs.append((arr, *sign(kind, msgspec.structs.replace(m, seq=0))))
+            if with_fakes and kind == "trig" and m.device[-1] in "02468ace":  # half the phones, seeded
+                f = msgspec.structs.replace(m, device="x" + m.device[1:], seq=0, pga_gal=m.pga_gal * 30,
+                                            pgv_cm_s=m.pgv_cm_s * 30, pd_cm=m.pd_cm * 30,
+                                            wa_horizontal_nm=m.wa_horizontal_nm * 30, wa_vertical_nm=m.wa_vertical_nm * 30)
+                msgs.append((arr + 0.001, *sign("trig", f)))
+                fakes.add(f.device)
+        for d in fakes:
+            iss.enrol(d, msgs[0][0] - 3600.0)
+        _run(svc, clock, msgs)
+        ev = [u for u in svc.latest.values() if not u.retracted]
+        return max(ev, key=lambda u: u.n_devices), len(fakes)
+
+    clean, _ = run(False)
+    attacked, n_fakes = run(True)
+    print(f"\n(d) {n_fakes} fakes enrolled 1 h before, 30x amplitudes on a real quake: final M{attacked.magnitude:.2f} "
+          f"(without them M{clean.magnitude:.2f}), {attacked.n_devices} P picks (was {clean.n_devices})")
+    assert attacked.n_devices > clean.n_devices, "the fakes never joined the quake: the test shows nothing"
+    assert abs(attacked.magnitude - clean.magnitude) <= 0.1

@@ -271,6 +271,15 @@ class Associator(SilenceEvidence, NewEvents):
 
     def _magnitude(self, ev: Event, now_s: float):
         trs = list(ev.picks.values()) + list(ev.later.values())
+        a = self.s.associate
+        if self.is_new is not None and a.new_device_s > 0:
+            # new devices do not size an event their elders can size: fakes enrolled an
+            # hour ago, their picks fitting a real quake's published origin, must not be
+            # able to inflate its magnitude and the alert areas with it
+            is_new, new_s = self.is_new, a.new_device_s
+            est = [t for t in trs if not is_new(t.device_id, t.onset_time_s, new_s)]
+            if len(est) < len(trs) and len({t.device_id for t in est}) >= a.min_devices:
+                trs = est
         ev.magnitude, ev.magnitude_sigma = size_event(ev.location, trs, self.s.magnitude.detection_snr, ev.magnitude)
 
     def _refresh_soon(self, ev: Event, now_s: float) -> list[EventUpdate]:
