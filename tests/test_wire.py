@@ -170,3 +170,17 @@ def test_the_link_tells_the_areas_an_update_drops():
             await broker.stop()
 
     asyncio.run(go())
+
+
+def test_a_truncated_cell_list_is_refused_not_shortened():
+    """A corrupted alert must not decode to fewer areas than it names."""
+    import h3 as _h3
+
+    from yujing.wire import pack_cells, unpack_cells
+
+    cells = sorted(_h3.grid_disk(_h3.latlng_to_cell(29.6, 102.1, 6), 8))
+    blob = pack_cells(cells)
+    assert sorted(unpack_cells(blob)) == cells
+    for cut in (1, len(blob) // 2, len(blob) - 10):
+        with pytest.raises(ValueError):
+            unpack_cells(blob[:-cut])

@@ -78,6 +78,8 @@ def unpack_cells(data: bytes) -> tuple[str, ...]:
         raise ValueError(f"cell list is not zlib data: {exc}") from None
     if d.unconsumed_tail:
         raise ValueError(f"cell list larger than {MAX_CELL_BYTES} bytes unpacked")
+    if not d.eof:
+        raise ValueError("cell list truncated: the zlib stream does not end")
     cells = []
     value = shift = prev = 0
     for b in raw:
