@@ -47,7 +47,8 @@ def wire_record(message: TriggerMessage | PacketMessage, sent_s: float):
 
 class DeviceSigner:
     """Signs one device's outbox messages with its enrolled credentials and numbers them
-    (``seq`` per pseudonym, from 1, for the server's replay window). Never makes a
+    (``seq`` per pseudonym: the milliseconds of the UTC day when sent, or one more than the
+    last, for the server's replay window, across restarts of the agent). Never makes a
     credential itself: it holds only what a server issued."""
 
     def __init__(self, credentials: dict[str, Credential] | None = None):
@@ -68,4 +69,10 @@ class DeviceSigner:
     def wire(self, message: TriggerMessage | PacketMessage, sent_s: float) -> tuple[str, bytes]:
         """(MQTT topic, payload) of an outbox message sent at ``sent_s`` (UNIX s)."""
         kind, msg = wire_record(message, sent_s)
+        # seq from the milliseconds of the (UTC) day, never below the last one: an agent
+        # that restarts goes on above what the server saw (from 1 again, its messages were
+        # all refused as replayed or too old for the rest of the pseudonym's day)
+        floor = int((sent_s % 86_400.0) * 1000.0)
+        if floor - 1 > self._signer.seq.get(msg.device, 0):
+            self._signer.seq[msg.device] = floor - 1
         return self._signer.wire(kind, msg)
