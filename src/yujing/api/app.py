@@ -137,6 +137,10 @@ class EnrolRequest(msgspec.Struct, forbid_unknown_fields=True):
     # announcing at once); without one a self-enrolled pseudonym is new for a while
     tokens: dict[str, Token] = {}
 
+class AccountRequest(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
 class TokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     account: str
     day: str
@@ -531,7 +535,11 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
 
     # ------------------------------------------------------------------ devices: enrolment, data rights
     @app.post("/api/account", summary="Open a long-lived device account (no personal data): its key asks for daily tokens")
-    async def open_account() -> dict:
+    async def open_account(request: Request) -> dict:
+        try:  # no fields: an account holds no personal data
+            msgspec.json.decode(await request.body() or b"{}", type=AccountRequest)
+        except msgspec.DecodeError as exc:
+            raise HTTPException(422, f"account request: {exc}") from None
         acct, key = service.issuer.tokens.open_account(service.clock())
         return {"account": acct, "key": key.hex()}
 
