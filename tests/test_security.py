@@ -347,3 +347,25 @@ def test_a_fresh_master_gives_its_first_hours_enrolments_grace():
     assert iss.is_new("later", 10_000.0 + 7 * 3600.0 + 60.0, 6 * 3600.0)
     # a given master (a loaded or an operator's) gets no grace
     assert Service(clock=clock, issuer=Issuer(bytes(range(32)))).issuer.grace_until_s == -math.inf
+
+
+def test_enrolments_survive_a_crash_through_the_credentials_log(tmp_path):
+    """Enrolments are appended to <credentials file>.log before the keys leave the server:
+    a server killed before its clean stop forgets none (a forgotten one would count as
+    established and could be enrolled again by whoever knows the pseudonym)."""
+    path = tmp_path / "creds"
+    first = Issuer.load(path)
+    Service(clock=ManualClock(50_000.0), issuer=first)  # a fresh master: grace, logged
+    first.enrol("ph1", 50_010.0)
+    first.enrol("gw1", 50_020.0, vouched=True)
+    acct, _ = first.tokens.open_account(50_030.0)
+    first.flush_log()
+    # killed here: no save. The next start finds them all
+    again = Issuer.load(path)
+    assert again.enrolled == {"ph1": 50_010.0, "gw1": 50_020.0} and again.vouched == {"gw1"}
+    assert again.grace_until_s == first.grace_until_s and acct in again.tokens.accounts
+    with pytest.raises(ValueError, match="enrolled already"):
+        again.enrol("ph1", 50_100.0)
+    # a clean save folds the log into the file
+    again.save(path)
+    assert not (tmp_path / "creds.log").exists() and Issuer.load(path).enrolled.keys() == {"ph1", "gw1"}

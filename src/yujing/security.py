@@ -107,9 +107,14 @@ class Issuer:
         # established; the service sets it (and says so) when it starts on a fresh master.
         self.fresh = master is None
         self.grace_until_s = -math.inf
+        # changes since the last save, appended to <credentials file>.log (flush_log)
+        # before a credential leaves the server: a crash must not forget an enrolment
+        self.log_path: Path | None = None
+        self._pending: list = []
         # long-lived accounts and the blind-signed daily tokens they get (yujing.tokens):
         # a pseudonym enrolled with an established token is vouched for, unlinkably
         self.tokens = TokenIssuer(self.master)
+        self.tokens.log = self._log
 
     def key(self, pseudonym: str) -> bytes:
         """The 32-byte HMAC key of ``pseudonym``'s credential."""
@@ -141,7 +146,57 @@ class Issuer:
         self.enrolled[pseudonym] = now_s
         if vouched:
             self.vouched.add(pseudonym)
+        self._log(["e", pseudonym, now_s, bool(vouched)])
         return self.credential(pseudonym)
+
+    def set_grace(self, until_s: float) -> None:
+        self.grace_until_s = until_s
+        self._log(["g", until_s])
+        self.flush_log()
+
+    def _log(self, rec: list) -> None:
+        if self.log_path is not None:
+            self._pending.append(rec)
+
+    def flush_log(self) -> None:
+        """Append the changes since the last call to the log, synced to disk (a blocking
+        write: call it from a worker thread on the event loop's behalf)."""
+        if not self._pending or self.log_path is None:
+            return
+        data = b"".join(len(b).to_bytes(4, "big") + b for b in map(msgspec.msgpack.encode, self._pending))
+        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        self._pending.clear()
+
+    def _replay_log(self) -> int:
+        """Apply the log's records (after a load); returns how many. A record cut short
+        by a crash mid-write ends the replay."""
+        if self.log_path is None or not self.log_path.exists():
+            return 0
+        raw = self.log_path.read_bytes()
+        i = n = 0
+        while i + 4 <= len(raw):
+            size = int.from_bytes(raw[i:i + 4], "big")
+            if i + 4 + size > len(raw):
+                break
+            rec = msgspec.msgpack.decode(raw[i + 4:i + 4 + size])
+            i += 4 + size
+            n += 1
+            kind = rec[0]
+            if kind == "e":
+                self.enrolled[rec[1]] = rec[2]
+                if rec[3]:
+                    self.vouched.add(rec[1])
+            elif kind == "g":
+                self.grace_until_s = rec[1]
+            elif kind == "a":
+                self.tokens.accounts[rec[1]] = rec[2]
+            elif kind == "t":
+                self.tokens.issued[rec[1]] = rec[2]
+        return n
 
     def is_new(self, pseudonym: str, t_s: float, new_for_s: float) -> bool:
         """Whether ``pseudonym`` enrolled itself less than ``new_for_s`` before ``t_s``
@@ -173,6 +228,11 @@ class Issuer:
                                             "accounts": self.tokens.accounts, "issued": self.tokens.issued}))
         os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_TRUNC
         tmp.replace(p)
+        # everything is in the file now: the log starts again
+        self._pending.clear()
+        log = p.with_name(p.name + ".log")
+        if log.exists():
+            log.unlink()
 
     @classmethod
     def load(cls, path: str | Path) -> "Issuer":
@@ -181,6 +241,7 @@ class Issuer:
         if not p.exists():
             iss = cls()  # fresh: see grace_until_s
             iss.save(p)
+            iss.log_path = p.with_name(p.name + ".log")
             return iss
         d = msgspec.msgpack.decode(p.read_bytes())
         iss = cls(d["master"])
@@ -190,6 +251,9 @@ class Issuer:
         iss.tokens = TokenIssuer(iss.master, d.get("token_keys"))
         iss.tokens.accounts = dict(d.get("accounts", {}))
         iss.tokens.issued = dict(d.get("issued", {}))
+        iss.tokens.log = iss._log
+        iss.log_path = p.with_name(p.name + ".log")
+        iss._replay_log()
         return iss
 
 

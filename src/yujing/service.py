@@ -212,7 +212,7 @@ class Service:
         if issuer.fresh and issuer.grace_until_s == -math.inf and self.settings.associate.new_device_s > 0:
             # a master made just now: every device enrols afresh, and were they all new the
             # network could announce nothing for new_device_s (docs/security.md)
-            issuer.grace_until_s = clock() + self.settings.associate.new_device_s
+            issuer.set_grace(clock() + self.settings.associate.new_device_s)
             log.warning("new device credentials (no credentials file, or a first start): devices enrolled in the next "
                         "%.1f h count as established; fake devices enrolled meanwhile would too", 
                         self.settings.associate.new_device_s / 3600)

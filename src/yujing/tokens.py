@@ -206,6 +206,7 @@ class TokenIssuer:
         self._keys: dict[str, SigningKey] = {}
         self.accounts: dict[str, float] = {}
         self.issued: dict[str, str] = {}
+        self.log = None  # records each change (the issuer's durable log), if set
 
     def key(self, which: str) -> SigningKey:
         k = self._keys.get(which)
@@ -227,6 +228,8 @@ class TokenIssuer:
         """A new account: (id, key). The key authenticates its token requests."""
         acct = secrets.token_hex(16)
         self.accounts[acct] = now_s
+        if self.log is not None:
+            self.log(["a", acct, now_s])
         return acct, self.account_key(acct)
 
     def sign(self, account: str, day: str, which: str, blinded: bytes, proof: str, now_s: float,
@@ -253,6 +256,8 @@ class TokenIssuer:
             raise ValueError(f"this account has its token for {day} (one per day)")
         sig = self.key(which).blind_sign(blinded)
         self.issued[account] = day
+        if self.log is not None:
+            self.log(["t", account, day])
         return sig
 
     def check(self, which: str, day: str, pseudonym: str, inp_prefix: bytes, sig: bytes, now_s: float) -> None:

@@ -541,6 +541,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
         except msgspec.DecodeError as exc:
             raise HTTPException(422, f"account request: {exc}") from None
         acct, key = service.issuer.tokens.open_account(service.clock())
+        await asyncio.to_thread(service.issuer.flush_log)
         return {"account": acct, "key": key.hex()}
 
     @app.get("/api/token/keys", summary="The two token keys (RSA, n in hex): 'est' for accounts older than new_device_s")
@@ -558,6 +559,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
         try:
             sig = await asyncio.to_thread(service.issuer.tokens.sign, req.account, req.day, req.key, blinded, req.proof,
                                           service.clock(), service.settings.associate.new_device_s)
+            await asyncio.to_thread(service.issuer.flush_log)
         except ValueError as exc:
             raise HTTPException(422, f"token request: {exc}") from None
         return {"key": req.key, "blind_sig": sig.hex()}
@@ -602,6 +604,8 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
                 refused.append({"device": p if isinstance(p, str) else "", "reason": str(exc)})
                 continue
             creds.append({"device": c.device, "key": c.key.hex()})
+        # on disk before the keys leave: a crash must not forget an enrolment
+        await asyncio.to_thread(service.issuer.flush_log)
         # the key travels once, in this response: serve the API over TLS (docs/security.md)
         return {"kid": service.issuer.kid.hex(), "credentials": creds, "refused": refused}
 
