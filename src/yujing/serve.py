@@ -26,6 +26,7 @@ with a store that has no operator key, the server makes one, writes it to
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import re
 import signal
@@ -139,7 +140,13 @@ class Server:
         else:
             parse_mqtt_url(o.mqtt)  # a bad URL fails here, with what was wrong
             self.mqtt_url = o.mqtt
-        self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker)
+        # the link's MQTT session is persistent on an external broker (it keeps the devices'
+        # QoS 1 messages while the server is down): one session per deployment, named by
+        # its store, so that two servers (or test runs) sharing a broker never take over
+        # each other's session and its queued messages
+        sid = hashlib.blake2b(o.store.encode(), digest_size=5).hexdigest()
+        self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker,
+                             client_id=f"yujing-service-{sid}")
         self.link.resume(self.service.resume_alerts, self.clock())
         await self.link.start(ready=self.service.publish_resumed)
         self.resumed["ready_s"] = time.monotonic() - t0
