@@ -398,12 +398,12 @@ def test_clocks_off_on_a_fifth_of_the_phones_luding():
     assert all(offsets[d] > 120.0 for d in unstored)
     assert f1["first_alert_s"] is not None and f1["first_alert_s"] <= f0["first_alert_s"] + 0.5
     assert f1["final_error_km"] <= max(15.0, f0["final_error_km"] + 5.0)
+    assert abs(f1["first_magnitude"] - f0["first_magnitude"]) <= 0.2
     if abs(f1["final_magnitude"] - f0["final_magnitude"]) > 0.1:
         # reported, not hidden (pytest -rx): the rest of this test's checks passed above
         pytest.xfail(f"final magnitude with 20 % of clocks off M{f1['final_magnitude']:.2f} against "
                      f"M{f0['final_magnitude']:.2f} with true clocks (bound 0.1): the skewed phones' amplitude "
                      "windows move which records count as complete in the self-consistent magnitude")
-    assert abs(f1["first_magnitude"] - f0["first_magnitude"]) <= 0.2
 
 
 @pytest.mark.slow

@@ -320,18 +320,21 @@ def test_a_signed_clock_minutes_ahead_is_believed_and_an_unsigned_one_is_not():
 
 
 def test_a_flood_of_enrolments_cannot_push_young_fakes_out_of_the_table():
-    """A forgotten enrolment would count as established (and could be enrolled again by
-    whoever knows it): a full table of today's enrolments refuses more, it drops none."""
+    """A forgotten enrolment must not count as established: when a flood of enrolments
+    forces young ones out of a full table, a pseudonym the table no longer knows counts as
+    new for new_device_s (refusing instead would deny every phone its enrolment at
+    midnight)."""
+    new_s = 6 * 3600.0
     iss = Issuer(bytes(range(32)), max_enrolled=100)
     iss.enrol("fake0", 1000.0)
     for i in range(99):
         iss.enrol(f"junk{i}", 1001.0)
-    with pytest.raises(ValueError, match="full"):
-        iss.enrol("junk-more", 1002.0)
-    assert iss.is_new("fake0", 1100.0, 6 * 3600.0)
-    # a day later the oldest quarter makes room
-    iss.enrol("tomorrow", 1000.0 + security.PROTECT_ENROLMENT_S)
-    assert "fake0" not in iss.enrolled and "tomorrow" in iss.enrolled
+    iss.enrol("junk-more", 1002.0)  # room made: fake0 is gone
+    assert "fake0" not in iss.enrolled and "junk-more" in iss.enrolled
+    assert iss.is_new("fake0", 1100.0, new_s)  # forgotten, still new
+    assert not iss.is_new("fake0", 1002.0 + new_s, new_s)
+    # an unknown pseudonym of a table never flooded is the server's own or an old one
+    assert not Issuer(bytes(range(32))).is_new("fake0", 1100.0, new_s)
 
 
 def test_a_fresh_master_gives_its_first_hours_enrolments_grace():
@@ -369,3 +372,42 @@ def test_enrolments_survive_a_crash_through_the_credentials_log(tmp_path):
     # a clean save folds the log into the file
     again.save(path)
     assert not (tmp_path / "creds.log").exists() and Issuer.load(path).enrolled.keys() == {"ph1", "gw1"}
+
+
+def test_token_keys_and_a_torn_log_survive_a_crash_and_one_token_per_day_holds_under_load(tmp_path):
+    """Reviewed defects, each reproduced before the fix: the token keys were made on first
+    use and saved only at a clean stop (a killed server signed tomorrow with new keys, so
+    every token of the day failed); a record torn by a crash made the next start lose or
+    refuse the records appended after it; parallel requests got several tokens a day."""
+    import concurrent.futures
+
+    from yujing import tokens
+
+    path = tmp_path / "creds"
+    iss = Issuer.load(path)
+    pub = iss.tokens.public_keys()["new"]
+    acct, key = iss.tokens.open_account(1000.0)
+    iss.flush_log()
+    day = tokens.utc_day(1000.0 + 86_400.0)
+    blinded = [tokens.blind(pub, tokens.message(day, f"p{i}")) for i in range(8)]
+
+    def ask(b):
+        try:
+            return iss.tokens.sign(acct, day, "new", b.blinded, tokens.request_proof(key, day, b.blinded), 1000.0, 1e9)
+        except ValueError:
+            return None
+
+    with concurrent.futures.ThreadPoolExecutor(8) as ex:
+        got = [s for s in ex.map(ask, blinded) if s is not None]
+    assert len(got) == 1, f"{len(got)} tokens for one account and day"
+    # killed here (no save): the next start has the same keys, so the token verifies
+    iss.enrol("ph1", 1001.0)
+    iss.flush_log()
+    with open(tmp_path / "creds.log", "ab") as f:
+        f.write((200).to_bytes(4, "big") + b"\\x93torn")  # a record cut short by the crash
+    again = Issuer.load(path)
+    assert again.tokens.public_keys()["new"] == pub and "ph1" in again.enrolled
+    again.enrol("ph2", 1002.0)
+    again.flush_log()
+    third = Issuer.load(path)  # what was appended after the torn record is kept
+    assert {"ph1", "ph2"} <= third.enrolled.keys() and acct in third.tokens.accounts

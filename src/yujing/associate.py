@@ -353,7 +353,8 @@ class Associator(SilenceEvidence, NewEvents):
         hundreds of pseudonyms and replays a real quake's triggers through them, shifted in
         time and place, sends a physically perfect earthquake with valid signatures; what
         gives it away is that none of those devices was there before. The picks of new
-        devices still locate and size an event announced on established ones."""
+        devices still locate an event announced on established ones (and size it while
+        fewer than min_devices established ones can: _magnitude)."""
         a = self.s.associate
         if self.is_new is None or a.new_device_s <= 0:
             return True

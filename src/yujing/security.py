@@ -37,6 +37,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import threading
 from pathlib import Path
 
 import msgspec
@@ -78,8 +79,9 @@ ONSET_RATE_PER_S = 1.0 / 60.0
 #: ready, silent phones look like evidence against the event (see docs/security.md).
 CELL_ONSET_BURST = 300.0
 CELL_ONSET_RATE_PER_S = 10.0
-#: Enrolments younger than this are never dropped to make room (s): longer than any
-#: new_device_s in use, so that no fake can be made "established" by being forgotten.
+#: Enrolments younger than this are "young" (s): longer than any new_device_s in use. When
+#: a flood of enrolments forces young ones out of a full table, unknown pseudonyms count as
+#: new for a while (a fake must not become "established" by being forgotten).
 PROTECT_ENROLMENT_S = 24 * 3600.0
 #: A data-rights proof is good for this long either side of the server's clock, s.
 PROOF_MAX_AGE_S = 300.0
@@ -110,7 +112,13 @@ class Issuer:
         # changes since the last save, appended to <credentials file>.log (flush_log)
         # before a credential leaves the server: a crash must not forget an enrolment
         self.log_path: Path | None = None
+        self.path: Path | None = None  # the credentials file, once loaded from one
         self._pending: list = []
+        self._log_lock = threading.Lock()
+        # when young enrolments last had to be dropped to make room (a flood): unknown
+        # pseudonyms count as new for new_device_s after it (one of them may be a fake
+        # whose enrolment was forgotten)
+        self.forgot_young_s = -math.inf
         # long-lived accounts and the blind-signed daily tokens they get (yujing.tokens):
         # a pseudonym enrolled with an established token is vouched for, unlinkably
         self.tokens = TokenIssuer(self.master)
@@ -137,10 +145,12 @@ class Issuer:
             # pseudonyms are daily: the oldest quarter are days old. Never a young one: a
             # forgotten enrolment would count as established (and be enrolled again by
             # whoever knows it), so a flood of junk enrolments must not push fakes out
-            old = [k for k, t in list(self.enrolled.items())[: self.max_enrolled // 4] if now_s - t >= PROTECT_ENROLMENT_S]
-            if not old:
-                raise ValueError("the enrolment table is full of today's enrolments; try again later")
-            for k in old:
+            old = list(self.enrolled.items())[: self.max_enrolled // 4]
+            if any(now_s - t < PROTECT_ENROLMENT_S for _, t in old):
+                # a flood: young ones go too (refusing would deny enrolment to every phone at
+                # midnight), and unknown pseudonyms count as new for a while (is_new)
+                self.forgot_young_s = now_s
+            for k, _ in old:
                 del self.enrolled[k]
                 self.vouched.discard(k)
         self.enrolled[pseudonym] = now_s
@@ -161,15 +171,22 @@ class Issuer:
     def flush_log(self) -> None:
         """Append the changes since the last call to the log, synced to disk (a blocking
         write: call it from a worker thread on the event loop's behalf)."""
-        if not self._pending or self.log_path is None:
+        if self.log_path is None:
             return
-        data = b"".join(len(b).to_bytes(4, "big") + b for b in map(msgspec.msgpack.encode, self._pending))
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        with os.fdopen(fd, "ab") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        self._pending.clear()
+        with self._log_lock:  # one writer; records added meanwhile wait for the next call
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            data = b"".join(len(b).to_bytes(4, "big") + b for b in map(msgspec.msgpack.encode, batch))
+            try:
+                fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+                with os.fdopen(fd, "ab") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+            except OSError:
+                self._pending[:0] = batch  # written again next time (replay is idempotent)
+                raise
 
     def _replay_log(self) -> int:
         """Apply the log's records (after a load); returns how many. A record cut short
@@ -182,7 +199,10 @@ class Issuer:
             size = int.from_bytes(raw[i:i + 4], "big")
             if i + 4 + size > len(raw):
                 break
-            rec = msgspec.msgpack.decode(raw[i + 4:i + 4 + size])
+            try:
+                rec = msgspec.msgpack.decode(raw[i + 4:i + 4 + size])
+            except msgspec.DecodeError:
+                break  # a torn write; load() folds the good part into the file at once
             i += 4 + size
             n += 1
             kind = rec[0]
@@ -204,7 +224,10 @@ class Issuer:
         pseudonyms an operator vouched for are never new; neither is one enrolled so long
         ago that retention forgot the enrolment (older than any ``new_for_s`` in use)."""
         at = self.enrolled.get(pseudonym)
-        return at is not None and at >= self.grace_until_s and t_s - at < new_for_s and pseudonym not in self.vouched
+        if at is None:
+            # forgotten to make room in a flood of enrolments: maybe a fake's, so new for a while
+            return t_s - self.forgot_young_s < new_for_s
+        return at >= self.grace_until_s and t_s - at < new_for_s and pseudonym not in self.vouched
 
     def forget_before(self, t_s: float) -> int:
         """Drop enrolments older than ``t_s`` (server s); returns how many."""
@@ -212,6 +235,8 @@ class Issuer:
         for k in old:
             del self.enrolled[k]
             self.vouched.discard(k)
+        if old and self.path is not None:
+            self.save(self.path)  # the log and the file must not keep what retention dropped
         return len(old)
 
     # -- state that must survive a restart: without the master every device's credential
@@ -220,19 +245,28 @@ class Issuer:
         p = Path(path)
         tmp = p.with_suffix(p.suffix + ".tmp")
         # created 0600, never readable by others even for an instant (the master signs for every device)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled,
-                                            "vouched": sorted(self.vouched), "token_keys": self.tokens.pems(),
-                                            "grace_until_s": self.grace_until_s,
-                                            "accounts": self.tokens.accounts, "issued": self.tokens.issued}))
-        os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_TRUNC
-        tmp.replace(p)
-        # everything is in the file now: the log starts again
-        self._pending.clear()
-        log = p.with_name(p.name + ".log")
-        if log.exists():
-            log.unlink()
+        with self._log_lock:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(msgspec.msgpack.encode({"master": self.master, "enrolled": self.enrolled,
+                                                "vouched": sorted(self.vouched), "token_keys": self.tokens.pems(),
+                                                "grace_until_s": self.grace_until_s,
+                                                "forgot_young_s": self.forgot_young_s,
+                                                "accounts": self.tokens.accounts, "issued": self.tokens.issued}))
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o600)  # an older file of that name kept its mode through O_TRUNC
+            tmp.replace(p)
+            dfd = os.open(p.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # the rename is on disk before the log goes
+            finally:
+                os.close(dfd)
+            # everything is in the file now: the log starts again
+            self._pending.clear()
+            log = p.with_name(p.name + ".log")
+            if log.exists():
+                log.unlink()
 
     @classmethod
     def load(cls, path: str | Path) -> "Issuer":
@@ -240,8 +274,9 @@ class Issuer:
         p = Path(path)
         if not p.exists():
             iss = cls()  # fresh: see grace_until_s
+            iss.tokens.public_keys()  # the token keys too, on disk before any token is signed
             iss.save(p)
-            iss.log_path = p.with_name(p.name + ".log")
+            iss.log_path, iss.path = p.with_name(p.name + ".log"), p
             return iss
         d = msgspec.msgpack.decode(p.read_bytes())
         iss = cls(d["master"])
@@ -251,9 +286,13 @@ class Issuer:
         iss.tokens = TokenIssuer(iss.master, d.get("token_keys"))
         iss.tokens.accounts = dict(d.get("accounts", {}))
         iss.tokens.issued = dict(d.get("issued", {}))
+        iss.forgot_young_s = float(d.get("forgot_young_s", -math.inf))
         iss.tokens.log = iss._log
-        iss.log_path = p.with_name(p.name + ".log")
-        iss._replay_log()
+        iss.log_path, iss.path = p.with_name(p.name + ".log"), p
+        had_keys = len(iss.tokens.pems()) == 2
+        iss.tokens.public_keys()
+        if iss._replay_log() or not had_keys or iss.log_path.exists():
+            iss.save(p)  # fold the log (and any torn tail) into the file before appending to it
         return iss
 
 

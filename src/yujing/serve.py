@@ -144,7 +144,11 @@ class Server:
         # QoS 1 messages while the server is down): one session per deployment, named by
         # its store, so that two servers (or test runs) sharing a broker never take over
         # each other's session and its queued messages
-        sid = hashlib.blake2b(o.store.encode(), digest_size=5).hexdigest()
+        store_id = o.store
+        db = _sqlite_file(o.store)
+        if db is not None:
+            store_id = str(db.resolve())  # the default sqlite:///yujing.db is relative
+        sid = hashlib.blake2b(store_id.encode(), digest_size=5).hexdigest()
         self.link = MqttLink(self.mqtt_url, self.service, retain_s=self.service.config.alert_retain_s, broker=self.broker,
                              client_id=f"yujing-service-{sid}")
         self.link.resume(self.service.resume_alerts, self.clock())

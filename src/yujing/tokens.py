@@ -36,6 +36,7 @@ import hashlib
 import hmac
 import math
 import secrets
+import threading
 from dataclasses import dataclass
 
 #: RSA modulus size, bits (RFC 9474 recommends >= 2048)
@@ -207,12 +208,17 @@ class TokenIssuer:
         self.accounts: dict[str, float] = {}
         self.issued: dict[str, str] = {}
         self.log = None  # records each change (the issuer's durable log), if set
+        self._lock = threading.Lock()
 
     def key(self, which: str) -> SigningKey:
         k = self._keys.get(which)
         if k is None:
-            k = self._keys[which] = SigningKey(self._pem.get(which))
-            self._pem[which] = k.pem
+            with self._lock:  # two threads must not make two keys (one would be lost)
+                k = self._keys.get(which)
+                if k is None:
+                    k = SigningKey(self._pem.get(which))
+                    self._pem[which] = k.pem
+                    self._keys[which] = k
         return k
 
     def public_keys(self) -> dict[str, PublicKey]:
@@ -234,8 +240,8 @@ class TokenIssuer:
 
     def sign(self, account: str, day: str, which: str, blinded: bytes, proof: str, now_s: float,
              new_for_s: float) -> bytes:
-        """Blind-sign one token for ``account`` for UTC ``day`` (today or tomorrow of the
-        server clock) with key ``which`` (the device blinded with that key's modulus: it
+        """Blind-sign one token for ``account`` for UTC ``day`` (tomorrow, by the server
+        clock) with key ``which`` (the device blinded with that key's modulus: it
         asks for ``est`` once its account is ``new_for_s`` old); returns the blind
         signature. ValueError with the reason otherwise: unknown account, bad proof, a
         second token for that day, an ``est`` token for a young account."""
@@ -245,19 +251,31 @@ class TokenIssuer:
         want = request_proof(self.account_key(account), day, blinded)
         if not isinstance(proof, str) or not hmac.compare_digest(want, proof):
             raise ValueError("the proof does not verify for this account")
-        if day not in (utc_day(now_s), utc_day(now_s + 86_400.0)):
-            raise ValueError(f"tokens are for today or tomorrow (UTC), not {day!r}")
+        if day != utc_day(now_s + 86_400.0):
+            # tomorrow's only: one token per account per day, asked the day before (a token
+            # for today would also single out the few accounts that asked for one)
+            raise ValueError(f"tokens are for tomorrow (UTC, {utc_day(now_s + 86_400.0)}), not {day!r}")
         if which not in (ESTABLISHED, NEW):
             raise ValueError("key must be 'est' or 'new'")
         if which == ESTABLISHED and now_s - created < new_for_s:
             raise ValueError(f"the account is {now_s - created:.0f} s old: 'est' tokens from {new_for_s:.0f} s on; "
                              "ask for 'new'")
-        if self.issued.get(account, "") >= day:
-            raise ValueError(f"this account has its token for {day} (one per day)")
-        sig = self.key(which).blind_sign(blinded)
-        self.issued[account] = day
-        if self.log is not None:
-            self.log(["t", account, day])
+        with self._lock:  # the check and the mark together: parallel requests get one token
+            prev = self.issued.get(account, "")
+            if prev >= day:
+                raise ValueError(f"this account has its token for {day} (one per day)")
+            self.issued[account] = day
+        try:
+            sig = self.key(which).blind_sign(blinded)
+        except ValueError:
+            with self._lock:
+                if prev:
+                    self.issued[account] = prev
+                else:
+                    self.issued.pop(account, None)
+            raise
+        # not in the durable log: its order there would put this account next to the
+        # pseudonym it enrols; kept in the snapshot only (a crash allows a second token)
         return sig
 
     def check(self, which: str, day: str, pseudonym: str, inp_prefix: bytes, sig: bytes, now_s: float) -> None:
