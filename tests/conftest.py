@@ -9,6 +9,10 @@ YUJING_TEST_POSTGRES_URL), dropped afterwards.
 
 from __future__ import annotations
 
+import time
+
+import contextlib
+
 import importlib.util
 import os
 import sys
@@ -75,3 +79,38 @@ def load_script(path: Path, name: str):
         sys.modules[name] = mod
         spec.loader.exec_module(mod)
     return sys.modules[name]
+
+
+class FakeService:
+    """Only what MqttLink uses of a service: a bus, a clock and receive()."""
+
+    def __init__(self):
+        from yujing.bus.memory import MemoryBus
+
+        self.bus = MemoryBus()
+        self.clock = time.time
+        self.received = []
+
+    def receive(self, topic, payload, arrival_s=None):
+        self.received.append((topic, payload))
+        return True
+
+
+@contextlib.asynccontextmanager
+async def embedded_link():
+    """An embedded broker with the service's link on it (a fake service behind):
+    yields (broker, service, link)."""
+    from yujing.bus.mqtt import MqttLink
+    from yujing.bus.mqtt_broker import EmbeddedBroker
+
+    broker = EmbeddedBroker("127.0.0.1", 0)
+    await broker.start()
+    svc = FakeService()
+    link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
+    await link.start()
+    try:
+        yield broker, svc, link
+    finally:
+        await link.stop()
+        await svc.bus.close()
+        await broker.stop()

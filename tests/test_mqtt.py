@@ -4,7 +4,6 @@ Mosquitto at 127.0.0.1:1883, NATS's MQTT listener started here on its own ports)
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import socket
@@ -16,8 +15,8 @@ import h3
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import FakeService, embedded_link
 from yujing import protocol, wire
-from yujing.bus.memory import MemoryBus
 from yujing.bus.mqtt import MqttClient, MqttLink
 from yujing.bus.mqtt_broker import EmbeddedBroker
 from yujing.bus.mqtt_codec import connect_packet, publish_packet, subscribe_packet
@@ -244,33 +243,7 @@ def _alert(msg_type="alert", version=1, cells=None, alert_id="yja-1"):
                  magnitude_sigma=0.3, tiers=tiers, h3_resolution=5, gmpe="bssa14")
 
 
-class _FakeService:
-    """Only what MqttLink uses of a service: a bus, a clock and receive()."""
-
-    def __init__(self):
-        self.bus = MemoryBus()
-        self.clock = time.time
-        self.received = []
-
-    def receive(self, topic, payload, arrival_s=None):
-        self.received.append((topic, payload))
-        return True
-
-
-@contextlib.asynccontextmanager
-async def _embedded_link():
-    """An embedded broker with the service's link on it (a fake service behind)."""
-    broker = EmbeddedBroker("127.0.0.1", 0)
-    await broker.start()
-    svc = _FakeService()
-    link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
-    await link.start()
-    try:
-        yield broker, svc, link
-    finally:
-        await link.stop()
-        await svc.bus.close()
-        await broker.stop()
+_embedded_link = embedded_link
 
 
 @pytest.mark.parametrize("peer", ["embedded", "mosquitto"])
@@ -283,7 +256,7 @@ def test_link_publishes_alerts_per_area_retained_cancels_and_clears(peer):
             host, port = "127.0.0.1", broker.port
         else:
             host, port = MOSQUITTO
-        svc = _FakeService()
+        svc = FakeService()
         link = MqttLink(f"tcp://{host}:{port}", svc, retain_s=1.5, broker=broker, client_id=_uid("svc"))
         await link.start()
         a1 = _alert()

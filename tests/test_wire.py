@@ -97,9 +97,8 @@ def test_the_link_tells_the_areas_an_update_drops():
 
     from yujing import protocol
     from yujing.alerting import device_warning
-    from yujing.bus.memory import MemoryBus
-    from yujing.bus.mqtt import MqttClient, MqttLink
-    from yujing.bus.mqtt_broker import EmbeddedBroker
+    from conftest import embedded_link
+    from yujing.bus.mqtt import MqttClient
 
     msgs = _shrinking_messages()
     a_high, a_low = msgs[1], msgs[3]
@@ -118,14 +117,6 @@ def test_the_link_tells_the_areas_an_update_drops():
     assert len(dropped) >= 2
     quiet = dropped[-1]
 
-    class Svc:
-        def __init__(self):
-            self.bus = MemoryBus()
-            self.clock = time.time
-
-        def receive(self, topic, payload, arrival_s=None):
-            return True
-
     async def retained(port, topic):
         got = []
         c = MqttClient("127.0.0.1", port, f"late-{topic[-6:]}", on_message=lambda t, p, r: got.append(decode_alert(p)))
@@ -139,12 +130,7 @@ def test_the_link_tells_the_areas_an_update_drops():
         return got
 
     async def go():
-        broker = EmbeddedBroker("127.0.0.1", 0)
-        await broker.start()
-        svc = Svc()
-        link = MqttLink(f"tcp://127.0.0.1:{broker.port}", svc, broker=broker, client_id="svc")
-        await link.start()
-        try:
+        async with embedded_link() as (broker, svc, link):
             for a in msgs[:3]:
                 svc.bus.publish(f"yj.alert.{a.event_id}", a)
             svc.bus.publish("yj.alert.yjB", b)
@@ -164,10 +150,6 @@ def test_the_link_tells_the_areas_an_update_drops():
             await asyncio.sleep(0.2)
             assert link.counts["alert_publish"] - n == len(topics(a_high))
             assert [x.msg_type for x in await retained(broker.port, quiet)] == ["cancel"]
-        finally:
-            await link.stop()
-            await svc.bus.close()
-            await broker.stop()
 
     asyncio.run(go())
 
