@@ -4,6 +4,7 @@ Mosquitto at 127.0.0.1:1883, NATS's MQTT listener started here on its own ports)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import socket
@@ -432,3 +433,239 @@ def test_a_packet_sent_a_byte_at_a_time_is_framed():
     assert [bytes(b)[-1:] for _, b in out] == [b"1", b"2"]
     assert list(f.feed(big[10:]))[0][1].nbytes == len(big) - 4
     print(f"200 kB a byte at a time: {dt:.2f} s")
+
+
+# ------------------------------------------------------- a device's outbox and reconnect
+
+
+def _outbox_client(port: int, got: list | None = None, **kw) -> MqttClient:
+    """A device-like client: an outbox, quick seeded reconnects (the test waits on them)."""
+    kw = {"outbox": 1000, "reconnect_min_s": 0.05, "reconnect_max_s": 0.2, "seed": 7, **kw}
+    on = (lambda t, p, r: got.append((t, p))) if got is not None else None
+    return MqttClient("127.0.0.1", port, _uid("dev"), on_message=on, **kw)
+
+
+async def _broker_with_hook(port: int, seen: list) -> EmbeddedBroker:
+    """An embedded broker on ``port`` whose hook notes every client PUBLISH (topic, payload)."""
+    b = EmbeddedBroker("127.0.0.1", port, on_message=lambda cid, t, p, q, r: seen.append((t, p)))
+    await b.start()
+    return b
+
+
+class _Server:
+    """An embedded broker that can die and come back on the same port (a ``yujing serve``
+    killed and restarted), with a device-like client connected to it. ``seen``: what the
+    brokers got, both lives."""
+
+    def __init__(self):
+        self.seen: list = []
+        self.broker: EmbeddedBroker | None = None
+        self.client: MqttClient | None = None
+
+    async def kill(self) -> None:
+        await self.broker.stop()
+        await asyncio.wait_for(self.client.closed, 5)  # the client noticed
+        assert not self.client.connected
+
+    async def revive(self) -> None:
+        self.broker = await _broker_with_hook(self.broker.port, self.seen)
+
+
+@contextlib.asynccontextmanager
+async def _server(got: list | None = None, **kw):
+    s = _Server()
+    s.broker = await _broker_with_hook(0, s.seen)
+    s.client = _outbox_client(s.broker.port, got, **kw)
+    await s.client.connect()
+    try:
+        yield s
+    finally:
+        await s.client.disconnect()
+        await s.broker.stop()
+
+
+def test_outbox_holds_messages_while_the_broker_is_down_and_sends_them_in_order_after():
+    async def go():
+        async with _server() as s:
+            c = s.client
+            for i in range(3):
+                c.publish_nowait("yjt/d", b"live-%d" % i, qos=1)
+            await _wait_for(lambda: len(s.seen) == 3)
+            await s.kill()
+            n = 200
+            for i in range(n):  # QoS 0 and 1, both calls: nothing raises, all is held
+                if i % 3 == 0:
+                    await c.publish("yjt/d", b"held-%d" % i, qos=1)
+                else:
+                    c.publish_nowait("yjt/d", b"held-%d" % i, qos=i % 2)
+            assert (c.outbox_size, c.outbox_queued, c.outbox_dropped) == (n, n, 0)
+            await asyncio.sleep(0.3)  # a few reconnect attempts fail meanwhile
+            assert c.reconnect_failures >= 1 and c.reconnects == 0
+            await s.revive()
+            await _wait_for(lambda: c.reconnects == 1)
+            c.publish_nowait("yjt/d", b"new", qos=1)  # after the held ones
+            assert await c.drain(5)
+            await _wait_for(lambda: len(s.seen) == 3 + n + 1)
+            assert [p for _, p in s.seen] == [b"live-%d" % i for i in range(3)] + [b"held-%d" % i for i in range(n)] + [b"new"]
+            assert (c.outbox_flushed, c.outbox_dropped, c.outbox_size, c.inflight, c.reconnects) == (n, 0, 0, 0, 1)
+            assert len(c.outbox_wait_s) == n and min(c.outbox_wait_s) >= 0.3
+
+    asyncio.run(go())
+
+
+def test_a_full_outbox_drops_its_oldest_and_counts_them():
+    async def go():
+        async with _server(outbox=10) as s:
+            c = s.client
+            await s.kill()
+            for i in range(25):
+                c.publish_nowait("yjt/d", b"%d" % i, qos=1)
+            assert (c.outbox_size, c.outbox_queued, c.outbox_dropped) == (10, 25, 15)
+            await s.revive()
+            assert await c.drain(5)
+            await _wait_for(lambda: len(s.seen) == 10)
+            assert [p for _, p in s.seen] == [b"%d" % i for i in range(15, 25)]  # the newest ten, in order
+            assert c.outbox_flushed == 10 and c.outbox_dropped == 15
+
+    asyncio.run(go())
+
+
+def test_unacknowledged_messages_are_sent_again_after_a_reconnect():
+    """A server that reads QoS 1 messages and dies before acknowledging them (killed
+    before it handled its socket): they go back to the outbox and reach the next server."""
+    async def go():
+        raw: list[bytes] = []
+        writers = []
+
+        async def deaf(reader, writer):  # CONNACK, then reads everything, acknowledges nothing
+            writers.append(writer)
+            await reader.read(100)
+            writer.write(b"\x20\x02\x00\x00")
+            await writer.drain()
+            while chunk := await reader.read(65536):
+                raw.append(chunk)
+
+        server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        c = _outbox_client(port)
+        await c.connect()
+        for i in range(5):
+            c.publish_nowait("yjt/d", b"m%d" % i, qos=1)
+        await _wait_for(lambda: b"m4" in b"".join(raw))
+        assert c.inflight == 5
+        server.close()  # the process dies: its listener and its connection
+        for w in writers:
+            w.transport.abort()
+        await asyncio.wait_for(c.closed, 5)
+        assert (c.inflight, c.outbox_size, c.outbox_requeued) == (0, 5, 5)
+        seen: list = []
+        b = await _broker_with_hook(port, seen)
+        assert await c.drain(5)
+        await _wait_for(lambda: len(seen) == 5)
+        assert [p for _, p in seen] == [b"m%d" % i for i in range(5)]
+        assert c.acked == 5 and c.outbox_flushed == 5
+        await c.disconnect()
+        await b.stop()
+
+    asyncio.run(go())
+
+
+def test_subscriptions_are_made_again_after_a_reconnect():
+    async def go():
+        got: list = []
+        async with _server(got) as s:
+            c = s.client
+            assert await c.subscribe([("yjt/alert/+", 1)]) == [1]
+            s.broker.publish("yjt/alert/a", b"before", qos=1)
+            await _wait_for(lambda: len(got) == 1)
+            await s.kill()
+            await s.revive()  # a new broker knows no subscription
+            await _wait_for(lambda: c.reconnects == 1)
+            s.broker.publish("yjt/alert/b", b"after", qos=1)
+            await _wait_for(lambda: len(got) == 2)
+            assert got == [("yjt/alert/a", b"before"), ("yjt/alert/b", b"after")]
+
+    asyncio.run(go())
+
+
+def test_reconnect_backoff_is_capped_exponential_with_seeded_jitter():
+    def delays(seed):
+        c = MqttClient("127.0.0.1", 1, "x", outbox=10, reconnect_min_s=0.5, reconnect_max_s=8.0, seed=seed)
+        return [c.reconnect_delay_s(n) for n in range(8)]
+
+    d = delays(3)
+    for n, x in enumerate(d):
+        cap = min(8.0, 0.5 * 2**n)  # 0.5, 1, 2, 4, 8, 8, ...
+        assert cap / 2 <= x <= cap
+    assert d == delays(3) and d != delays(4)  # the same seed, the same delays
+    # without an outbox: the old behaviour, no reconnect, a publish while down raises
+    assert not MqttClient("127.0.0.1", 1, "y").auto_reconnect
+    with pytest.raises(ConnectionError):
+        MqttClient("127.0.0.1", 1, "y").publish_nowait("t", b"x")
+
+
+def test_outbox_client_rides_out_a_dropped_connection_on_mosquitto():
+    """Mosquitto cannot be restarted by a test; its session take-over drops a connection
+    all the same: another client connects under the device's client id. The device holds
+    what it publishes meanwhile, takes its id back, subscribes again and sends in order."""
+    async def go():
+        root = _uid("yjt")
+        got, heard = [], []
+        lis = MqttClient(*MOSQUITTO, _uid("lis"), on_message=lambda t, p, r: heard.append(p))
+        await lis.connect()
+        await lis.subscribe([(f"{root}/d", 1)])
+        c = MqttClient(*MOSQUITTO, _uid("dev"), on_message=lambda t, p, r: got.append(p), outbox=100,
+                       reconnect_min_s=0.3, reconnect_max_s=0.6, seed=5)
+        await c.connect()
+        await c.subscribe([(f"{root}/to-dev", 1)])
+        await asyncio.sleep(0.1)
+        for i in range(3):
+            await c.publish(f"{root}/d", b"a%d" % i, qos=1)
+        intruder = MqttClient(*MOSQUITTO, c.client_id)
+        await intruder.connect()  # Mosquitto drops the device's connection
+        await asyncio.wait_for(c.closed, 5)
+        for i in range(20):  # within the first backoff (>= 0.15 s): all held
+            c.publish_nowait(f"{root}/d", b"b%d" % i, qos=1)
+        assert c.outbox_queued == 20 and c.outbox_size == 20
+        await _wait_for(lambda: c.reconnects == 1)  # takes its id back: the intruder is dropped
+        assert await c.drain(5)
+        await _collect(heard, 23)
+        assert heard == [b"a%d" % i for i in range(3)] + [b"b%d" % i for i in range(20)]
+        await lis.publish(f"{root}/to-dev", b"hello again", qos=1)
+        await _collect(got, 1)
+        assert got == [b"hello again"] and c.outbox_flushed == 20 and c.outbox_dropped == 0
+        for cl in (c, lis):
+            await cl.disconnect()
+        await asyncio.wait_for(intruder.closed, 5)
+
+    asyncio.run(go())
+
+
+def test_a_held_message_is_made_when_it_is_sent_not_when_it_is_queued():
+    """A payload function runs at the first sending (a device stamps ``sent_s`` and signs
+    there): not while the message waits in the outbox, once only."""
+    async def go():
+        async with _server() as s:
+            c = s.client
+            await s.kill()
+            made = []
+
+            def stamp(i):
+                def make():
+                    made.append(i)
+                    return b"sent-at-%d" % len(made)
+                return make
+
+            for i in range(3):
+                c.publish_nowait("yjt/d", stamp(i), qos=1)
+            c.publish_nowait("yjt/d", lambda: 1 / 0, qos=1)  # a broken one: dropped, counted, the rest go on
+            c.publish_nowait("yjt/d", b"plain", qos=1)
+            await asyncio.sleep(0.1)
+            assert made == []  # held: nothing made yet
+            await s.revive()
+            assert await c.drain(5)
+            await _wait_for(lambda: len(s.seen) == 4)
+            assert made == [0, 1, 2] and [p for _, p in s.seen] == [b"sent-at-1", b"sent-at-2", b"sent-at-3", b"plain"]
+            assert c.stamp_errors == 1
+
+    asyncio.run(go())

@@ -432,6 +432,12 @@ class _MqttPub(asyncio.Protocol):
 
 
 class MqttTarget:
+    """``--connections`` raw MQTT connections, each multiplexing many devices. Unlike a
+    device's client (:class:`yujing.bus.mqtt.MqttClient` with an outbox) they hold nothing
+    and never reconnect: the load generator measures the server, so a connection it loses
+    is a figure of the run (``connections_lost``; each message it could not take is
+    counted as a publish error), not something to make up for later by sending late."""
+
     def __init__(self, url: str, n: int, qos: int, prefix: str):
         self.host, self.port = loopback_target(url, ("tcp", "mqtt"))
         self.n, self.qos, self.prefix = n, qos, prefix

@@ -34,6 +34,17 @@ All times are UNIX seconds on the device's clock (assumed NTP-synchronised); the
 never reads the wall clock: "now" is the time of the newest sample processed, so a replay
 is deterministic. I/O stays outside: messages wait in :attr:`DeviceAgent.outbox` for
 whatever transport drains it.
+
+* **Transport** (the app's, not this module's). Over MQTT: one
+  :class:`yujing.bus.mqtt.MqttClient` made with ``outbox=N`` (a few hundred messages: a
+  phone's quake is ~35), each message published at QoS 1 with, as payload, a function that
+  signs it when it is really sent (``lambda: signer.wire(m, now_s())[1]``,
+  :class:`yujing.device.signing.DeviceSigner`). Then a server that is away (``yujing
+  serve`` killed and restarted mid-quake) costs no trigger: the client holds them,
+  reconnects with backoff and sends them in order, and each says when it was sent, so the
+  server does not take the wait for a clock error (docs/protocol.md, "Connection";
+  measured in docs/reliability.md). This agent's own outbox is a different thing: messages
+  made and not yet handed to any transport.
 """
 
 from __future__ import annotations
