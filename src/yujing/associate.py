@@ -347,6 +347,35 @@ class Associator(SilenceEvidence, NewEvents):
         ev.last = upd
         return [upd]
 
+    def _close(self, ev: Event, now_s: float) -> list[EventUpdate]:
+        """Stop updating ``ev``; its final solution goes out if it differs at all from the
+        last one announced. Updates are sent only for changes that matter to an alert
+        (``MAG_STEP``, ``LOC_STEP_KM``), so the last announced magnitude can lag the
+        engine's own by up to 0.1: a catalogue, QuakeML or an operator wants the best."""
+        ev.closed = True
+        last = ev.last
+        if last is None or last.retracted or not math.isfinite(ev.magnitude):
+            return []
+        loc = ev.location
+        same = (
+            round(ev.magnitude, 2) == last.magnitude
+            and round(loc.latitude, 4) == round(last.latitude, 4)
+            and round(loc.longitude, 4) == round(last.longitude, 4)
+            and round(loc.depth_km, 1) == round(last.depth_km, 1)
+            and len(ev.picks) == last.n_devices
+        )
+        return [] if same else self._maybe_issue(ev, now_s, force=True)
+
+    def close_all(self, now_s: float) -> list[EventUpdate]:
+        """The data have ended (end of a replay): close every open event with its final
+        solution (UNIX s ``now_s``)."""
+        out = []
+        for ev in self._open_events():
+            if ev.dirty:
+                out.extend(self._refresh(ev, now_s))
+            out.extend(self._close(ev, now_s))
+        return out
+
     def _established_enough(self, ev: Event) -> bool:
         """Whether enough of the event's P picks come from devices that are not new
         (``Settings.associate.new_device_s``) to announce it. An attacker who enrols
@@ -374,7 +403,7 @@ class Associator(SilenceEvidence, NewEvents):
         for ev in self._open_events():
             age = now_s - ev.location.origin_time_s
             if age > a.event_ttl_s:
-                ev.closed = True
+                out.extend(self._close(ev, now_s))
                 continue
             if ev.dirty:
                 out.extend(self._refresh(ev, now_s))

@@ -251,7 +251,7 @@ def run(
         handle(out)
         policy_tick(t)
     e0 = time.perf_counter()
-    out = eng.flush()
+    out = eng.finish()
     t_engine += time.perf_counter() - e0
     handle(out)
     while next_city < len(city_s):

@@ -150,6 +150,12 @@ class Engine:
         the pending step's closing time."""
         return self._run_step(self._step_end) if (self._pending or self._step_open) else []
 
+    def finish(self) -> list[EventUpdate]:
+        """The input has ended (a replay's last record, a demo's last message): process
+        what is pending and close every event with its final solution."""
+        out = self.flush()
+        return out + self.assoc.close_all(self.clock_s)
+
     # one step -------------------------------------------------------------------------
     def _run_step(self, close_s: float) -> list[EventUpdate]:
         """Run the pending messages through the stages as of ``close_s`` (UNIX s), the

@@ -239,6 +239,13 @@ def _finite(x) -> np.ndarray:
 #: ``log10 Pd[cm] = -3.463 + 0.729 M - 1.374 log10 R`` (+- 0.305). The same scaling is the
 #: basis of ElarmS/ShakeAlert's P-wave magnitude (Kuyuk & Allen 2013 fit it globally).
 PD_INTERCEPT, PD_SLOPE_M, PD_SLOPE_R = -3.463, 0.729, 1.374
+#: hypocentral distance (km) beyond which a device's Pd does not size an event. Wu & Zhao
+#: fit near-source records; far out the 3 s of P are weak, the relation is extrapolated,
+#: and the few far devices whose P cleared their trigger at all are those with the largest
+#: site and path amplification (a selection bias): in the demo's M7.8 Kahramanmaras the
+#: last P-only phones, 200-450 km out, read Pd magnitudes of 8.2-8.9 and carried the
+#: estimate there while 30,000 others were still growing.
+PD_MAX_HYPO_KM = 100.0
 
 
 def pd_magnitude(pd_cm, hypo_km):
@@ -323,6 +330,7 @@ def event_magnitude(
         # from whatever P window there is, as ElarmS does (Kuyuk et al. 2014), it is an
         # estimate, not a bound; once S has arrived the Pd window holds S and is not used.
         pdu = ~s_arr & np.asarray(pd_usable if pd_usable is not None else np.ones(len(r), bool), dtype=bool)
+        pdu &= r <= PD_MAX_HYPO_KM
         m_pd = pd_magnitude(pd_cm, r_eff)
         ml_det = np.where(det, ml, np.nan)
         station = np.concatenate([ml_det[det], m_pd[pdu]])

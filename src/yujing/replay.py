@@ -107,7 +107,7 @@ def replay_folder(
                     on_update(u)
         if on_packet and n % 256 == 0:
             on_packet(256)
-    tail = eng.flush()
+    tail = eng.finish()
     updates.extend(tail)
     for u in tail:
         messages.extend(policy.on_update(u))

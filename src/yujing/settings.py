@@ -38,8 +38,9 @@ class PickerSettings(msgspec.Struct, frozen=True, kw_only=True):
         "How long a trigger keeps sending amplitude updates (covers S and surface waves of "
         "an M7+ at 400 km).")] = 90.0
     pd_max_window_s: Annotated[float, _d(
-        "Longest P window for Pd after the onset (published Pd scalings use 3-4 s; growing "
-        "windows up to ~9 s follow Colombelli et al. 2012).")] = 9.0
+        "Longest P window for Pd after the onset: 3 s, the window of the Wu & Zhao (2006) "
+        "scaling the engine sizes by (a 9 s Pd read with it overstated the demo's M6.6 as "
+        "M7.3; window-dependent scalings, Colombelli et al. 2012, are not used).")] = 3.0
     buffer_samples: Annotated[int, _d("Samples kept per device for onset refinement and amplitude look-back.")] = 1024
     max_tracks_per_device: Annotated[int, _d(
         "Concurrent amplitude tracks per device, so that a false trigger cannot hide the real P.")] = 3

@@ -19,7 +19,7 @@ def size_event(loc: Location, triggers: list[Trigger], detection_snr: float, pre
     """(magnitude, 1-sigma) of an event at ``loc`` from its devices' P picks and later
     phases (``triggers``; one estimate per device, from its larger Wood-Anderson
     amplitude); ``detection_snr`` is the amplitude-to-noise ratio of a usable reading;
-    ``previous`` the last magnitude (NaN for a new event), a starting point only."""
+    ``previous`` the last magnitude (not used: the estimate is a function of the data)."""
     trs = triggers
     lat = np.array([t.latitude for t in trs])
     lon = np.array([t.longitude for t in trs])
@@ -35,6 +35,10 @@ def size_event(loc: Location, triggers: list[Trigger], detection_snr: float, pre
     usable = wa > detection_snr * np.maximum(noise, 1e-9)
     pd = np.array([t.pd_cm for t in trs])
     pd_usable = pd > detection_snr * np.maximum(np.array([t.noise_pd_cm for t in trs]), 1e-12)
+    # Pd is a P-wave reading only where the device triggered on P: one whose onset lies
+    # nearer the predicted S than the predicted P started its Pd window on S
+    onset = np.array([t.onset_time_s for t in trs])
+    pd_usable &= onset < tp + 0.5 * (ts - tp)
     # one estimate per device: its later-phase trigger may hold the larger amplitude
     best: dict[str, int] = {}
     for i, t in enumerate(trs):
@@ -55,21 +59,23 @@ def self_consistent_magnitude(estimate, guess: float, tol: float = 0.02) -> tupl
     demo's M6.6, one phone apart). The crossing of ``estimate(m) - m`` found by bisection is
     a function of the data alone, not of the path; where the estimate jumps across the
     diagonal (a set of amplitudes turning complete) it is the magnitude of the jump.
-    ``guess`` (the last value, NaN for a new event) only places the first bracket."""
-    m0, s0 = estimate(guess)
+
+    There can be more than one crossing: assume a magnitude large enough and its rupture
+    is still going on everywhere, no amplitude is complete, and a few readings carry an
+    estimate that sustains itself (the demo's M7.1 Ridgecrest sat at M8.9, its M7.8
+    Kahramanmaras at 8.9, from a handful of far phones while 30,000 others were still
+    growing). The search therefore starts from the duration-free estimate and takes the
+    nearest crossing, whatever the last value was: the smallest magnitude the complete
+    amplitudes support, with the growing ones as its floor. ``guess`` is not used (kept
+    for callers)."""
+    m0, s0 = estimate(float("nan"))
     if not math.isfinite(m0):
         return m0, s0
-    if math.isfinite(guess):
-        lo = hi = guess
-        g_lo = g_hi = m0 - guess
-    else:  # a new event: start from what the duration-free estimate says
-        lo = hi = m0
-        m1, s1 = estimate(m0)
-        g_lo = g_hi = m1 - m0
-        if abs(g_lo) < tol:
-            return m1, s1
+    lo = hi = m0
+    m1, s1 = estimate(m0)
+    g_lo = g_hi = m1 - m0
     if abs(g_lo) < tol:
-        return m0, s0
+        return m1, s1
     step = 0.25
     # bracket: estimate(lo) >= lo and estimate(hi) <= hi
     while g_lo < 0 and lo > 0.0:

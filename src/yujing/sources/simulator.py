@@ -625,8 +625,9 @@ class SimulatedNetwork:
         wa_h = np.maximum(np.maximum(p_wa * wa_s * gp, wa_s * gs), noise_wa)
         wa_v = np.maximum(np.maximum(p_wa * wa_s * gp, 0.5 * wa_s * gs), noise_wa)
         onset_t = self.trig_onset_true_s[trig]
-        pd_w = np.minimum(window, 9.0)
-        pd = np.maximum(self.pd3_cm[ph] * np.sqrt(np.clip(pd_w / 3.0, 0.1, 3.0)) * (t >= tp), noise_pd)
+        # the picker's Pd window (PickerSettings.pd_max_window_s, 3 s: Wu & Zhao's)
+        pd_w = np.minimum(window, 3.0)
+        pd = np.maximum(self.pd3_cm[ph] * np.sqrt(np.clip(pd_w / 3.0, 0.1, 1.0)) * (t >= tp), noise_pd)
         tau_c = np.where(window >= 3.0, 10.0 ** (0.296 * min(self.scenario.magnitude, 6.5) - 1.716), 0.0)
         if false.any():  # human motion: peaks at once, a few Hz
             fp = self.trig_false_pga_gal[trig][false]
