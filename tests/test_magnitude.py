@@ -246,3 +246,17 @@ def test_pd_is_not_read_once_s_has_arrived():
     m, _ = event_magnitude(wa, wa * 0, hypo, 10.0, seen, tp, ts, [True] * 3, 5.0,
                            pd_cm=_wu_zhao_pd(7.5, hypo), pd_usable=[True] * 3)
     assert m == pytest.approx(5.0, abs=0.05)
+
+
+def test_huber_prefix_sums_equal_the_residual_matrix():
+    # the network cost is summed from prefix sums over sorted station magnitudes; it must
+    # be the same number as the plain sum of Huber terms, inside, across and beyond the data
+    from yujing.magnitude import OUTLIER_SIGMAS, STATION_SIGMA, _huber, _HuberSum
+
+    rng = np.random.default_rng(3)
+    for n in (1, 2, 7, 500):
+        d = rng.normal(6.0, 0.8, n)
+        g = np.round(np.arange(2.0, 9.5, 0.01), 2)
+        exact = _huber((d[None, :] - g[:, None]) / STATION_SIGMA, OUTLIER_SIGMAS).sum(axis=1)
+        fast = _HuberSum(d, STATION_SIGMA)(g)
+        np.testing.assert_allclose(fast, exact, rtol=1e-9, atol=1e-7)

@@ -10,7 +10,7 @@ import numpy as np
 
 from .geo import distance_km
 from .locate import Location
-from .magnitude import event_magnitude
+from .magnitude import device_pgv_mw, event_magnitude
 from .records import Trigger
 from .traveltime import default_table
 
@@ -46,8 +46,11 @@ def size_event(loc: Location, triggers: list[Trigger], detection_snr: float, pre
             best[t.device_id] = i
     idx = np.array(sorted(best.values()))
     args = (wa[idx], pgv[idx], hypo[idx], loc.depth_km, seen_until[idx], tp[idx], ts[idx], usable[idx])
+    # the PGV magnitudes do not depend on the magnitude assumed: once per solve, not per
+    # evaluation of the search
+    pgv_mw = device_pgv_mw(pgv[idx], hypo[idx], loc.depth_km, seen_until[idx] >= ts[idx])
     return self_consistent_magnitude(
-        lambda m: event_magnitude(*args, m, pd_cm=pd[idx], pd_usable=pd_usable[idx]), previous
+        lambda m: event_magnitude(*args, m, pd_cm=pd[idx], pd_usable=pd_usable[idx], pgv_mw=pgv_mw), previous
     )
 
 
