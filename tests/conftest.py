@@ -95,6 +95,9 @@ class FakeService:
         self.received.append((topic, payload))
         return True
 
+    def journaled(self):
+        return None  # no journal: the broker acknowledges at once
+
 
 @contextlib.asynccontextmanager
 async def embedded_link():

@@ -530,32 +530,45 @@ def test_a_full_outbox_drops_its_oldest_and_counts_them():
     asyncio.run(go())
 
 
-def test_unacknowledged_messages_are_sent_again_after_a_reconnect():
-    """A server that reads QoS 1 messages and dies before acknowledging them (killed
-    before it handled its socket): they go back to the outbox and reach the next server."""
-    async def go():
-        raw: list[bytes] = []
-        writers = []
+class _Deaf:
+    """A server that reads QoS 1 messages and never acknowledges them (CONNACK, then it
+    reads everything); :meth:`die` kills it before it handled its socket."""
 
-        async def deaf(reader, writer):  # CONNACK, then reads everything, acknowledges nothing
-            writers.append(writer)
+    async def start(self) -> "_Deaf":
+        self.raw: list[bytes] = []
+        self.writers = []
+
+        async def deaf(reader, writer):
+            self.writers.append(writer)
             await reader.read(100)
             writer.write(b"\x20\x02\x00\x00")
             await writer.drain()
             while chunk := await reader.read(65536):
-                raw.append(chunk)
+                self.raw.append(chunk)
 
-        server = await asyncio.start_server(deaf, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
+        self.server = await asyncio.start_server(deaf, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def die(self) -> None:
+        self.server.close()  # the process dies: its listener and its connection
+        for w in self.writers:
+            w.transport.abort()
+
+
+def test_unacknowledged_messages_are_sent_again_after_a_reconnect():
+    """A server that reads QoS 1 messages and dies before acknowledging them (killed
+    before it handled its socket): they go back to the outbox and reach the next server."""
+    async def go():
+        d = await _Deaf().start()
+        port = d.port
         c = _outbox_client(port)
         await c.connect()
         for i in range(5):
             c.publish_nowait("yjt/d", b"m%d" % i, qos=1)
-        await _wait_for(lambda: b"m4" in b"".join(raw))
+        await _wait_for(lambda: b"m4" in b"".join(d.raw))
         assert c.inflight == 5
-        server.close()  # the process dies: its listener and its connection
-        for w in writers:
-            w.transport.abort()
+        d.die()
         await asyncio.wait_for(c.closed, 5)
         assert (c.inflight, c.outbox_size, c.outbox_requeued) == (0, 5, 5)
         seen: list = []
@@ -667,5 +680,114 @@ def test_a_held_message_is_made_when_it_is_sent_not_when_it_is_queued():
             await _wait_for(lambda: len(s.seen) == 4)
             assert made == [0, 1, 2] and [p for _, p in s.seen] == [b"sent-at-1", b"sent-at-2", b"sent-at-3", b"plain"]
             assert c.stamp_errors == 1
+
+    asyncio.run(go())
+
+
+# ------------------------------------------- when the embedded broker acknowledges (PUBACK)
+
+
+def test_the_broker_acknowledges_when_its_hook_says_and_in_order():
+    """The hook's return value says when a QoS 1 PUBLISH is acknowledged: None at once, a
+    future when it is done (cancelled: never), False never; acknowledgements go out in the
+    order the PUBLISHes came, a due one waiting behind an earlier one that waits."""
+    async def go():
+        loop = asyncio.get_running_loop()
+        f1, f2, f3, f4 = (loop.create_future() for _ in range(4))
+        hold = {b"a": f1, b"b": None, b"c": False, b"d": f2, b"f": f3, b"g": None, b"h": f4}
+        seen: list = []
+
+        def hook(cid, topic, payload, qos, retain):
+            seen.append((payload, qos))
+            return hold.get(payload)
+
+        broker = EmbeddedBroker("127.0.0.1", 0, on_message=hook)
+        await broker.start()
+        acks: list = []
+        c = MqttClient("127.0.0.1", broker.port, _uid("dev"), on_ack=lambda t, p: acks.append(p))
+        await c.connect()
+        for p in (b"a", b"b", b"c", b"d"):
+            c.publish_nowait("yjt/d", p, qos=1)
+        c.publish_nowait("yjt/d", b"e", qos=0)
+        for p in (b"f", b"g"):
+            c.publish_nowait("yjt/d", p, qos=1)
+        await _wait_for(lambda: len(seen) == 7)
+        await asyncio.sleep(0.1)
+        assert acks == [] and c.inflight == 6  # b is due, but behind a
+        f1.set_result(True)
+        await _wait_for(lambda: acks == [b"a", b"b"])
+        f2.set_result(False)  # done, whatever its result: acknowledged
+        await _wait_for(lambda: acks == [b"a", b"b", b"d"])
+        f3.cancel()  # never acknowledged, and g is no longer held behind it
+        await _wait_for(lambda: acks == [b"a", b"b", b"d", b"g"])
+        await asyncio.sleep(0.1)
+        assert acks == [b"a", b"b", b"d", b"g"] and c.inflight == 2  # c and f: never acknowledged
+        assert (broker.counts["ack_deferred"], broker.counts["ack_withheld"]) == (3, 2)
+        assert seen[4] == (b"e", 0)
+        # a connection lost first takes its waiting acknowledgements with it
+        c.publish_nowait("yjt/d", b"h", qos=1)
+        await _wait_for(lambda: len(seen) == 8)
+        await c.disconnect()
+        await _wait_for(lambda: broker.connected == 0)
+        assert broker.counts["ack_lost"] == 1
+        f4.set_result(True)  # nothing to send it on: no error
+        await asyncio.sleep(0.05)
+        assert acks == [b"a", b"b", b"d", b"g"]
+        await broker.stop()
+
+    asyncio.run(go())
+
+
+def test_a_broker_started_without_serving_refuses_devices_until_it_serves():
+    async def go():
+        broker = EmbeddedBroker("127.0.0.1", 0)
+        await broker.start(serving=False)
+        assert broker.port and not broker.serving
+        c = MqttClient("127.0.0.1", broker.port, _uid("dev"))
+        with pytest.raises(ConnectionError):
+            await c.connect(timeout_s=2)
+        await broker.serve()
+        assert broker.serving
+        await broker.serve()  # again: nothing
+        await c.connect()
+        await c.disconnect()
+        await broker.stop()
+
+    asyncio.run(go())
+
+
+def test_a_message_sent_again_after_a_reconnect_is_made_again_when_asked():
+    """A QoS 1 message in flight when the server died (taken, not acknowledged) is sent
+    again: its bytes repeated by default, made again by its payload function with
+    ``remake_on_resend`` (a device stamps sent_s at its real sending)."""
+    async def go():
+        out = {}
+        for remake in (False, True):
+            d = await _Deaf().start()
+            port = d.port
+            c = _outbox_client(port, remake_on_resend=remake)
+            await c.connect()
+            calls = []
+
+            def make(i):
+                def f():
+                    calls.append(i)
+                    return b"m%d-made-%d" % (i, calls.count(i))
+                return f
+
+            for i in range(2):
+                c.publish_nowait("yjt/d", make(i), qos=1)
+            await _wait_for(lambda: b"m1-made-1" in b"".join(d.raw))
+            d.die()
+            await asyncio.wait_for(c.closed, 5)
+            seen: list = []
+            b = await _broker_with_hook(port, seen)
+            assert await c.drain(5)
+            await _wait_for(lambda: len(seen) == 2)
+            out[remake] = ([p for _, p in seen], list(calls))
+            await c.disconnect()
+            await b.stop()
+        assert out[False] == ([b"m0-made-1", b"m1-made-1"], [0, 1])
+        assert out[True] == ([b"m0-made-2", b"m1-made-2"], [0, 1, 0, 1])
 
     asyncio.run(go())

@@ -13,6 +13,7 @@ import xml.etree.ElementTree as ET
 
 import h3
 import httpx
+import pytest
 
 from yujing import protocol, scenarios, wire
 from yujing.bus.mqtt import MqttClient
@@ -298,3 +299,224 @@ def test_serve_keeps_device_credentials_beside_its_database(tmp_path):
     msg = security.sign(cred, protocol.topic_for("hb", cell),
                         protocol.HeartbeatMsg(device="ph-today", cell=cell, sent_s=svc2.clock(), seq=5))
     assert svc2.receive(protocol.topic_for("hb", cell), msg, svc2.clock()), svc2.rejects.by_reason()
+
+
+# ------------------------------------ a QoS 1 message is acknowledged once it is journaled
+
+
+class _Journal:
+    """A journal in memory whose writes can fail or hang (the database down)."""
+
+    def __init__(self):
+        self.rows: list = []
+        self.fail = False
+        self.gate = None  # a threading.Event the write waits on (a hung database)
+
+    def append(self, rows):
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.fail:
+            raise OSError("database down")
+        self.rows.extend(rows)
+        return len(rows)
+
+    def since(self, since_s):
+        return list(self.rows)
+
+    def purge(self, before_s, max_rows=None):
+        return 0
+
+    def clear(self, final=False):
+        self.rows.clear()
+        return 0
+
+
+def _hb(svc, i: int, signed: bool = False) -> tuple[str, bytes]:
+    from yujing import security
+
+    cell = h3.latlng_to_cell(29.75, 102.25, 7)
+    topic = protocol.topic_for("hb", cell)
+    msg = protocol.HeartbeatMsg(device=f"ph-{i}", cell=cell, sent_s=svc.clock(), seq=1)
+    if signed:
+        return topic, security.sign(svc.issuer.credential(msg.device), topic, msg)
+    return topic, protocol.encode(msg)
+
+
+def test_journaled_is_done_when_the_batch_holding_the_message_is_written():
+    """Service.journaled(): None without a journal or with nothing waiting; else a future
+    done at the write of the batch that holds everything taken so far; a failed write keeps
+    the acknowledgements waiting for the next round, at most journal_ack_max_s (counted);
+    a clean stop releases them."""
+    import threading
+
+    from yujing.service import Service
+
+    async def go():
+        cfg = ServiceConfig(allow_unsigned=True, journal_flush_s=3600.0, journal_ack_max_s=0.5)
+        bare = Service(config=cfg)
+        assert bare.receive(*_hb(bare, 0)) and bare.journaled() is None  # no journal: at once
+
+        j = _Journal()
+        svc = Service(config=cfg, journal=j)
+        assert svc.journaled() is None  # nothing waits
+        assert svc.receive(*_hb(svc, 1))
+        f1 = svc.journaled()
+        assert svc.receive(*_hb(svc, 2)) and svc.journaled() is f1  # one future per batch
+        assert not svc.receive("yj/v1/hb/nonsense", b"\x00") and svc.journaled() is f1  # refused: waits too
+        assert not f1.done() and len(svc._queue) == 2  # the engine has them already
+        # a write in flight: what comes meanwhile waits for the next batch, a re-send for this one
+        j.gate = threading.Event()
+        flush = asyncio.get_running_loop().create_task(svc._flush_journal())
+        await asyncio.sleep(0.05)
+        assert svc.journaled() is f1  # nothing new in the buffer: the batch being written
+        assert svc.receive(*_hb(svc, 3))
+        f2 = svc.journaled()
+        assert f2 is not f1 and not f1.done()
+        j.gate.set()
+        await flush
+        assert f1.done() and f1.result() is True and not f2.done() and len(j.rows) == 2
+        # the database down: the batch stays, and so do its acknowledgements, merged with the newer ones
+        j.gate, j.fail = None, True
+        with pytest.raises(OSError):
+            await svc._flush_journal()
+        assert not f2.done() and len(svc._jbuf) == 1
+        assert svc.receive(*_hb(svc, 4)) and svc.journaled() is f2
+        j.fail = False
+        await svc._flush_journal()  # the next round writes them
+        assert f2.result() is True and len(j.rows) == 4 and svc.journal_acks_unwritten == 0
+        # down for longer than journal_ack_max_s: acknowledged unwritten, counted; rows kept
+        j.fail = True
+        assert svc.receive(*_hb(svc, 5))
+        f3 = svc.journaled()
+        t0 = time.monotonic()
+        with pytest.raises(OSError):
+            await svc._flush_journal()
+        assert not f3.done()
+        await asyncio.wait_for(f3, 2.0)
+        assert f3.result() is False and svc.journal_acks_unwritten == 1 and time.monotonic() - t0 >= 0.4
+        assert len(svc._jbuf) == 1 and svc.journaled() is not f3  # still waiting to be written; a new batch
+        # a clean stop releases what waits (everything taken was processed)
+        j.fail = False
+        assert svc.receive(*_hb(svc, 6))
+        f4 = svc.journaled()
+        await svc.start()
+        await svc.stop()
+        assert f4.done() and f4.result() is False
+
+    asyncio.run(go())
+
+
+def test_serve_acknowledges_a_device_message_only_once_it_is_journaled(tmp_path):
+    """``yujing serve`` (embedded broker, SQLite file): the engine has a QoS 1 message at
+    once, its PUBACK comes only once the journal row is written (so a SIGKILL loses nothing
+    acknowledged: the device sends it again); QoS 0 is not acknowledged at all; after the
+    link stops taking input, nothing is acknowledged (the device sends it to the next
+    server)."""
+    import sqlite3
+
+    db = tmp_path / "y.db"
+
+    async def go():
+        cfg = ServiceConfig(journal_flush_s=3600.0)  # the test writes the journal itself
+        srv = Server(ServeOptions(port=0, mqtt_port=0, store=f"sqlite:///{db}", replay=False, allow_unsigned=True,
+                                  config=cfg))
+        await srv.start()
+        svc = srv.service
+        con = sqlite3.connect(db)
+        rows = lambda: con.execute("SELECT count(*) FROM journal").fetchone()[0]
+        at_ack: list = []  # journal rows when each PUBACK came
+        dev = MqttClient("127.0.0.1", srv.broker.port, "dev", on_ack=lambda t, p: at_ack.append(rows()))
+        try:
+            await dev.connect()
+            topic, payload = _hb(svc, 1, signed=True)
+            dev.publish_nowait(topic, payload, qos=1)
+            await _wait(lambda: "ph-1" in svc.registry.devs, 5, "the engine to take the message")
+            await asyncio.sleep(0.2)
+            assert dev.acked == 0 and dev.inflight == 1 and rows() == 0  # taken, not yet journaled: no PUBACK
+            await svc._flush_journal()
+            await _wait(lambda: dev.acked == 1, 5, "the PUBACK")
+            assert at_ack == [1]
+            # a re-send of it (DUP): refused as a copy, acknowledged at once (it is journaled)
+            dev.publish_nowait(topic, payload, qos=1)
+            await _wait(lambda: dev.acked == 2, 1, "the PUBACK of the copy")
+            assert svc.rejects.by_reason().get("replayed") == 1 and at_ack == [1, 1]
+            dev.publish_nowait(*_hb(svc, 2), qos=0)
+            await _wait(lambda: "ph-2" in svc.registry.devs, 5, "the QoS 0 message")
+            # stopping: not taken, never acknowledged
+            await srv.link.stop_input()
+            dev.publish_nowait(*_hb(svc, 3), qos=1)
+            await _wait(lambda: srv.broker.counts["ack_withheld"] == 1, 5, "the message refused at stop")
+            assert dev.acked == 2 and dev.inflight == 1 and "ph-3" not in svc.registry.devs
+        finally:
+            con.close()
+            await dev.disconnect()
+            await srv.stop()
+
+    asyncio.run(go())
+
+
+def test_the_embedded_broker_takes_no_device_before_the_link_is_in_place(tmp_path, monkeypatch):
+    """A device connecting as soon as the port accepts (a fleet reconnecting to a restarted
+    server): every connection the broker accepts already has the service's hook and device
+    rules, and its message reaches the service."""
+    import socket
+    import threading
+
+    from yujing.bus.mqtt import _device_may_publish
+    from yujing.bus.mqtt_broker import _Conn
+    from yujing.bus.mqtt_codec import connect_packet, publish_packet
+
+    made: list = []
+    orig = _Conn.connection_made
+
+    def connection_made(self, tr):
+        made.append((self.b.on_message is not None, self.b.may_publish is _device_may_publish))
+        orig(self, tr)
+
+    monkeypatch.setattr(_Conn, "connection_made", connection_made)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    stop = threading.Event()
+    sent: list = []
+
+    def device():  # tries from before the server starts, every millisecond
+        cell = h3.latlng_to_cell(29.75, 102.25, 7)
+        topic = protocol.topic_for("hb", cell)
+        while not stop.is_set():
+            try:
+                c = socket.create_connection(("127.0.0.1", port), timeout=5)
+            except OSError:
+                time.sleep(0.001)
+                continue
+            payload = protocol.encode(protocol.HeartbeatMsg(device="early", cell=cell, sent_s=time.time()))
+            c.sendall(connect_packet("early", 30) + publish_packet(topic, payload, 1, False, 1))
+            got = b""
+            while len(got) < 8 and not stop.is_set():
+                chunk = c.recv(64)
+                if not chunk:
+                    break
+                got += chunk
+            sent.append(got)
+            c.close()
+            return
+
+    th = threading.Thread(target=device, daemon=True)
+    th.start()
+
+    async def go():
+        srv = Server(ServeOptions(port=0, mqtt_port=port, store=f"sqlite:///{tmp_path / 'y.db'}", replay=False,
+                                  allow_unsigned=True))
+        await srv.start()
+        try:
+            await _wait(lambda: sent, 10, "the early device's answer")
+            await _wait(lambda: "early" in srv.service.registry.devs, 5, "its message in the engine")
+        finally:
+            stop.set()
+            await srv.stop()
+
+    asyncio.run(go())
+    th.join(5)
+    assert made and all(m == (True, True) for m in made), made
+    assert sent[0][:4] == b"\x20\x02\x00\x00" and sent[0][4:8] == b"\x40\x02\x00\x01"  # CONNACK, then PUBACK

@@ -7,7 +7,9 @@ the live map on 127.0.0.1. Options switch each part to a real server:
 ``--store postgresql://...``, ``--bus nats://...`` (scale-out; see :mod:`yujing.bus.nats`).
 
 Restarts: accepted device messages are journaled in the store for a few minutes
-(:mod:`yujing.store.journal`); a server started again (after a crash, a kill, a clean
+(:mod:`yujing.store.journal`), and the embedded broker acknowledges a QoS 1 message only
+once it is journaled (a device re-sends what a killed server had not acknowledged); a
+server started again (after a crash, a kill, a clean
 stop mid-quake) replays that window into its fresh engine and goes on from the store: the
 same event and alert ids, versions after the stored ones, nothing published twice
 (:meth:`yujing.service.Service.resume`, docs/reliability.md).
@@ -135,7 +137,10 @@ class Server:
         await self.service.start()
         if o.mqtt is None:
             self.broker = EmbeddedBroker(o.mqtt_host, o.mqtt_port)
-            await self.broker.start()
+            # bound now (a port in use fails here), accepting devices only once the link
+            # has set its hooks (MqttLink.start): no message is taken before the service
+            # sees it, none under the broker's open default rules
+            await self.broker.start(serving=False)
             self.mqtt_url = f"tcp://{o.mqtt_host}:{self.broker.port}"
         else:
             parse_mqtt_url(o.mqtt)  # a bad URL fails here, with what was wrong

@@ -79,6 +79,11 @@ class ServiceConfig(msgspec.Struct, frozen=True, kw_only=True):
     journal_s: float = 300.0
     journal_max_rows: int = 2_000_000
     journal_flush_s: float = 0.2
+    # a QoS 1 message is acknowledged to its device once the journal batch holding it is
+    # written (Service.journaled); a batch whose write fails or hangs is acknowledged
+    # anyway this long after its first message (s), counted: the device must not stall
+    # (its in-flight window full) nor re-send forever while the database is down
+    journal_ack_max_s: float = 2.0
     # a restarted service's event continues a stored one of the journal window when its
     # first estimate lies within this distance (km) and origin time (s) of it
     resume_match_km: float = 100.0
@@ -239,6 +244,11 @@ class Service:
         self._jbuf: list | None = [] if journal is not None else None
         self.journal_written = 0
         self.journal_dropped = 0  # accepted messages the journal could not keep (counted)
+        # acknowledgements waiting for the journal (journaled()): one future for the rows
+        # in _jbuf, one for the rows being written
+        self._jack: asyncio.Future | None = None
+        self._jack_writing: asyncio.Future | None = None
+        self.journal_acks_unwritten = 0  # batches acknowledged before their rows were written (time bound)
         # a restarted service (resume()): engine event id -> (published id, version offset)
         self._resume: _Resumption | None = None
         self._catching_up = False
@@ -280,6 +290,44 @@ class Service:
             self._wake.set()
         return True
 
+    def journaled(self) -> "asyncio.Future | None":
+        """When to acknowledge (MQTT QoS 1) the message just given to :meth:`receive`: a
+        future done once everything this service accepted so far is written to its journal
+        — that message if it was accepted, or the first copy of one refused as a re-send
+        (``replayed``) — or None when nothing waits (no journal, or all of it written):
+        acknowledge now. The engine does not wait for it: it has the message already.
+
+        The future is done at the write of the batch (every ``journal_flush_s``), or
+        ``journal_ack_max_s`` after the batch's first message if the write failed or hangs
+        (the rows then wait for the next round, or are dropped when the buffer is full:
+        counted in ``journal_acks_unwritten`` and ``journal_dropped``), or at a clean stop
+        (everything accepted was processed). Its result says whether the rows were written.
+        Call it in the event loop."""
+        if self._jbuf:
+            f = self._jack
+            if f is None or f.done():  # a new batch, or one acknowledged unwritten (time bound)
+                loop = asyncio.get_running_loop()
+                f = self._jack = loop.create_future()
+                loop.call_later(self.config.journal_ack_max_s, self._ack_unwritten, f)
+            return f
+        f = self._jack_writing
+        return f if f is not None and not f.done() else None
+
+    def _ack_unwritten(self, f: asyncio.Future) -> None:
+        if not f.done():
+            f.set_result(False)
+            self.journal_acks_unwritten += 1
+            if self.journal_acks_unwritten in (1, 10, 100) or self.journal_acks_unwritten % 1000 == 0:
+                log.warning("journal not written within %.1f s: messages acknowledged before it (%d batches so far); "
+                            "a kill now would lose them", self.config.journal_ack_max_s, self.journal_acks_unwritten)
+
+    def _release_acks(self) -> None:
+        """Everything accepted was processed (a clean stop): acknowledge what waits."""
+        for f in (self._jack, self._jack_writing):
+            if f is not None and not f.done():
+                f.set_result(False)
+        self._jack = self._jack_writing = None
+
     # ------------------------------------------------------------------ running
     async def start(self) -> None:
         """Start the engine task and the registry flusher (in the running loop)."""
@@ -311,8 +359,10 @@ class Service:
             await self._flush_registry_async()
         if self.journal is not None:
             # everything accepted was processed and its outputs stored: a clean stop needs
-            # no replay, and the journal is personal data (docs/privacy.md)
+            # no replay, and the journal is personal data (docs/privacy.md); the devices
+            # get their acknowledgements (nothing needs sending again)
             self._jbuf = None
+            self._release_acks()
             try:
                 await asyncio.to_thread(self.journal.clear, True)
             except Exception as exc:
@@ -366,6 +416,9 @@ class Service:
         if not rows:
             return
         self._jbuf = []
+        # the acknowledgements of these rows wait for this write (journaled())
+        ack, self._jack = self._jack, None
+        self._jack_writing = ack
         try:
             self.journal_written += await asyncio.to_thread(self.journal.append, rows)
         except BaseException:
@@ -377,7 +430,21 @@ class Service:
                     del rows[:over]
                     self.journal_dropped += over
                 self._jbuf = rows
+                # their acknowledgements wait for that round too (journal_ack_max_s at most),
+                # with those of the rows taken meanwhile
+                if ack is not None and not ack.done():
+                    newer, self._jack = self._jack, ack
+                    if newer is not None:
+                        ack.add_done_callback(lambda f: newer.done() or newer.set_result(f.result()))
+            elif ack is not None and not ack.done():
+                ack.set_result(False)  # stopped meanwhile: everything taken was processed
             raise
+        else:
+            if ack is not None and not ack.done():
+                ack.set_result(True)
+        finally:
+            if self._jack_writing is ack:
+                self._jack_writing = None
 
     def process_queue(self, max_items: int = 50_000) -> int:
         """Run queued messages through the engine, oldest first; returns how many."""

@@ -11,7 +11,11 @@ is held and sent, in order, when the connection is back.
 
 - it subscribes to the device topics (``yj/v1/<kind>/+`` for the five device kinds) and
   hands every message to ``Service.receive``; with the embedded broker it takes them from
-  the broker's hook in-process instead, one hop fewer;
+  the broker's hook in-process instead, one hop fewer, and a QoS 1 message is acknowledged
+  to the device only once the service's journal holds it (``Service.journaled``: the
+  engine has it at once, the PUBACK waits for the journal batch, ≤ ~0.2 s), so a server
+  killed loses no message it acknowledged; after :meth:`MqttLink.stop_input` messages are
+  not acknowledged at all (not taken: the device sends them to the next server);
 - it publishes every alert message (critical subscriber of ``yj.alert.>`` on the bus) to
   ``yj/v1/alert/<res3 cell>`` for each resolution-3 cell its tiers meet, retained, QoS 1;
   an update also goes to the cells the previous message met and it no longer does (the
@@ -95,11 +99,12 @@ class _ClientProtocol(asyncio.Protocol):
 class _Held:
     """One message in the client's outbox or in flight (QoS 1, no PUBACK yet)."""
 
-    __slots__ = ("topic", "payload", "qos", "retain", "sent", "pid", "held_at", "done")
+    __slots__ = ("topic", "payload", "make", "qos", "retain", "sent", "pid", "held_at", "done")
 
     def __init__(self, topic: str, payload, qos: int, retain: bool, held_at: float | None,
                  done: asyncio.Future | None = None):
         self.topic, self.qos, self.retain = topic, qos, retain
+        self.make = payload if callable(payload) else None  # the function making the bytes, if any
         self.payload = payload  # bytes, or a function making them at the first sending
         self.sent = 0  # times written to a connection (a re-send carries the DUP flag)
         self.pid = 0  # packet id of its last sending (QoS 1)
@@ -135,11 +140,18 @@ class MqttClient:
       order, oldest first, before any message published later; at most ``max_inflight``
       QoS 1 messages are unacknowledged at a time (packet ids are 16 bits);
     - a payload may be a function, called when the message is first written, so that a
-      held message is stamped (``sent_s``) and signed when it is really sent;
+      held message is stamped (``sent_s``) and signed when it is really sent; with
+      ``remake_on_resend`` it is called again when the message is sent again after a
+      reconnect (it was in flight when the connection dropped: a server killed before
+      acknowledging it), so the copy too says when it was sent — the function must then
+      keep the message's ``seq`` (the server refuses a copy of what it took as
+      ``replayed``; a new ``seq`` would be taken twice). Off, a re-send repeats the bytes;
     - counters: :attr:`outbox_queued` (held because the connection was down),
       :attr:`outbox_requeued` (in flight when it dropped, held again),
       :attr:`outbox_flushed` (held messages sent after a reconnect), :attr:`outbox_dropped`,
-      :attr:`reconnects`, :attr:`reconnect_failures`, :attr:`acked` (PUBACKs); the seconds
+      :attr:`reconnects`, :attr:`reconnect_failures`, :attr:`acked` (PUBACKs),
+      :attr:`inflight_max` (most unacknowledged at once: a server that acknowledges only
+      once a message is journaled, ``yujing serve``, keeps ~0.2 s of messages in flight); the seconds
       each flushed message waited in the outbox are in :attr:`outbox_wait_s`.
 
     :meth:`drain` waits until the outbox is empty and every QoS 1 message acknowledged;
@@ -149,12 +161,16 @@ class MqttClient:
     def __init__(self, host: str, port: int, client_id: str, keepalive_s: int = 30, on_message=None,
                  clean: bool = True, outbox: int = 0, reconnect: bool | None = None,
                  reconnect_min_s: float = 0.2, reconnect_max_s: float = 5.0, seed: int | None = None,
-                 max_inflight: int = 1000):
+                 max_inflight: int = 1000, on_ack=None, remake_on_resend: bool = False):
         self.host, self.port = host, port
         self.client_id = client_id
         self.clean = clean  # False: a persistent session (the broker keeps subscriptions and QoS 1 messages)
         self.keepalive_s = keepalive_s
         self.on_message = on_message
+        # on_ack(topic, payload): a QoS 1 message sent with publish_nowait or an outbox was
+        # acknowledged (a device keeping messages on disk deletes it there)
+        self.on_ack = on_ack
+        self.remake_on_resend = remake_on_resend
         self._proto: _ClientProtocol | None = None
         self._ids = itertools.cycle(range(1, 65536))
         self._waiting: dict[tuple[int, int], asyncio.Future] = {}
@@ -186,6 +202,7 @@ class MqttClient:
         self.reconnects = 0
         self.reconnect_failures = 0
         self.acked = 0
+        self.inflight_max = 0  # most QoS 1 messages unacknowledged at once
         self.connected_at_s: float | None = None  # UNIX s of the newest CONNACK (wall clock: for reports)
         self.stamp_errors = 0  # messages whose payload function raised (dropped, logged)
         self.unacked_lost = 0  # QoS 1 messages in flight when the connection dropped, no outbox to hold them
@@ -206,6 +223,7 @@ class MqttClient:
         return {"outbox_queued": self.outbox_queued, "outbox_requeued": self.outbox_requeued,
                 "outbox_flushed": self.outbox_flushed, "outbox_dropped": self.outbox_dropped,
                 "outbox_size": len(self._outbox), "inflight": len(self._inflight), "acked": self.acked,
+                "inflight_max": self.inflight_max,
                 "reconnects": self.reconnects, "reconnect_failures": self.reconnect_failures,
                 "unacked_lost": self.unacked_lost, "stamp_errors": self.stamp_errors}
 
@@ -287,7 +305,8 @@ class MqttClient:
 
         ``payload``: bytes, or a function returning them, called when the message is first
         written: a device that signs there gives a held message the ``sent_s`` of its real
-        sending (docs/protocol.md, "Connection"); a re-send repeats the same bytes."""
+        sending (docs/protocol.md, "Connection"); a re-send repeats the same bytes (or, with
+        ``remake_on_resend``, calls it again)."""
         if qos not in (0, 1):
             raise ValueError("QoS 0 or 1")
         if self.outbox_max:
@@ -300,6 +319,7 @@ class MqttClient:
         if qos:
             pid = self._next_pid()
             self._inflight[pid] = _Held(topic, payload, 1, retain, None)
+            self.inflight_max = max(self.inflight_max, len(self._inflight))
             self._proto.tr.write(publish_packet(topic, payload, 1, retain, pid))
         else:
             self._proto.tr.write(publish_packet(topic, payload, 0, retain))
@@ -411,19 +431,24 @@ class MqttClient:
                 self.outbox_flushed += 1
                 self.outbox_wait_s.append(now - m.held_at)
                 m.held_at = None
-            if not isinstance(m.payload, (bytes, bytearray)):
+            if m.make is not None and (not m.sent or self.remake_on_resend):
                 # made now, at its first sending (a device signs here: sent_s is when it was
-                # sent, not when it was queued); a re-send repeats these bytes (same seq)
+                # sent, not when it was queued); a re-send repeats these bytes (same seq),
+                # or is made again (remake_on_resend)
                 try:
-                    m.payload = bytes(m.payload())
+                    m.payload = bytes(m.make())
                 except Exception:
                     self.stamp_errors += 1
-                    log.exception("MQTT message for %s could not be made; dropped", m.topic)
-                    continue
+                    if not m.sent:
+                        log.exception("MQTT message for %s could not be made; dropped", m.topic)
+                        continue
+                    log.exception("MQTT message for %s could not be made again; its first bytes are sent", m.topic)
             if m.qos:
                 pid = self._next_pid()
                 inflight[pid] = m
                 m.pid = pid
+                if len(inflight) > self.inflight_max:
+                    self.inflight_max = len(inflight)
                 pkt = publish_packet(m.topic, m.payload, 1, m.retain, pid)
                 if m.sent:
                     pkt = bytes([pkt[0] | 0x08]) + pkt[1:]  # DUP: this message was sent before
@@ -542,6 +567,8 @@ class MqttClient:
                 m = self._inflight.pop(pid, None)
                 if m is not None:
                     self.acked += 1
+                    if self.on_ack is not None:
+                        self.on_ack(m.topic, m.payload)
                     if m.done is not None and not m.done.done():
                         m.done.set_result(None)
                     self._pump()  # room in the window
@@ -601,6 +628,10 @@ class MqttLink:
             self.broker.on_message = self._from_broker
             self.broker.may_publish = _device_may_publish
             self.broker.may_subscribe = _device_may_subscribe
+            # a broker started without accepting (yujing serve) accepts devices from now
+            # on, with the hooks in place: no message taken before the service sees it,
+            # no client publishing under the open default rules
+            await self.broker.serve()
         await self._connect()
         self._tasks = [loop.create_task(self._sender(), name="mqtt-alerts"),
                        loop.create_task(self._keep_connected(), name="mqtt-link"),
@@ -636,9 +667,19 @@ class MqttLink:
                     delay = min(delay * 2, 5.0)
 
     # device messages in ---------------------------------------------------------------
-    def _from_broker(self, client_id: str, topic: str, payload: bytes, qos: int, retain: bool) -> None:
-        if self._taking_input and topic.startswith(protocol.TOPIC_ROOT) and not topic.startswith(f"{protocol.TOPIC_ROOT}/alert/"):
+    def _from_broker(self, client_id: str, topic: str, payload: bytes, qos: int, retain: bool):
+        """The embedded broker's hook; its return value is when the broker acknowledges a
+        QoS 1 message (see :mod:`.mqtt_broker`)."""
+        if not self._taking_input:
+            return False  # stopping: not taken, so not acknowledged (the device sends it again)
+        if topic.startswith(protocol.TOPIC_ROOT) and not topic.startswith(f"{protocol.TOPIC_ROOT}/alert/"):
             self.service.receive(topic, payload)
+            if qos:
+                # once everything the service took so far is journaled: this message if it
+                # was taken, or the first copy of one refused as a re-send (replayed); None:
+                # nothing waits (no journal, all written): at once
+                return self.service.journaled()
+        return None
 
     def _from_client(self, topic: str, payload: bytes, retain: bool) -> None:
         if self._taking_input and self.broker is None and not topic.startswith(f"{protocol.TOPIC_ROOT}/alert/"):

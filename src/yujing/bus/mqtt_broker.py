@@ -16,7 +16,18 @@ a packet size cap. Not here: persistent sessions, QoS 2 flows, MQTT 5, TLS and w
 (put a TLS-terminating proxy in front, or use an external broker with ``--mqtt``).
 
 In-process hooks: :meth:`EmbeddedBroker.publish` sends as the service;
-``on_message(client_id, topic, payload, qos, retain)`` sees every client PUBLISH.
+``on_message(client_id, topic, payload, qos, retain)`` sees every client PUBLISH, and its
+return value says when a QoS 1 message is acknowledged (PUBACK; PUBREC for QoS 2):
+
+- ``None`` (anything but the two below): at once;
+- a future (``add_done_callback``: an :class:`asyncio.Future`): when it is done — the
+  service's journal has written the message (docs/reliability.md); cancelled: never;
+- ``False``: never (the message was not taken: the client sends it again on its next
+  connection, MQTT-4.4.0-1).
+
+Acknowledgements go out on a connection in the order its PUBLISHes came (MQTT-4.6.0-2): one
+that is due waits behind an earlier one still waiting. A connection lost first takes its
+waiting acknowledgements with it (the client re-sends those messages).
 """
 
 from __future__ import annotations
@@ -65,6 +76,9 @@ class _Conn(asyncio.Protocol):
         self.will: tuple[str, bytes, int, bool] | None = None
         self.pid = 0
         self.t0 = self.last = time.monotonic()
+        # acknowledgements not sent yet, in the order of their PUBLISHes: (packet, future
+        # it waits for, or None: due)
+        self.acks: deque[tuple[bytes, object]] = deque()
 
     # transport ------------------------------------------------------------------------
     def connection_made(self, tr):
@@ -74,6 +88,9 @@ class _Conn(asyncio.Protocol):
     def connection_lost(self, exc):
         b = self.b
         b.conns.discard(self)
+        if self.acks:
+            b.counts["ack_lost"] += len(self.acks)  # never sent: the client sends those messages again
+            self.acks.clear()
         if self.cid is not None and b.clients.get(self.cid) is self:
             del b.clients[self.cid]
         for f in self.subs:
@@ -192,25 +209,73 @@ class _Conn(asyncio.Protocol):
         topic = raw.decode()
         if not topic or "+" in topic or "#" in topic or qos == 3:
             raise MqttError("bad_publish", f"PUBLISH to {topic!r} at QoS {qos}")
+        ack = None
         if qos:
-            pid = bytes(p[k : k + 2])
+            ack = (b"\x40\x02" if qos == 1 else b"\x50\x02") + bytes(p[k : k + 2])  # PUBACK / PUBREC
             k += 2
-            self.tr.write((b"\x40\x02" if qos == 1 else b"\x50\x02") + pid)  # PUBACK / PUBREC
             qos = 1
         payload = bytes(p[k:])
         if not self.b.may_publish(self.cid, topic, retain):
             # a device must not speak for the service (a fake alert to a whole area);
-            # the message is dropped, counted, and the connection kept
+            # the message is dropped, counted, acknowledged (sending it again changes
+            # nothing), and the connection kept
             self.b.counts["forbidden_publish"] += 1
+            if ack is not None:
+                self._acknowledge(ack, None)
             return
         self.b.counts["publish_in"] += 1
+        hold = None
         if self.b.on_message is not None:
             try:
-                self.b.on_message(self.cid, topic, payload, qos, retain)
+                hold = self.b.on_message(self.cid, topic, payload, qos, retain)
             except Exception:
                 self.b.counts["on_message_error"] += 1
                 log.exception("on_message hook failed")
         self.b.publish(topic, payload, qos, retain)
+        if ack is not None:
+            self._acknowledge(ack, hold)
+
+    def _acknowledge(self, pkt: bytes, hold) -> None:
+        """Send ``pkt`` (a PUBACK or PUBREC) when ``hold`` says (module docstring), after
+        every acknowledgement of this connection still waiting."""
+        if hold is False:
+            self.b.counts["ack_withheld"] += 1
+            return
+        if not hasattr(hold, "add_done_callback"):
+            hold = None
+        q = self.acks
+        if hold is None and not q:
+            self.tr.write(pkt)
+            return
+        if hold is not None:
+            self.b.counts["ack_deferred"] += 1
+            # one callback per run of messages waiting for the same future (a journal
+            # batch holds hundreds): it sends every acknowledgement that is due by then
+            if not hold.done() and (not q or q[-1][1] is not hold):
+                hold.add_done_callback(self._acks_due)
+        q.append((pkt, hold))
+        self._send_acks()
+
+    def _acks_due(self, _fut=None) -> None:
+        self._send_acks()
+
+    def _send_acks(self) -> None:
+        q = self.acks
+        out = []
+        while q:
+            pkt, hold = q[0]
+            if hold is not None:
+                if not hold.done():
+                    break
+                if hold.cancelled():
+                    q.popleft()
+                    self.b.counts["ack_withheld"] += 1
+                    continue
+            out.append(pkt)
+            q.popleft()
+        tr = self.tr
+        if out and tr is not None and not tr.is_closing():
+            tr.write(b"".join(out))
 
     def _subscribe(self, p: memoryview) -> None:
         pid = bytes(p[:2])
@@ -295,11 +360,16 @@ class EmbeddedBroker:
         self._server: asyncio.base_events.Server | None = None
         self._tasks: list[asyncio.Task] = []
 
-    async def start(self) -> None:
+    async def start(self, serving: bool = True) -> None:
+        """Bind the port (an error here names what is wrong) and, with ``serving``, accept
+        connections. ``serving=False``: bound but not listening (a device's connection is
+        refused, and it tries again) until :meth:`serve` — for a service that must set
+        the hooks first."""
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         try:
-            self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port, reuse_address=True, backlog=4096)
+            self._server = await loop.create_server(lambda: _Conn(self), self.host, self.port, reuse_address=True, backlog=4096,
+                                                    start_serving=serving)
         except OSError as exc:
             raise OSError(
                 f"the embedded MQTT broker cannot listen on {self.host}:{self.port} ({exc.strerror}); "
@@ -308,6 +378,15 @@ class EmbeddedBroker:
             ) from None
         self.port = self._server.sockets[0].getsockname()[1]
         self._tasks = [loop.create_task(self._fanout(), name="mqtt-fanout"), loop.create_task(self._sweep(), name="mqtt-sweep")]
+
+    async def serve(self) -> None:
+        """Accept connections (after ``start(serving=False)``; nothing if it already does)."""
+        if self._server is not None and not self._server.is_serving():
+            await self._server.start_serving()
+
+    @property
+    def serving(self) -> bool:
+        return self._server is not None and self._server.is_serving()
 
     async def stop(self) -> None:
         if self._server is None:
