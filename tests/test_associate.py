@@ -293,3 +293,42 @@ def test_a_quakes_first_sites_pass_the_polygon_test():
     group = [trig(Device(ids[i], lat[i], lon[i]), float(tp[i])) for i in chosen]
     now = max(t.onset_time_s for t in group) + 1.5
     assert eng.assoc._hull_fraction(group, now) >= 0.5
+
+
+def test_a_large_events_amplitude_updates_are_sized_once_a_second():
+    """A large event whose P picks stay the same has only amplitude updates to follow:
+    its magnitude is re-solved once per RESIZE_LARGE_S, not at every step; a pick that
+    joins is sized at its step's end, and the input's end sizes everything pending."""
+    import msgspec
+
+    from yujing import associate
+
+    devs = network(160, seed=11, spread_km=120.0)
+    trs = quake_triggers(devs, LAT0, LON0, 10.0, T0, 160)
+    eng = Engine(devs)
+    feed(eng, trs[:140])
+    (ev,) = eng.assoc._open_events()
+    assert len(ev.picks) >= associate.RELOCATE_LARGE_PICKS
+    sized = []
+    real = eng.assoc._magnitude
+    eng.assoc._magnitude = lambda e, now: (sized.append(now), real(e, now))
+    t = max(tr.issued_at_s for tr in trs[:140]) + 0.3
+    picks = list(ev.picks.values())
+    for k in range(12):  # 3 s of amplitude updates, one per 0.25 s step
+        p = picks[k]
+        eng.feed_trigger(msgspec.structs.replace(p, update=1, issued_at_s=t, pga_gal=p.pga_gal * 2))
+        t += 0.25
+    eng.flush()
+    assert 2 <= len(sized) <= 4  # about 3 s / RESIZE_LARGE_S, against 12 steps
+    assert all(b - a >= associate.RESIZE_LARGE_S - 1e-9 for a, b in zip(sized, sized[1:]))
+    # a new P pick is sized at the end of its step, whenever the last sizing was
+    n = len(sized)
+    late = trs[140]
+    eng.feed_trigger(msgspec.structs.replace(late, issued_at_s=t))
+    eng.flush()
+    if late.device_id in ev.picks:
+        assert len(sized) == n + 1
+    # amplitude updates still pending at the end are in the final solution
+    eng.feed_trigger(msgspec.structs.replace(picks[0], update=2, issued_at_s=t + 0.1, pga_gal=picks[0].pga_gal * 3))
+    eng.finish()
+    assert sized[-1] >= t + 0.1

@@ -119,3 +119,40 @@ def test_fuzzed_maps_raise_only_protocol_errors(d):
         protocol.decode(protocol.topic_for("trig", CELL7), msgspec.msgpack.encode(d))
     except ProtocolError as exc:
         assert exc.reason
+
+
+def test_checks_hold_on_a_known_topic_and_cell():
+    """decode remembers what is the same per topic and per cell: the checks that depend
+    on the message still run on the second, third... message there, for every kind."""
+    topic = protocol.topic_for("trig", CELL7)
+    assert protocol.decode(topic, protocol.encode(_trig())) == _trig()  # topic and cell now known
+    for bad, reason in [
+        (_trig(pga_gal=math.inf), "non_finite"),
+        (_trig(sent_s=1e308, onset_s=1e308), None),  # a finite sum that overflows: finite values pass
+        (_trig(update=-1), "bad_field"),
+        (_trig(device="x" * 65), "bad_field"),
+        (_trig(v=3), "bad_version"),
+    ]:
+        if reason is None:
+            assert protocol.decode(topic, protocol.encode(bad)) == bad
+            continue
+        with pytest.raises(ProtocolError) as e:
+            protocol.decode(topic, protocol.encode(bad))
+        assert e.value.reason == reason
+    for kind, msg in [
+        ("hb", protocol.HeartbeatMsg(device="a1", cell=CELL7, sent_s=math.nan)),
+        ("consent", protocol.ConsentMsg(device="a1", cell=CELL7, sent_s=math.inf, raw_consent=True)),
+        ("hello", protocol.HelloMsg(device="a1", cell=CELL7, sent_s=math.nan)),
+    ]:
+        t = protocol.topic_for(kind, CELL7)
+        with pytest.raises(ProtocolError) as e:
+            protocol.decode(t, protocol.encode(msg))
+        assert e.value.reason == "non_finite" and kind in str(e.value)
+    t = protocol.topic_for("hello", CELL7)
+    with pytest.raises(ProtocolError) as e:
+        protocol.decode(t, protocol.encode(protocol.HelloMsg(device="a1", cell=CELL7, sent_s=1.0, kind="toaster")))
+    assert e.value.reason == "bad_field"
+    # a refused topic is not remembered (an attacker's topics cannot fill the memo)
+    with pytest.raises(ProtocolError):
+        protocol.decode("yj/v1/bogus/abc", b"")
+    assert "yj/v1/bogus/abc" not in protocol._ROUTES

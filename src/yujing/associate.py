@@ -54,6 +54,11 @@ BATCH_PICKS = 25
 #: (or when their picks grew by a quarter): see Associator._relocation_due
 RELOCATE_LARGE_PICKS = 100
 RELOCATE_LARGE_S = 1.0
+#: a large event (RELOCATE_LARGE_PICKS P picks or more) whose P picks did not change since
+#: it was last sized, only their amplitudes (the phones' updates go on for a minute or
+#: two after the wave front has passed them all), is re-sized at most this often: see
+#: Associator._resize_due
+RESIZE_LARGE_S = 1.0
 #: picks used to locate a large event: the earliest half and an even spread of the rest
 MAX_LOCATE_PICKS = 40
 #: an update is issued when the epicentre moves this far or the depth this much
@@ -82,6 +87,7 @@ class Associator(SilenceEvidence, NewEvents):
         self._delay_sorted: np.ndarray | None = None
         self._tries_left = NEW_EVENT_TRIES
         self._tried: set[int] = set()  # triggers in a failed group in this step
+        self._sized: dict[str, tuple[float, int]] = {}  # event id -> (engine s, P picks) of its last sizing
         # (device id, onset s, new_device_s) -> whether the device enrolled itself too
         # recently to count toward announcing (the service's issuer knows); None: none is
         self.is_new: Callable[[str, float, float], bool] | None = None
@@ -301,6 +307,19 @@ class Associator(SilenceEvidence, NewEvents):
             return True
         return now_s - ev.located_s >= RELOCATE_LARGE_S or len(ev.picks) >= 1.25 * ev.located_picks
 
+    def _resize_due(self, ev: Event, now_s: float) -> bool:
+        """Whether a dirty event is refreshed at this step's end. A large event whose P
+        picks are the ones it was last sized with, and that needs no relocation now, has
+        only amplitude updates pending: its magnitude (milliseconds to solve over
+        hundreds of phones) follows them once per ``RESIZE_LARGE_S``, not at every step.
+        While picks join (the wave front crossing the network, when the magnitude grows
+        and the alerts with it) it is re-sized at every step as before."""
+        n = len(ev.picks)
+        if n < RELOCATE_LARGE_PICKS or (ev.dirty_location and self._relocation_due(ev, now_s)):
+            return True
+        last = self._sized.get(ev.event_id)
+        return last is None or last[1] != n or now_s - last[0] >= RESIZE_LARGE_S
+
     def _refresh(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:
         ev.dirty = False
         if ev.dirty_location:
@@ -310,6 +329,7 @@ class Associator(SilenceEvidence, NewEvents):
             else:
                 ev.dirty = True  # relocated at a later step
         self._magnitude(ev, now_s)
+        self._sized[ev.event_id] = (now_s, len(ev.picks))
         return self._maybe_issue(ev, now_s, force)
 
     def _maybe_issue(self, ev: Event, now_s: float, force: bool = False) -> list[EventUpdate]:
@@ -400,12 +420,15 @@ class Associator(SilenceEvidence, NewEvents):
         self.events = [
             e for e in self.events if not (e.closed or e.retracted) or now_s - e.location.origin_time_s < 2 * a.event_ttl_s
         ]
+        if len(self._sized) > len(self.events):
+            keep = {e.event_id for e in self.events}
+            self._sized = {k: v for k, v in self._sized.items() if k in keep}
         for ev in self._open_events():
             age = now_s - ev.location.origin_time_s
             if age > a.event_ttl_s:
                 out.extend(self._close(ev, now_s))
                 continue
-            if ev.dirty:
+            if ev.dirty and self._resize_due(ev, now_s):
                 out.extend(self._refresh(ev, now_s))
             # A young event with few picks is re-checked against the devices that have
             # stayed silent since. The check's location is not adopted: with three or four
