@@ -6,8 +6,11 @@ So that a server killed in the middle of an earthquake can rebuild the engine wh
 started again, the service appends every message that passed its door (signature, replay
 window, rate limits) here — ``(arrival_s, topic, payload)``, the exact bytes — in batches,
 from a worker thread, a fraction of a second after it was accepted
-(:class:`yujing.service.Service`). On start it reads the recent window back and replays it
-through a fresh engine on message time (``Service.resume``).
+(:class:`yujing.service.Service`). The embedded MQTT broker acknowledges a device's QoS 1
+message only once the batch holding it is written (``Service.journaled``), so a server
+killed has acknowledged nothing it loses: the device sends the rest again. On start it
+reads the recent window back and replays it through a fresh engine on message time
+(``Service.resume``).
 
 Personal data: a payload names a device's daily pseudonym and its res-7 cell. The journal
 is therefore short-lived (docs/privacy.md): a running server deletes rows older than its
