@@ -21,6 +21,12 @@ the protocol's checks). Ratios to the msgspec reference are what compare across 
 
     python bench/bench_engine.py                      # Luding, 100,000 phones, 3 repeats
     python bench/bench_engine.py --phones 1000000 --repeats 1
+    python bench/bench_engine.py --repeats 1 --profile 25   # where the time goes (cProfile)
+
+``--profile N`` runs the service once more under cProfile after the timed repeats (its
+figures are not counted: the profiler slows Python calls several times) and prints the N
+functions with the most own time, grouped by module as well, so the remaining cost can
+be read from the same run.
 
 Prints PASS/MISS against the target; exits non-zero only if something fails.
 """
@@ -44,6 +50,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="profile one more run, print the top N functions")
     args = ap.parse_args()
 
     from yujing import protocol, scenarios
@@ -76,13 +83,17 @@ def main() -> int:
         clock = ManualClock()
         ups = []
 
-        async def run():
+        async def run(prof=None):
             svc = Service(clock=clock)
             svc.policy.on_update = lambda u: []  # per update, not per trigger: timed below
             svc.bus.subscribe("yj.event.>", lambda s, u: ups.append(u), critical=True)
             await svc.start()
             t0 = time.perf_counter()
+            if prof is not None:
+                prof.enable()
             drive(svc, clock, msgs)
+            if prof is not None:
+                prof.disable()
             dt = time.perf_counter() - t0
             await svc.stop()
             return svc, dt
@@ -130,6 +141,8 @@ def main() -> int:
         )
         if not found:
             print("  the engine missed the quake on this stream: its speed on it is not a valid figure")
+    if args.profile:
+        _profile(run, clock, args.profile)
     best = max((r["decode_associate_per_s"] for r in rows if r["quake_found"]), default=float("nan"))
     verdict = "PASS" if best >= TARGET_PER_S else "MISS"  # (NaN, no valid run: MISS)
     print(f"{verdict}: best decode+associate {best:,.0f} triggers/s (target >= {TARGET_PER_S:,})")
@@ -137,6 +150,27 @@ def main() -> int:
         with open(args.json, "w") as f:
             json.dump({"scenario": args.scenario, "phones": args.phones, "rows": rows, "best_per_s": best}, f, indent=1)
     return 0
+
+
+def _profile(run, clock, top: int) -> None:
+    """One more run under cProfile: the top functions by own time, and own time by module."""
+    import cProfile
+    import collections
+    import pstats
+
+    clock.t_s = 0.0
+    prof = cProfile.Profile()
+    asyncio.run(run(prof))
+    st = pstats.Stats(prof)
+    total = sum(v[2] for v in st.stats.values())
+    by_mod = collections.Counter()
+    for (path, _line, _fn), v in st.stats.items():
+        mod = path.split("/src/")[-1] if "/src/yujing/" in path else ("builtins/C" if path == "~" else path.rsplit("/", 1)[-1])
+        by_mod[mod] += v[2]
+    print(f"profile (cProfile, {total:.2f} s of own time; the profiler inflates Python calls):")
+    for mod, t in by_mod.most_common(12):
+        print(f"  {100 * t / total:5.1f}%  {mod}")
+    st.sort_stats("tottime").print_stats(top)
 
 
 if __name__ == "__main__":

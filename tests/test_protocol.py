@@ -6,6 +6,7 @@ import math
 
 import h3
 import msgspec
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -156,3 +157,19 @@ def test_checks_hold_on_a_known_topic_and_cell():
     with pytest.raises(ProtocolError):
         protocol.decode("yj/v1/bogus/abc", b"")
     assert "yj/v1/bogus/abc" not in protocol._ROUTES
+
+
+def test_to_trigger_carries_every_field_of_the_message():
+    """to_trigger builds the record positionally (it runs per trigger message): each
+    amplitude lands in the field of its own name, for a known cell and an unknown one."""
+    rng = np.random.default_rng(5)
+    amps = ("window_s", "pga_gal", "pgv_cm_s", "pd_cm", "tau_c_s", "snr", "noise_pd_cm", "noise_pga_gal",
+            "wa_horizontal_nm", "wa_vertical_nm", "noise_wa_nm")
+    for k, cell in enumerate([CELL7, h3.latlng_to_cell(-33.4, -70.6, 6)]):
+        vals = dict(zip(amps, rng.uniform(0.0, 100.0, len(amps)).tolist()))
+        m = _trig(cell=cell, update=3 + k, **vals)
+        t = protocol.to_trigger(m, arrival_s=1000.5, clock_offset_s=0.2)
+        assert {a: getattr(t, a) for a in amps} == vals
+        assert (t.device_id, t.update, t.onset_time_s, t.issued_at_s) == (m.device, m.update, m.onset_s, 1000.5)
+        assert (t.latitude, t.longitude) == h3.cell_to_latlng(cell) == protocol.cell_centre(cell)
+        assert set(msgspec.structs.asdict(t)) == set(amps) | {"device_id", "latitude", "longitude", "onset_time_s", "issued_at_s", "update"}

@@ -145,14 +145,19 @@ class Associator(SilenceEvidence, NewEvents):
         return made
 
     def _amplitude(self, trig: Trigger, now_s: float) -> list[EventUpdate]:
-        for ev in self._open_events():
-            old = ev.picks.get(trig.device_id)
-            if old is not None and old.onset_time_s == trig.onset_time_s:
-                ev.picks[trig.device_id] = trig
+        # most trigger messages of a quake are these (an update every second or so per
+        # phone while it shakes): no list of the open events is made for each
+        dev, onset = trig.device_id, trig.onset_time_s
+        for ev in self.events:
+            if ev.closed or ev.retracted:
+                continue
+            old = ev.picks.get(dev)
+            if old is not None and old.onset_time_s == onset:
+                ev.picks[dev] = trig
                 return self._refresh_soon(ev, now_s)
-            old = ev.later.get(trig.device_id)
-            if old is not None and old.onset_time_s == trig.onset_time_s:
-                ev.later[trig.device_id] = trig
+            old = ev.later.get(dev)
+            if old is not None and old.onset_time_s == onset:
+                ev.later[dev] = trig
                 return []
         for i, p in enumerate(self.pool):
             if p.device_id == trig.device_id and p.onset_time_s == trig.onset_time_s:

@@ -225,6 +225,7 @@ def parse_topic(topic: str) -> tuple[str, str]:
 _MEMO_MAX = 500_000
 _TOPICS: dict[str, tuple[str, str]] = {}
 _CELLS: dict[str, tuple[str, float, float]] = {}  # reported cell -> (topic cell, lat, lon)
+_CENTRES: dict[str, tuple[float, float]] = {}  # the same cells -> (lat, lon), for cell_centre
 
 
 def _remember(memo: dict, key, value):
@@ -250,6 +251,7 @@ def _cell_facts(kind: str, msg) -> tuple[str, float, float]:
             f"devices report resolution {DEVICE_CELL_RES} or coarser",
         )
     lat, lon = h3.cell_to_latlng(cell)
+    _remember(_CENTRES, cell, (lat, lon))
     return _remember(_CELLS, cell, (topic_cell(cell), lat, lon))
 
 
@@ -351,8 +353,8 @@ def clock_correction_s(offset_s: float) -> float:
 
 def cell_centre(cell: str) -> tuple[float, float]:
     """Centre (degrees) of an H3 cell."""
-    got = _CELLS.get(cell)
-    return (got[1], got[2]) if got is not None else h3.cell_to_latlng(cell)
+    got = _CENTRES.get(cell)
+    return got if got is not None else h3.cell_to_latlng(cell)
 
 
 def to_trigger(msg: TriggerMsg, arrival_s: float, clock_offset_s: float | None = None) -> Trigger:
@@ -361,27 +363,31 @@ def to_trigger(msg: TriggerMsg, arrival_s: float, clock_offset_s: float | None =
     ``clock_offset_s``: the device's clock offset estimated from its recent messages
     (default: this message's own arrival - sent, which mistakes a message delayed in a
     queue for a clock error)."""
-    lat, lon = cell_centre(msg.cell)
+    # one call per trigger message (a quake brings tens of thousands a second): the
+    # record is built positionally, in Trigger's field order
+    got = _CENTRES.get(msg.cell)
+    lat, lon = got if got is not None else h3.cell_to_latlng(msg.cell)
     off = arrival_s - msg.sent_s if clock_offset_s is None else clock_offset_s
-    onset = msg.onset_s + clock_correction_s(off)
+    lo, hi = CLOCK_TRUST_S
+    onset = msg.onset_s if lo <= off <= hi else msg.onset_s + off  # clock_correction_s
     return Trigger(
-        device_id=msg.device,
-        latitude=lat,
-        longitude=lon,
-        onset_time_s=min(onset, arrival_s),
-        issued_at_s=arrival_s,
-        window_s=msg.window_s,
-        pga_gal=msg.pga_gal,
-        pgv_cm_s=msg.pgv_cm_s,
-        pd_cm=msg.pd_cm,
-        tau_c_s=msg.tau_c_s,
-        snr=msg.snr,
-        update=msg.update,
-        noise_pd_cm=msg.noise_pd_cm,
-        noise_pga_gal=msg.noise_pga_gal,
-        wa_horizontal_nm=msg.wa_horizontal_nm,
-        wa_vertical_nm=msg.wa_vertical_nm,
-        noise_wa_nm=msg.noise_wa_nm,
+        msg.device,
+        lat,
+        lon,
+        onset if onset < arrival_s else arrival_s,
+        arrival_s,
+        msg.window_s,
+        msg.pga_gal,
+        msg.pgv_cm_s,
+        msg.pd_cm,
+        msg.tau_c_s,
+        msg.snr,
+        msg.update,
+        msg.noise_pd_cm,
+        msg.noise_pga_gal,
+        msg.wa_horizontal_nm,
+        msg.wa_vertical_nm,
+        msg.noise_wa_nm,
     )
 
 
