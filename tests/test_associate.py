@@ -332,3 +332,33 @@ def test_a_large_events_amplitude_updates_are_sized_once_a_second():
     eng.feed_trigger(msgspec.structs.replace(picks[0], update=2, issued_at_s=t + 0.1, pga_gal=picks[0].pga_gal * 3))
     eng.finish()
     assert sized[-1] >= t + 0.1
+
+
+def test_a_second_event_inside_an_open_ruptures_area_and_time_is_not_formed():
+    """A large quake's edge phones (S read as P, a late wave front) can agree on a second
+    source beside it; one inside the open event's rupture length (plus both location
+    errors) and its rupture duration is taken for part of it, not announced apart. A
+    candidate farther away, or after the rupture has ended, is a quake of its own."""
+    from yujing.event import Event
+    from yujing.locate import Location
+    from yujing.magnitude import _rupture_length_km, rupture_duration_s
+
+    eng = Engine({})
+    assoc = eng.assoc
+
+    def loc(dlat_km: float, dt_s: float, herr_km: float) -> Location:
+        return Location(LAT0 + dlat_km / KM_PER_DEG, LON0, 10.0, T0 + dt_s, 1.0, 0.3, herr_km,
+                        np.zeros(0, bool), np.zeros(0), 0)
+
+    big = Event(event_id="big", location=loc(0.0, 0.0, 3.0), picks={}, magnitude=7.0)
+    assoc.events.append(big)
+    length, duration = float(_rupture_length_km(7.0)), rupture_duration_s(7.0)  # 42 km, 17 s
+    assert assoc._inside_open_rupture(loc(length, 5.0, 3.0))  # along the rupture, during it
+    assert assoc._inside_open_rupture(loc(18.0, -2.8, 16.0))  # the Wenchuan demo's split
+    assert not assoc._inside_open_rupture(loc(length + 40.0, 5.0, 3.0))  # beyond it
+    assert not assoc._inside_open_rupture(loc(10.0, duration + 20.0, 3.0))  # after it
+    big.magnitude = 4.0  # a small open event has a rupture of ~1 km: a quake 20 km off is new
+    assert not assoc._inside_open_rupture(loc(20.0, 2.0, 2.0))
+    big.retracted = True  # a retracted event holds nothing back
+    big.magnitude = 7.0
+    assert not assoc._inside_open_rupture(loc(length, 5.0, 3.0))

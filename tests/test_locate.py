@@ -325,9 +325,31 @@ def test_silent_devices_sharing_a_place_count_once_each():
     pick = np.array([0, 0, 0, 1, 2, 2])  # three phones in the first cell, two in the third
     slat, slon = places[pick, 0], places[pick, 1]
     seen = np.full(len(pick), 160.0)
-    alone = _silent_violations(lat, lon, rows, epi, as_s, ot, (slat, slon, None), seen, s)
+    pen = np.array([2.0, 2.0, 2.0, 4.0, 2.0, 2.0])  # phones, and a streaming sensor
+    alone = _silent_violations(lat, lon, rows, epi, as_s, ot, (slat, slon, np.ones(6), pen), seen, s)
     shared = _silent_violations(
-        lat, lon, rows, epi, as_s, ot, (places[:, 0], places[:, 1], np.array([3, 1, 2])), np.full(3, 160.0), s
+        lat, lon, rows, epi, as_s, ot,
+        (places[:, 0], places[:, 1], np.array([3.0, 1.0, 2.0]), np.array([2.0, 4.0, 2.0])), np.full(3, 160.0), s,
     )
-    assert alone.max() > 0  # the case is not empty
-    np.testing.assert_array_equal(alone, shared)
+    assert alone[0].max() > 0  # the case is not empty
+    np.testing.assert_array_equal(alone[0], shared[0])  # devices that should have triggered
+    np.testing.assert_allclose(alone[1], shared[1])  # and the cost of their silence
+
+
+def test_a_quiet_phone_costs_less_than_a_quiet_sensor():
+    """A phone misses a P that reached it far more often than a streaming sensor does
+    (fixed 0.015 g threshold against an STA/LTA over the sensor's noise): its silence is
+    weaker evidence, and the locator pays less for it."""
+    from yujing.locate import PHONE_SILENT_PENALTY, SILENT_PENALTY
+
+    lat = np.array([30.0, 30.3, 29.8, 30.1, 30.25])
+    lon = np.array([102.0, 102.2, 101.9, 102.4, 101.85])
+    t0 = 1_000.0
+    src = (30.05, 102.1, 10.0)
+    pt = t0 + default_table().p_time_s(distance_km(src[0], src[1], lat, lon), src[2])
+    quiet = ([30.06], [102.11])  # one quiet device at the source, reached by P long ago
+    as_sensor = locate(lat, lon, pt, t0 + 30, *quiet)
+    as_phone = locate(lat, lon, pt, t0 + 30, *quiet, silent_phone=[True])
+    assert as_sensor.n_silent_violations == as_phone.n_silent_violations == 1
+    assert (as_sensor.latitude, as_sensor.longitude) == (as_phone.latitude, as_phone.longitude)
+    assert as_sensor.misfit - as_phone.misfit == pytest.approx(SILENT_PENALTY - PHONE_SILENT_PENALTY)

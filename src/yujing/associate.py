@@ -237,7 +237,7 @@ class Associator(SilenceEvidence, NewEvents):
     def _locate(self, trigs, now_s: float, exclude: set[str] = frozenset(), **search) -> Location:
         """Locate from the triggers' onsets, with the silent live devices as evidence.
         ``trigs`` should be at most ``MAX_LOCATE_PICKS`` long (see ``_locate_set``)."""
-        slat, slon, seen = self._silent(now_s, self._busy() | exclude)
+        slat, slon, seen, phone = self._silent(now_s, self._busy() | exclude)
         return locate(
             [t.latitude for t in trigs],
             [t.longitude for t in trigs],
@@ -247,6 +247,7 @@ class Associator(SilenceEvidence, NewEvents):
             slon,
             self.s.locate,
             silent_seen_s=seen,
+            silent_phone=phone,
             **search,
         )
 

@@ -40,9 +40,9 @@ class SilenceEvidence:
     _delay_sorted: np.ndarray | None
 
     def _silent(self, now_s: float, busy: set[str]):
-        """Live devices not in ``busy``: their positions and the time up to which each is
-        known to have stayed quiet."""
-        return self.presence.silent(now_s, busy, self.s.picker.warmup_s, self._report_delay())
+        """Live devices not in ``busy``: their positions, the time up to which each is
+        known to have stayed quiet, and which are phones."""
+        return self.presence.silent(now_s, busy, self.s.picker.warmup_s, self._report_delay(), kinds=True)
 
     def _report_delay(self) -> float:
         """How long a trigger takes from its onset to the engine (s): a device that sends
