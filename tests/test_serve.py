@@ -455,6 +455,81 @@ def test_serve_acknowledges_a_device_message_only_once_it_is_journaled(tmp_path)
     asyncio.run(go())
 
 
+def _metrics(text: str) -> dict[str, float]:
+    """Unlabelled samples of a Prometheus text page: name -> value."""
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_metrics_count_the_acknowledgements_of_device_messages(tmp_path):
+    """/metrics (operator) exposes the embedded broker's acknowledgements: sent, waiting
+    for the journal, dropped with their connection (the device sends those messages
+    again), withheld (not taken: stopping), and the journal batches acknowledged before
+    they were written (journal_ack_max_s: a failing database)."""
+    db = tmp_path / "y.db"
+
+    async def go():
+        cfg = ServiceConfig(journal_flush_s=3600.0, journal_ack_max_s=0.3)  # the test writes the journal itself
+        srv = Server(ServeOptions(port=0, mqtt_port=0, store=f"sqlite:///{db}", replay=False, allow_unsigned=True,
+                                  config=cfg))
+        await srv.start()
+        svc = srv.service
+        api = httpx.AsyncClient(base_url=f"http://127.0.0.1:{srv.http_port}",
+                                headers={"Authorization": f"Bearer {operator_key(srv)}"})
+        names = ("yujing_mqtt_acks_sent_total", "yujing_mqtt_acks_waiting", "yujing_mqtt_acks_dropped_total",
+                 "yujing_mqtt_acks_withheld_total", "yujing_journal_acks_unwritten_total")
+
+        async def m() -> tuple:
+            r = await api.get("/metrics")
+            assert r.status_code == 200
+            got = _metrics(r.text)
+            return tuple(got[n] for n in names)
+
+        dev = MqttClient("127.0.0.1", srv.broker.port, "dev")
+        dev2 = MqttClient("127.0.0.1", srv.broker.port, "dev2")
+        try:
+            await dev.connect()
+            await dev2.connect()
+            assert await m() == (0, 0, 0, 0, 0)
+            dev.publish_nowait(*_hb(svc, 1), qos=1)
+            await _wait(lambda: "ph-1" in svc.registry.devs, 5, "the engine to take the message")
+            assert await m() == (0, 1, 0, 0, 0)  # taken, not journaled: its PUBACK waits
+            await svc._flush_journal()
+            await _wait(lambda: dev.acked == 1, 5, "the PUBACK")
+            assert await m() == (1, 0, 0, 0, 0)
+            # a connection lost with its acknowledgement waiting: dropped (the device sends it again)
+            dev2.publish_nowait(*_hb(svc, 2), qos=1)
+            await _wait(lambda: "ph-2" in svc.registry.devs, 5, "the second message")
+            assert await m() == (1, 1, 0, 0, 0)
+            await dev2.disconnect()
+            await _wait(lambda: srv.broker.counts["ack_lost"] == 1, 5, "the connection closed")
+            assert await m() == (1, 0, 1, 0, 0)
+            # the database failing: the batch is acknowledged unwritten after journal_ack_max_s, counted
+            svc.journal.append = lambda rows: (_ for _ in ()).throw(OSError("database down"))
+            dev.publish_nowait(*_hb(svc, 3), qos=1)
+            await _wait(lambda: "ph-3" in svc.registry.devs, 5, "the third message")
+            with pytest.raises(OSError):
+                await svc._flush_journal()
+            await _wait(lambda: dev.acked == 2, 5, "the PUBACK of a message the journal could not write")
+            assert await m() == (2, 0, 1, 0, 1)
+            del svc.journal.append
+            # stopping: not taken, never acknowledged
+            await srv.link.stop_input()
+            dev.publish_nowait(*_hb(svc, 4), qos=1)
+            await _wait(lambda: srv.broker.counts["ack_withheld"] == 1, 5, "the message refused at stop")
+            assert await m() == (2, 0, 1, 1, 1)
+        finally:
+            await api.aclose()
+            await dev.disconnect()
+            await srv.stop()
+
+    asyncio.run(go())
+
+
 def test_the_embedded_broker_takes_no_device_before_the_link_is_in_place(tmp_path, monkeypatch):
     """A device connecting as soon as the port accepts (a fleet reconnecting to a restarted
     server): every connection the broker accepts already has the service's hook and device

@@ -216,7 +216,7 @@ class _TriggerAreas:
         return sum(1 for t in devs.values() if t >= now_s - TRIGGER_WINDOW_S)
 
 
-def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=time.monotonic) -> FastAPI:
+def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=time.monotonic, broker=None) -> FastAPI:
     """The API over a running :class:`yujing.service.Service` (its store may be None:
     then history comes from memory, keys cannot be looked up and personal data, which must
     be audited, is not served). ``replayer`` backs ``POST /api/replay``. ``limits``: request
@@ -661,7 +661,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
     # ------------------------------------------------------------------ metrics
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
-        return Response(prometheus_text(service), media_type="text/plain; version=0.0.4")
+        return Response(prometheus_text(service, broker), media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ dashboard
     static = resources.files("yujing.api") / "static"
@@ -724,8 +724,9 @@ def _atom(alerts: list[Alert], base: str) -> bytes:
     ).encode()
 
 
-def prometheus_text(service) -> str:
-    """The service's counters in the Prometheus text exposition format."""
+def prometheus_text(service, broker=None) -> str:
+    """The service's counters in the Prometheus text exposition format; with ``broker``
+    (``yujing serve``'s embedded MQTT broker), its acknowledgements too."""
     s = service.stats
     lines = [
         "# HELP yujing_messages_received_total Device messages received (any transport).",
@@ -768,4 +769,29 @@ def prometheus_text(service) -> str:
     lines += ["# HELP yujing_bus_dropped_total Non-critical messages dropped for slow consumers.",
               "# TYPE yujing_bus_dropped_total counter"]
     lines += [f'yujing_bus_dropped_total{{subscriber="{k}"}} {v}' for k, v in sorted(service.bus.dropped.items())]
+    # a device's QoS 1 message is acknowledged once the journal holds it (docs/reliability.md)
+    lines += [
+        "# HELP yujing_journal_acks_unwritten_total Journal batches whose messages were acknowledged before "
+        "their rows were written (the journal failing or slow beyond journal_ack_max_s: a kill then loses them).",
+        "# TYPE yujing_journal_acks_unwritten_total counter",
+        f"yujing_journal_acks_unwritten_total {getattr(service, 'journal_acks_unwritten', 0)}",
+    ]
+    if broker is not None:
+        c = broker.counts
+        lines += [
+            "# HELP yujing_mqtt_acks_sent_total QoS 1 acknowledgements (PUBACK) the embedded broker sent.",
+            "# TYPE yujing_mqtt_acks_sent_total counter",
+            f"yujing_mqtt_acks_sent_total {c['ack_sent']}",
+            "# HELP yujing_mqtt_acks_waiting QoS 1 acknowledgements not sent yet (waiting for the journal).",
+            "# TYPE yujing_mqtt_acks_waiting gauge",
+            f"yujing_mqtt_acks_waiting {broker.acks_waiting}",
+            "# HELP yujing_mqtt_acks_dropped_total QoS 1 acknowledgements never sent: their connection closed "
+            "first (the device sends those messages again).",
+            "# TYPE yujing_mqtt_acks_dropped_total counter",
+            f"yujing_mqtt_acks_dropped_total {c['ack_lost']}",
+            "# HELP yujing_mqtt_acks_withheld_total QoS 1 messages not acknowledged because they were not taken "
+            "(the server stopping: the device sends them to the next).",
+            "# TYPE yujing_mqtt_acks_withheld_total counter",
+            f"yujing_mqtt_acks_withheld_total {c['ack_withheld']}",
+        ]
     return "\n".join(lines) + "\n"

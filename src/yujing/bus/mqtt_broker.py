@@ -246,6 +246,7 @@ class _Conn(asyncio.Protocol):
         q = self.acks
         if hold is None and not q:
             self.tr.write(pkt)
+            self.b.counts["ack_sent"] += 1
             return
         if hold is not None:
             self.b.counts["ack_deferred"] += 1
@@ -273,9 +274,14 @@ class _Conn(asyncio.Protocol):
                     continue
             out.append(pkt)
             q.popleft()
+        if not out:
+            return
         tr = self.tr
-        if out and tr is not None and not tr.is_closing():
+        if tr is not None and not tr.is_closing():
             tr.write(b"".join(out))
+            self.b.counts["ack_sent"] += len(out)
+        else:
+            self.b.counts["ack_lost"] += len(out)  # the connection is closing: the client sends them again
 
     def _subscribe(self, p: memoryview) -> None:
         pid = bytes(p[:2])
@@ -405,6 +411,14 @@ class EmbeddedBroker:
     @property
     def connected(self) -> int:
         return len(self.clients)
+
+    @property
+    def acks_waiting(self) -> int:
+        """QoS 1 acknowledgements not sent yet, on every connection (waiting for the
+        journal, or behind one that does). Counted in :attr:`counts`: ``ack_sent``,
+        ``ack_deferred`` (waited for the hook's future), ``ack_lost`` (their connection closed
+        first: the client sends those messages again), ``ack_withheld`` (never: not taken)."""
+        return sum(len(c.acks) for c in self.conns)
 
     # subscriptions --------------------------------------------------------------------
     def _sub(self, f: str, c: _Conn, q: int) -> None:
