@@ -577,6 +577,115 @@ def test_outbox_messages_signed_with_enrolled_credentials_pass_the_servers_door(
             guard2.check(topic, payload, protocol.decode(topic, payload), m.trigger.issued_at_s)
 
 
+def test_a_message_sent_again_keeps_its_seq_and_is_signed_again():
+    """docs/protocol.md, "Connection": a QoS 1 message not acknowledged when its
+    connection dropped (the server killed before journaling it) is sent again, stamped
+    with its real sending time and signed again, with the **same** seq
+    (``DeviceSigner.sender`` with ``MqttClient(remake_on_resend=True)``). The copy's
+    signature verifies and a server that never took the first copy takes it (not a
+    replay); a server that took the first refuses it as ``replayed`` (never taken twice);
+    a newer message goes on numbering above it. Then the same through a real MQTT client
+    and the embedded broker, whose first connection dies before the PUBACK."""
+    import asyncio
+
+    from yujing import protocol, security
+    from yujing.bus.mqtt import MqttClient
+    from yujing.bus.mqtt_broker import EmbeddedBroker
+    from yujing.device.signing import DeviceSigner
+
+    msgs = _quake_agent(share_raw=True).drain()
+    issuer = security.Issuer(bytes(range(32)))
+    day1 = daily_pseudonym(SECRET, "2024-03-01")
+    cred = issuer.enrol(day1, 1709251200.0)
+    mine = [m for m in msgs if isinstance(m, TriggerMessage) and m.trigger.device_id == day1]
+    pkt = next(m for m in msgs if isinstance(m, PacketMessage) and m.packet.device_id == day1)
+    assert len(mine) >= 2
+    guard = lambda: security.Guard(issuer, security.GuardConfig(rate_limits=False))  # noqa: E731
+
+    def check(g, topic, payload, arrival_s) -> str:
+        try:
+            g.check(topic, payload, protocol.decode(topic, payload), arrival_s)
+            return "ok"
+        except protocol.ProtocolError as exc:
+            return exc.reason
+
+    signer = DeviceSigner({day1: cred})
+    clock = [mine[0].trigger.issued_at_s + 0.01]
+    topic, make = signer.sender(mine[0], lambda: clock[0])
+    assert topic == protocol.topic_for("trig", mine[0].cell)
+    first = make()  # written into a connection whose server died before taking it
+    clock[0] += 3.7  # the device reconnected 3.7 s later and sends it again
+    again = make()
+    a, b = protocol.decode(topic, first), protocol.decode(topic, again)
+    assert b.seq == a.seq and b.sent_s == pytest.approx(a.sent_s + 3.7) and b.sig != a.sig
+    assert msgspec.structs.replace(b, sent_s=a.sent_s, sig=a.sig) == a  # nothing else changed
+    topic1, make1 = signer.sender(mine[1], lambda: clock[0])
+    newer = make1()
+    assert protocol.decode(topic1, newer).seq > a.seq  # numbering goes on above the re-sent one
+    # the restarted server never took the first copy: the copy passes its door, then the newer one
+    g = guard()
+    assert check(g, topic, again, clock[0] + 0.05) == "ok"
+    assert check(g, topic1, newer, clock[0] + 0.06) == "ok"
+    assert check(g, topic, first, clock[0] + 0.07) in ("replayed", "seq_too_old")  # the old bytes, if they ever came
+    # the order matters: seq counts the milliseconds of the day, so a copy arriving after a
+    # message made 3.7 s later is below the replay window (256) and refused; the client
+    # sends what it holds, re-sent messages first, before anything newer
+    g = guard()
+    assert check(g, topic1, newer, clock[0] + 0.05) == "ok"
+    assert check(g, topic, again, clock[0] + 0.06) == "seq_too_old"
+    # a server that took the first copy refuses the second: one message, taken once
+    g = guard()
+    assert check(g, topic, first, a.sent_s + 0.05) == "ok"
+    assert check(g, topic, again, clock[0] + 0.05) == "replayed"
+    # the signature is checked: the first copy's bytes with only sent_s moved are refused
+    forged = protocol.encode(msgspec.structs.replace(a, sent_s=b.sent_s))
+    assert check(guard(), topic, forged, clock[0] + 0.05) == "bad_signature"
+    # a raw packet has no sent_s: sent again, its bytes are the same (and still verify)
+    ptopic, pmake = signer.sender(pkt, lambda: clock[0])
+    p1 = pmake()
+    assert pmake() == p1 and check(guard(), ptopic, p1, clock[0]) == "ok"
+
+    # through MQTT: the embedded broker's first connection is cut before it acknowledges
+    # the message (a server killed before journaling it); the client reconnects and sends
+    # it again, made again by the signer
+    async def go():
+        seen: list[bytes] = []
+
+        def hook(client_id, t, payload, qos, retain):
+            seen.append(payload)
+            return False if len(seen) == 1 else None  # the first copy is never acknowledged
+
+        broker = EmbeddedBroker("127.0.0.1", 0, on_message=hook)
+        await broker.start()
+        dev = MqttClient("127.0.0.1", broker.port, "phone", outbox=100, reconnect_min_s=0.05, reconnect_max_s=0.1,
+                         seed=1, remake_on_resend=True)
+        try:
+            await dev.connect()
+            s2 = DeviceSigner({day1: cred})
+            t_dev = [clock[0] + 10.0]
+            dev.publish_nowait(*s2.sender(mine[0], lambda: t_dev[0]), qos=1)
+            t0 = asyncio.get_running_loop().time()
+            while not seen:
+                assert asyncio.get_running_loop().time() - t0 < 5, "the first copy never reached the broker"
+                await asyncio.sleep(0.01)
+            t_dev[0] += 2.0
+            for c in list(broker.conns):
+                c.tr.abort()  # the server gone before its PUBACK
+            assert await dev.drain(5), dev.stats()
+        finally:
+            await dev.disconnect()
+            await broker.stop()
+        return seen, dev.stats(), t_dev[0]
+
+    seen, stats, t_resent = asyncio.run(go())
+    assert len(seen) == 2 and stats["outbox_requeued"] == 1 and stats["acked"] == 1, (len(seen), stats)
+    c1, c2 = (protocol.decode(topic, p) for p in seen)
+    assert c2.seq == c1.seq and c2.sent_s == pytest.approx(t_resent) and c2.sent_s == pytest.approx(c1.sent_s + 2.0)
+    g = guard()
+    assert check(g, topic, seen[1], t_resent + 0.05) == "ok"  # a new server: taken
+    assert check(g, topic, seen[0], t_resent + 0.06) == "replayed"
+
+
 # ------------------------------------------------------------------ alerts
 
 

@@ -37,13 +37,16 @@ whatever transport drains it.
 
 * **Transport** (the app's, not this module's). Over MQTT: one
   :class:`yujing.bus.mqtt.MqttClient` made with ``outbox=N`` (a few hundred messages: a
-  phone's quake is ~35), each message published at QoS 1 with, as payload, a function that
-  signs it when it is really sent (``lambda: signer.wire(m, now_s())[1]``,
-  :class:`yujing.device.signing.DeviceSigner`). Then a server that is away (``yujing
+  phone's quake is ~35) and ``remake_on_resend=True``, each message published at QoS 1
+  with, as payload, a function that signs it when it is really sent
+  (``client.publish_nowait(*signer.sender(m, now_s), qos=1)``,
+  :meth:`yujing.device.signing.DeviceSigner.sender`): numbered and signed at its first
+  sending, signed again with the same ``seq`` if it is sent again after a reconnect (no
+  PUBACK came: the server died before journaling it). Then a server that is away (``yujing
   serve`` killed and restarted mid-quake) costs no trigger: the client holds them,
   reconnects with backoff and sends them in order, and each says when it was sent, so the
-  server does not take the wait for a clock error (docs/protocol.md, "Connection";
-  measured in docs/reliability.md). This agent's own outbox is a different thing: messages
+  server does not take the wait for a clock error, nor a copy for a new message
+  (docs/protocol.md, "Connection"; measured in docs/reliability.md). This agent's own outbox is a different thing: messages
   made and not yet handed to any transport.
 """
 

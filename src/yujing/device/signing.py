@@ -16,9 +16,12 @@ again. Units: times UNIX s (device clock).
 from __future__ import annotations
 
 import json
+from typing import Callable
+
+import msgspec
 
 from .. import protocol
-from ..security import Credential, Signer
+from ..security import Credential, Signer, sign
 from .messages import PacketMessage, TriggerMessage
 
 
@@ -67,7 +70,10 @@ class DeviceSigner:
         return list(response.get("refused", []))
 
     def wire(self, message: TriggerMessage | PacketMessage, sent_s: float) -> tuple[str, bytes]:
-        """(MQTT topic, payload) of an outbox message sent at ``sent_s`` (UNIX s)."""
+        """(MQTT topic, payload) of an outbox message sent at ``sent_s`` (UNIX s), numbered
+        with the pseudonym's next ``seq``: one call per message. A message sent again (no
+        PUBACK came before its connection dropped) keeps its ``seq``: :meth:`resign`,
+        :meth:`sender`."""
         kind, msg = wire_record(message, sent_s)
         # seq from the milliseconds of the (UTC) day, never below the last one: an agent
         # that restarts goes on above what the server saw (from 1 again, its messages were
@@ -76,3 +82,39 @@ class DeviceSigner:
         if floor - 1 > self._signer.seq.get(msg.device, 0):
             self._signer.seq[msg.device] = floor - 1
         return self._signer.wire(kind, msg)
+
+    def resign(self, topic: str, payload: bytes, sent_s: float) -> bytes:
+        """The message ``payload`` (made by :meth:`wire`) stamped as sent at ``sent_s``
+        and signed again, with the **same** ``seq``: what a device sends when it sends a
+        message again after a reconnect (docs/protocol.md, "Connection"). A server that
+        took the first copy refuses this one as ``replayed`` (one message, never taken
+        twice); a server that never took the first (killed before journaling it: no
+        PUBACK came) takes this one, and its ``sent_s`` says when it was really sent, so
+        the wait is not taken for a clock error. A raw packet has no ``sent_s``: its bytes
+        come back unchanged."""
+        msg = protocol.decode(topic, bytes(payload))
+        if hasattr(msg, "sent_s"):
+            msg = msgspec.structs.replace(msg, sent_s=sent_s)
+        cred = self._signer.creds.get(msg.device)
+        if cred is None:
+            return protocol.encode(msgspec.structs.replace(msg, sig=b""))  # unsigned, as the first copy
+        return sign(cred, topic, msg)
+
+    def sender(self, message: TriggerMessage | PacketMessage, now: Callable[[], float]) -> tuple[str, Callable[[], bytes]]:
+        """(MQTT topic, payload function) of an outbox message, for an
+        :class:`~yujing.bus.mqtt.MqttClient` made with an outbox and
+        ``remake_on_resend=True``: ``client.publish_nowait(*signer.sender(m, time.time),
+        qos=1)``. The client calls the function when it writes the message: the first call
+        numbers it and signs it as sent at ``now()`` (device clock, UNIX s; :meth:`wire`),
+        each later one (the message sent again after a reconnect) signs it again as sent
+        at ``now()`` with the same ``seq`` (:meth:`resign`)."""
+        topic = protocol.topic_for("trig" if isinstance(message, TriggerMessage) else "pkt", message.cell)
+        first: list[bytes] = []
+
+        def make() -> bytes:
+            if not first:
+                first.append(self.wire(message, now())[1])
+                return first[0]
+            return self.resign(topic, first[0], now())
+
+        return topic, make
