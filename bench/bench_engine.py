@@ -98,6 +98,7 @@ def main() -> int:
             await svc.stop()
             return svc, dt
 
+        da = decode_associate(msgs, sc)
         svc, t_svc = asyncio.run(run())
         assert svc.rejects.total == 0, svc.rejects.by_reason()
         # the figure counts only if the engine did its job on the stream it was timed on
@@ -130,6 +131,15 @@ def main() -> int:
             "updates": len(ups),
             "alerts": n_alerts,
             "policy_ms_per_update": 1000 * t_pol / max(1, len(ups)),
+            # the issue's words: protocol decode of the wire bytes + the engine's batch
+            # association (no signatures, replay window, registry), beside the service path
+            "da_per_s": da["per_s"],
+            "da_without_event_work_per_s": da["per_s_without_event_work"],
+            "da_decode_s": da["decode_s"],
+            "da_engine_s": da["engine_s"],
+            "da_event_work_s": da["event_work_s"],
+            "da_quake_found": da["found"],
+            "service_s": t_svc,
         }
         rows.append(row)
         print(
@@ -139,17 +149,119 @@ def main() -> int:
             f"quake {'found' if found else 'MISSED'} ({err_km:.1f} km, M{err_m:+.2f}), {row['false_events']} other events; "
             f"policy {row['policy_ms_per_update']:.1f} ms/update over {len(ups)} updates"
         )
+        print(
+            f"  decode + associate (protocol.decode_batch of every message + Engine.feed_triggers/feed_heartbeats/tick, "
+            f"no door, no registry): {da['per_s']:,.0f} triggers/s ({da['decode_s']:.2f} s decode + {da['engine_s']:.2f} s engine, "
+            f"{n / da['decode_s']:,.0f} messages/s decoded; {t_raw and (da['decode_s'] + da['engine_s']) / t_raw:.1f}x msgspec); "
+            f"quake {'found' if da['found'] else 'MISSED'}; of the engine's time {da['event_work_s']:.2f} s is event-level work "
+            f"(locate, size_event: per event, not per trigger), without it {da['per_s_without_event_work']:,.0f} triggers/s"
+        )
         if not found:
             print("  the engine missed the quake on this stream: its speed on it is not a valid figure")
     if args.profile:
         _profile(run, clock, args.profile)
     best = max((r["decode_associate_per_s"] for r in rows if r["quake_found"]), default=float("nan"))
     verdict = "PASS" if best >= TARGET_PER_S else "MISS"  # (NaN, no valid run: MISS)
-    print(f"{verdict}: best decode+associate {best:,.0f} triggers/s (target >= {TARGET_PER_S:,})")
+    print(f"{verdict}: best whole service path {best:,.0f} triggers/s (target >= {TARGET_PER_S:,})")
+    best_da = max((r["da_per_s"] for r in rows if r["da_quake_found"]), default=float("nan"))
+    print(f"{'PASS' if best_da >= TARGET_PER_S else 'MISS'}: best decode + associate {best_da:,.0f} triggers/s "
+          f"(target >= {TARGET_PER_S:,})")
+    best_da2 = max((r["da_without_event_work_per_s"] for r in rows if r["da_quake_found"]), default=float("nan"))
+    print(f"{'PASS' if best_da2 >= TARGET_PER_S else 'MISS'}: best decode + associate without the event-level work "
+          f"(locates, magnitude solves) {best_da2:,.0f} triggers/s (target >= {TARGET_PER_S:,})")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"scenario": args.scenario, "phones": args.phones, "rows": rows, "best_per_s": best}, f, indent=1)
     return 0
+
+
+def decode_associate(msgs, sc, step_s: float = 0.25) -> dict:
+    """The issue's "decode + associate", timed on the same wire messages: every message
+    decoded and checked by :func:`yujing.protocol.decode_batch` in batches of one engine
+    step (as the service's ``drive`` hands them over), the triggers put on the engine's
+    time line by :func:`yujing.protocol.to_trigger` (each message's own clock offset) and
+    associated by :meth:`Engine.feed_triggers`, the heartbeats fed per step
+    (:meth:`Engine.feed_heartbeats`) and the engine's timer fired every step. Left out:
+    the door (signatures, replay window, rate limits), the registry, duplicates and the
+    clock-offset window, the alert policy. Time spent in ``locate`` and ``size_event``
+    (one event's location and magnitude, per event and step, not per trigger) is timed
+    apart by wrapping them."""
+    import numpy as np
+
+    from yujing import associate, protocol
+    from yujing.engine import Engine
+    from yujing.geo import distance_km
+
+    spent = [0.0]
+
+    def timed(fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return wrapper
+
+    orig = associate.locate, associate.size_event
+    associate.locate, associate.size_event = timed(orig[0]), timed(orig[1])
+    try:
+        eng = Engine({})
+        ups = []
+        t_dec = t_eng = 0.0
+        trig_t, hb_t = protocol.TriggerMsg, protocol.HeartbeatMsg
+        i, n = 0, len(msgs)
+        next_tick = msgs[0][0] + step_s if msgs else 0.0
+        hb_ids, hb_lat, hb_lon, hb_ready, hb_last = [], [], [], [], -np.inf
+        while i < n:
+            j = i
+            while j < n and msgs[j][0] < next_tick and j - i < 4096:
+                j += 1
+            batch = msgs[i:j]
+            i = j
+            t0 = time.perf_counter()
+            decoded = protocol.decode_batch([m[1] for m in batch], [m[2] for m in batch])
+            trigs = []
+            for (arr, _, _), m in zip(batch, decoded):
+                k = type(m)
+                if k is trig_t:
+                    trigs.append(protocol.to_trigger(m, arr))
+                elif k is hb_t:
+                    lat, lon = protocol.cell_centre(m.cell)
+                    hb_ids.append(m.device)
+                    hb_lat.append(lat)
+                    hb_lon.append(lon)
+                    hb_ready.append(m.ready)
+                    hb_last = arr
+            t1 = time.perf_counter()
+            ups += eng.feed_triggers(trigs)
+            if i >= n or msgs[i][0] >= next_tick:
+                if hb_ids:
+                    ups += eng.feed_heartbeats(hb_ids, np.array(hb_lat), np.array(hb_lon), hb_last, ready=np.array(hb_ready))
+                    hb_ids, hb_lat, hb_lon, hb_ready = [], [], [], []
+                ups += eng.tick(next_tick)
+                next_tick += step_s
+                while i < n and msgs[i][0] >= next_tick:
+                    ups += eng.tick(next_tick)
+                    next_tick += step_s
+            t2 = time.perf_counter()
+            t_dec += t1 - t0
+            t_eng += t2 - t1
+        t0 = time.perf_counter()
+        ups += eng.finish()
+        t_eng += time.perf_counter() - t0
+    finally:
+        associate.locate, associate.size_event = orig
+    n_trig = sum(1 for _, topic, _ in msgs if "/trig/" in topic)
+    latest = {u.event_id: u for u in ups}
+    live = [u for u in latest.values() if not u.retracted]
+    found = any(
+        float(distance_km(u.latitude, u.longitude, sc.latitude, sc.longitude)) <= 25.0 and abs(u.magnitude - sc.magnitude) <= 0.5
+        for u in live
+    )
+    total = t_dec + t_eng
+    return {"per_s": n_trig / total, "per_s_without_event_work": n_trig / (total - spent[0]), "decode_s": t_dec,
+            "engine_s": t_eng, "event_work_s": spent[0], "found": found, "events": len(latest)}
 
 
 def _profile(run, clock, top: int) -> None:

@@ -122,3 +122,58 @@ def test_shared_data_is_not_in_the_repository():
     staged = subprocess.run(["git", "diff", "--cached", "--name-only"], cwd=repo, capture_output=True, text=True, check=True).stdout.split()
     files = set(tracked) | {f for f in staged if f.endswith(".jsonl")}
     assert all(f.startswith("tests/data/") for f in files), sorted(f for f in files if not f.startswith("tests/data/"))
+
+
+def _simulated_stream(phones=20_000, seed=0):
+    from yujing import scenarios
+    from yujing.sources.simulator import simulate
+
+    return list(simulate(scenarios.get("luding2022"), phones, seed=seed).messages())
+
+
+def test_feed_triggers_gives_what_feed_trigger_gives_one_by_one():
+    """A batch of triggers (the service hands over what arrived within a step) is
+    associated as the same triggers one by one: same updates, same events, same picks.
+    The simulated quake's event grows past BATCH_PICKS, so the vectorised roles for a
+    large event are exercised."""
+    from yujing.associate import BATCH_PICKS
+    from yujing.sources.simulator import HeartbeatBatch
+
+    msgs = _simulated_stream()
+
+    def go(batched):
+        eng, out, run = Engine({}), [], []
+        for m in msgs:
+            if isinstance(m, HeartbeatBatch):
+                if batched:
+                    out += eng.feed_triggers(run)
+                    run = []
+                out += eng.feed_heartbeats(m.device_ids, m.latitude, m.longitude, m.arrival_time_s, ready=m.ready)
+            elif batched:
+                run.append(m)
+            else:
+                out += eng.feed_trigger(m)
+        out += eng.feed_triggers(run)
+        return out + eng.finish(), eng
+
+    a, ea = go(False)
+    b, eb = go(True)
+    assert a and a == b
+    assert max(len(e.picks) for e in ea.assoc.events) >= 2 * BATCH_PICKS
+    assert [sorted(e.picks) for e in ea.assoc.events] == [sorted(e.picks) for e in eb.assoc.events]
+    assert ea.n_triggers == eb.n_triggers
+
+
+def test_a_late_trigger_in_a_batch_is_rejected_and_the_rest_goes_on():
+    from yujing.records import Trigger
+
+    def trig(dev, t, update=0):
+        return Trigger(device_id=dev, latitude=29.6, longitude=102.1, onset_time_s=t - 1.0, issued_at_s=t,
+                       window_s=1.0, pga_gal=5.0, pgv_cm_s=0.1, pd_cm=0.01, update=update)
+
+    rej = Rejects()
+    eng = Engine({}, rejects=rej)
+    eng.feed_triggers([trig("a", 100.0), trig("b", 100.1)])
+    eng.feed_triggers([trig("c", 100.05), trig("d", 100.2), trig("a", 100.3, update=1)])
+    assert rej.by_reason() == {"late_arrival": 1}
+    assert eng.n_triggers == 3 and eng.clock_s == 100.3

@@ -173,3 +173,34 @@ def test_to_trigger_carries_every_field_of_the_message():
         assert (t.device_id, t.update, t.onset_time_s, t.issued_at_s) == (m.device, m.update, m.onset_s, 1000.5)
         assert (t.latitude, t.longitude) == h3.cell_to_latlng(cell) == protocol.cell_centre(cell)
         assert set(msgspec.structs.asdict(t)) == set(amps) | {"device_id", "latitude", "longitude", "onset_time_s", "issued_at_s", "update"}
+
+
+def test_decode_batch_matches_decode_and_a_bad_message_refuses_only_itself():
+    """The batch decoder gives, per message, what decode() gives or the error it raises,
+    in order: a corrupt, mis-routed or out-of-range message between good ones costs only
+    itself."""
+    good = protocol.topic_for("trig", CELL7)
+    hb = protocol.HeartbeatMsg(device="a1", cell=CELL7, sent_s=5.0, ready=False)
+    items = [
+        (good, protocol.encode(_trig(update=1))),
+        (good, b"\xc1\xff garbage"),
+        (protocol.topic_for("hb", CELL7), protocol.encode(hb)),
+        ("yj/v1/bogus/x", protocol.encode(_trig())),
+        (good, protocol.encode(_trig(pga_gal=math.nan))),
+        (good, protocol.encode(_trig(pga_gal=-1.0))),
+        (protocol.topic_for("hb", CELL7), protocol.encode(msgspec.structs.replace(hb, sent_s=math.inf))),
+        (good, protocol.encode(_trig(cell=h3.latlng_to_cell(29.59, 102.08, 8)))),
+        (good.replace("/", "."), protocol.encode(_trig(device="zz"))),
+        ("", protocol.encode(_trig())),  # a bad topic between two messages on the same good one
+        (good.replace("/", "."), protocol.encode(_trig(device="zy"))),
+    ]
+    got = protocol.decode_batch([t for t, _ in items], [p for _, p in items])
+    assert len(got) == len(items)
+    for (topic, payload), g in zip(items, got):
+        try:
+            want = protocol.decode(topic, payload)
+        except ProtocolError as exc:
+            assert isinstance(g, ProtocolError) and g.reason == exc.reason and str(g)
+        else:
+            assert g == want
+    assert [type(g).__name__ for g in got].count("ProtocolError") == 7

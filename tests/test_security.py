@@ -411,3 +411,31 @@ def test_token_keys_and_a_torn_log_survive_a_crash_and_one_token_per_day_holds_u
     again.flush_log()
     third = Issuer.load(path)  # what was appended after the torn record is kept
     assert {"ph1", "ph2"} <= third.enrolled.keys() and acct in third.tokens.accounts
+
+
+def test_check_batch_admits_and_refuses_as_check_does_one_by_one():
+    """The door over a batch: the same verdicts, in arrival order, as check() per message
+    (a forged or replayed message between good ones refuses only itself)."""
+    issuer = Issuer(bytes(range(32)))
+    sign = Signer(issuer)
+    wire = [sign.wire("hb", _hb("p1", 1000.0 + k)) for k in range(3)]
+    wire += [sign.wire("trig", _trig("p2", onset=1000.0, update=u)) for u in range(3)]
+    forged = bytearray(wire[1][1])
+    forged[-1] ^= 0x01
+    items = [wire[0], (wire[1][0], bytes(forged)), wire[1], wire[2], wire[0], wire[3],
+             (wire[4][0], protocol.encode(_trig("p3"))), wire[4], wire[5], (wire[0][0], b"\xc1")]
+    arrs = [1000.0 + 0.01 * k for k in range(len(items))]
+
+    one = security.Guard(issuer)
+    want = []
+    for (t, p), a in zip(items, arrs):
+        try:
+            one.check(t, p, protocol.decode(t, p), a)
+            want.append(None)
+        except protocol.ProtocolError as exc:
+            want.append(exc.reason)
+    batch = security.Guard(issuer)
+    msgs = protocol.decode_batch([t for t, _ in items], [p for _, p in items])
+    got = [None if e is None else e.reason for e in batch.check_batch([t for t, _ in items], [p for _, p in items], msgs, arrs)]
+    assert got == want
+    assert got == [None, "bad_signature", None, None, "replayed", None, "unsigned", None, None, "corrupt_msgpack"]

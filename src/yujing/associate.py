@@ -109,11 +109,45 @@ class Associator(SilenceEvidence, NewEvents):
             return []
         if trig.update > 0:
             return self._amplitude(trig, now_s)
+        return self._add_first(trig, now_s, None, -1)
+
+    def add_batch(self, trigs: list[Trigger]) -> list[EventUpdate]:
+        """First triggers (``update == 0``) that arrived within one engine step, in arrival
+        order, each associated as of its own arrival (``issued_at_s``): the same updates
+        as :meth:`add` one by one. A large event (``BATCH_PICKS`` picks or more) is not
+        relocated before the step's end (:meth:`_refresh_soon`), so the role of every
+        trigger of the batch for it is one numpy expression (:meth:`_role_codes`); a
+        young event, which may move with each pick, and an event formed within the batch
+        are asked trigger by trigger as before."""
+        trigs = [t for t in trigs if math.isfinite(t.latitude) and math.isfinite(t.longitude)]
+        if not trigs:
+            return []
+        codes = None
+        if len(trigs) > 1:
+            large = [ev for ev in self._open_events() if len(ev.picks) >= BATCH_PICKS]
+            if large:
+                n = len(trigs)
+                lat = np.fromiter((t.latitude for t in trigs), float, n)
+                lon = np.fromiter((t.longitude for t in trigs), float, n)
+                onset = np.fromiter((t.onset_time_s for t in trigs), float, n)
+                codes = {id(ev): self._role_codes(ev, lat, lon, onset).tolist() for ev in large}
+        out: list[EventUpdate] = []
+        for k, trig in enumerate(trigs):
+            out += self._add_first(trig, trig.issued_at_s, codes, k)
+        return out
+
+    def _add_first(self, trig: Trigger, now_s: float, codes: dict | None, k: int) -> list[EventUpdate]:
         self._delays.append(trig.issued_at_s - trig.onset_time_s)
         self._delay_cache = None
         self._delay_sorted = None
         for ev in self._open_events():
-            role = self._role(ev, trig)
+            c = codes.get(id(ev)) if codes is not None else None
+            if c is None:
+                role = self._role(ev, trig)
+            elif trig.device_id in ev.picks:  # membership may change within the batch
+                role = "later" if trig.onset_time_s > ev.picks[trig.device_id].onset_time_s else None
+            else:
+                role = _ROLES[c[k]]
             if role == "P":
                 ev.picks[trig.device_id] = trig
                 ev.dirty_location = True
@@ -195,6 +229,23 @@ class Associator(SilenceEvidence, NewEvents):
         if tp < trig.onset_time_s < tp + 30.0 + 0.25 * epi:
             return "later"
         return None
+
+    def _role_codes(self, ev: Event, lat: np.ndarray, lon: np.ndarray, onset: np.ndarray) -> np.ndarray:
+        """:meth:`_role` of many triggers at once, for triggers whose device is not among
+        ``ev``'s picks (the caller checks that): 0 none, 1 "P", 2 "early", 3 "later"
+        (:data:`_ROLES`). The same expressions, on arrays."""
+        loc = ev.location
+        tab = default_table()
+        epi = distance_km(loc.latitude, loc.longitude, lat, lon)
+        tp = loc.origin_time_s + tab.p_time_s(epi, loc.depth_km)
+        slack = self.s.associate.moveout_slack_s
+        tol = slack + 0.01 * epi + min(loc.horizontal_error_km, 30.0) / 6.0
+        is_p = np.abs(onset - tp) <= tol
+        early = (onset < tp) & (
+            onset >= loc.origin_time_s + tab.p_time_s(np.maximum(epi - loc.horizontal_error_km, 0.0), loc.depth_km) - slack
+        )
+        later = (tp < onset) & (onset < tp + 30.0 + 0.25 * epi)
+        return np.where(is_p, 1, np.where(early, 2, np.where(later, 3, 0))).astype(np.int8)
 
     def _fits_as_p(self, ev: Event, trig: Trigger, now_s: float) -> Location | None:
         """An early location can be tens of km off, and a P pick that does not fit its
@@ -472,5 +523,7 @@ class Associator(SilenceEvidence, NewEvents):
 
 
 _SLOWNESS: dict[tuple, float] = {}
+#: :meth:`Associator._role_codes` -> the names :meth:`Associator._role` returns
+_ROLES = (None, "P", "early", "later")
 
 

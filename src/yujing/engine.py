@@ -86,6 +86,44 @@ class Engine:
         self._pending.append(trig)
         return out
 
+    def feed_triggers(self, trigs: list[Trigger]) -> list[EventUpdate]:
+        """Many device triggers in arrival order (what arrived within an engine step, or a
+        bounded batch): the same updates as :meth:`feed_trigger` one by one. The first
+        triggers between two step boundaries are associated together
+        (:meth:`Associator.add_batch`: each still as of its own arrival), amplitude updates
+        are stepped as before; a trigger behind the clock is rejected (``late_arrival``)
+        and the rest of the batch goes on."""
+        out: list[EventUpdate] = []
+        seg: list[Trigger] = []
+        add_batch = self.assoc.add_batch
+        for trig in trigs:
+            t = trig.issued_at_s
+            if t < self.clock_s:
+                self.rejects.add(
+                    "late_arrival",
+                    trig.device_id,
+                    f"arrival {t:.3f} is before the engine clock {self.clock_s:.3f}; feed messages in arrival order",
+                )
+                continue
+            if t >= self._step_end and (self._pending or self._step_open):
+                if seg:
+                    out += add_batch(seg)
+                    seg = []
+                out += self._run_step(self._step_end)
+            if not (self._pending or self._step_open):
+                self._step_end = t + self.step_s
+            self.clock_s = t
+            if trig.update == 0:
+                self._step_open = True
+                self.n_triggers += 1
+                self.triggers.append(trig)
+                seg.append(trig)
+            else:
+                self._pending.append(trig)
+        if seg:
+            out += add_batch(seg)
+        return out
+
     def _advance(self, t: float, device_id: str) -> list[EventUpdate] | None:
         """Move the clock to a message's arrival ``t``, closing the step it ends; None
         (and a counted rejection) when the message arrives behind the clock."""

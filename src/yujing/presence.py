@@ -58,7 +58,16 @@ class Presence:
     def note_heartbeats(self, device_ids, latitudes, longitudes, time_s, ready=None):
         """Bulk: phones alive at ``time_s``; ``ready`` False for phones that cannot detect
         now (carried, moving): they are alive but their silence says nothing."""
-        idx = np.fromiter((self._slot(d) for d in device_ids), dtype=np.int64, count=len(device_ids))
+        # known devices by one lookup each (a million phones check in again and again);
+        # only the new ones take a slot one by one
+        get = self.index.get
+        found = [get(d, -1) for d in device_ids]
+        idx = np.array(found, dtype=np.int64) if found else np.zeros(0, dtype=np.int64)
+        new = np.flatnonzero(idx < 0)
+        if len(new):
+            slot = self._slot
+            for k in new.tolist():
+                idx[k] = slot(device_ids[k])
         ok = np.ones(len(idx), dtype=bool) if ready is None else np.asarray(ready, dtype=bool)
         self.lat[idx] = latitudes
         self.lon[idx] = longitudes

@@ -270,6 +270,10 @@ def decode(topic: str, payload: bytes) -> DeviceMsg:
     route = _ROUTES.get(topic)
     if route is None:
         route = _route(topic)
+    return _decode_routed(route, topic, payload)
+
+
+def _decode_routed(route: tuple, topic: str, payload: bytes) -> DeviceMsg:
     kind, tcell, dec, check = route
     try:
         msg = dec.decode(payload)
@@ -289,6 +293,30 @@ def decode(topic: str, payload: bytes) -> DeviceMsg:
         raise ProtocolError("cell_mismatch", f"{kind} message from {msg.device!r}: cell {msg.cell} is not in topic cell {tcell}")
     check(msg)
     return msg
+
+
+def decode_batch(topics, payloads) -> list:
+    """:func:`decode` of many messages (what arrived within an engine step): a list with,
+    per message, the decoded message or the :class:`ProtocolError` that refuses it (a bad
+    message refuses only itself, a decoder bug too: ``decode_error``). The same checks as
+    :func:`decode`, with the topic memo looked up once per topic run."""
+    out: list = []
+    append = out.append
+    routes = _ROUTES
+    last_topic, route = None, None
+    for topic, payload in zip(topics, payloads):
+        try:
+            if topic != last_topic:
+                r = routes.get(topic)
+                if r is None:
+                    r = _route(topic)  # raises for a topic no device may use: route stays
+                route, last_topic = r, topic
+            append(_decode_routed(route, topic, payload))
+        except ProtocolError as exc:
+            append(exc)
+        except Exception as exc:
+            append(ProtocolError("decode_error", f"topic {topic}: {type(exc).__name__}: {exc}"))
+    return out
 
 
 def _route(topic: str) -> tuple:

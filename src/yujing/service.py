@@ -290,6 +290,37 @@ class Service:
             self._wake.set()
         return True
 
+    def receive_many(self, items) -> int:
+        """Take many device messages at once: ``(arrival_s, topic, payload)`` in arrival
+        order (what arrived within an engine step; :func:`drive` hands them over so). The
+        same as :meth:`receive` one by one: decoded together
+        (:func:`~yujing.protocol.decode_batch`), checked at the door in arrival order
+        (:meth:`~yujing.security.Guard.check_batch`); a bad message is counted with its
+        reason and refuses only itself. Returns how many were accepted."""
+        if not items:
+            return 0
+        arrs = [it[0] for it in items]
+        topics = [it[1] for it in items]
+        payloads = [it[2] for it in items]
+        self.stats.received += len(items)
+        msgs = protocol.decode_batch(topics, payloads)
+        errs = self.guard.check_batch(topics, payloads, msgs, arrs)
+        q = self._queue
+        jb = self._jbuf
+        rejects = self.rejects
+        n = 0
+        for arr, topic, payload, msg, err in zip(arrs, topics, payloads, msgs, errs):
+            if err is not None:
+                rejects.add(err.reason, f"topic {topic}", str(err))
+                continue
+            if jb is not None:
+                jb.append((arr, topic, payload))
+            q.append((arr, msg))
+            n += 1
+        if n and self._wake is not None:
+            self._wake.set()
+        return n
+
     def journaled(self) -> "asyncio.Future | None":
         """When to acknowledge (MQTT QoS 1) the message just given to :meth:`receive`: a
         future done once everything this service accepted so far is written to its journal
@@ -447,14 +478,78 @@ class Service:
                 self._jack_writing = None
 
     def process_queue(self, max_items: int = 50_000) -> int:
-        """Run queued messages through the engine, oldest first; returns how many."""
+        """Run queued messages through the engine, oldest first; returns how many. The
+        trigger messages among them go to the engine together
+        (:meth:`~yujing.engine.Engine.feed_triggers`: the same updates as one by one, the
+        roles of a batch's triggers for a large event computed at once); heartbeats wait
+        for the engine step as before; other kinds go one by one, in order."""
         n = 0
         q = self._queue
+        run: list[Trigger] = []
+        trig_kind, hb_kind = protocol.TriggerMsg, protocol.HeartbeatMsg
         while q and n < max_items:
             arr, msg = q.popleft()
             n += 1
-            self._one(arr, msg)
+            kind = type(msg)
+            if kind is trig_kind:
+                t = self._trigger_record(arr, msg)
+                if t is not None:
+                    run.append(t)
+            elif kind is hb_kind:
+                self._heartbeat(arr, msg)
+            else:
+                if run:
+                    self._feed_triggers(run)
+                    run = []
+                self._one(arr, msg)
+        if run:
+            self._feed_triggers(run)
         return n
+
+    def _feed_triggers(self, run: list[Trigger]) -> None:
+        t0 = time.perf_counter()
+        out = self.engine.feed_triggers(run)
+        self.stats.engine_busy_s += time.perf_counter() - t0
+        self._emit(out)
+
+    def _trigger_record(self, arr: float, msg) -> Trigger | None:
+        """A trigger message's registry entry, duplicate check and clock correction: its
+        engine record, or None (a repeat, counted)."""
+        self._note_region(msg.cell)
+        d = self.registry.seen(msg.device, msg.cell, arr)
+        seen = d.triggers_seen
+        if seen is None:
+            seen = d.triggers_seen = {}
+        bit = 1 << min(msg.update, 4095)
+        mask = seen.get(msg.onset_s, 0)
+        if mask & bit:
+            # MQTT QoS 1 delivers at least once: a device that missed the PUBACK sends
+            # again. A repeat, seconds late, would join no event and could seed a new one
+            self.rejects.add("duplicate", f"device {msg.device!r}", f"trigger onset {msg.onset_s:.3f} update {msg.update} again")
+            return None
+        seen[msg.onset_s] = mask | bit
+        if len(seen) > ONSETS_REMEMBERED:
+            del seen[next(iter(seen))]  # the oldest onset
+        self.stats.accepted["trig"] += 1
+        return protocol.to_trigger(msg, arr, d.clock_offset(msg.sent_s, arr, bool(msg.sig)))
+
+    def _heartbeat(self, arr: float, msg) -> None:
+        cell = msg.cell
+        if cell not in self._noted_cells:
+            self._note_region(cell)
+        reg = self.registry
+        d = reg.devs.get(msg.device)
+        if d is None:
+            d = reg.seen(msg.device, cell, arr)
+        else:  # Registry.seen of a known device, inline (most messages are these)
+            d.cell = cell
+            if arr > d.last_seen_s:
+                d.last_seen_s = arr
+            reg.dirty.add(msg.device)
+        d.clock_offset(msg.sent_s, arr, bool(msg.sig))
+        lat, lon = protocol.cell_centre(msg.cell)
+        self._hb.append((msg.device, lat, lon, arr, msg.ready))
+        self.stats.accepted["hb"] += 1
 
     def fire_timer(self) -> None:
         """One engine step's time-driven work: heartbeats of the step, then the timer."""
@@ -472,35 +567,17 @@ class Service:
     def _one(self, arr: float, msg) -> None:
         kind = type(msg)
         reg = self.registry
+        if kind is protocol.TriggerMsg:
+            trig = self._trigger_record(arr, msg)
+            if trig is not None:
+                self._feed_triggers([trig])
+            return
+        if kind is protocol.HeartbeatMsg:
+            self._heartbeat(arr, msg)
+            return
         if kind is not protocol.ConsentMsg and kind is not protocol.PacketMsg:
             self._note_region(msg.cell)
-        if kind is protocol.TriggerMsg:
-            d = reg.seen(msg.device, msg.cell, arr)
-            seen = d.triggers_seen
-            if seen is None:
-                seen = d.triggers_seen = {}
-            bit = 1 << min(msg.update, 4095)
-            mask = seen.get(msg.onset_s, 0)
-            if mask & bit:
-                # MQTT QoS 1 delivers at least once: a device that missed the PUBACK sends
-                # again. A repeat, seconds late, would join no event and could seed a new one
-                self.rejects.add("duplicate", f"device {msg.device!r}", f"trigger onset {msg.onset_s:.3f} update {msg.update} again")
-                return
-            seen[msg.onset_s] = mask | bit
-            if len(seen) > ONSETS_REMEMBERED:
-                del seen[next(iter(seen))]  # the oldest onset
-            trig = protocol.to_trigger(msg, arr, d.clock_offset(msg.sent_s, arr, bool(msg.sig)))
-            self.stats.accepted["trig"] += 1
-            t0 = time.perf_counter()
-            out = self.engine.feed_trigger(trig)
-            self.stats.engine_busy_s += time.perf_counter() - t0
-            self._emit(out)
-        elif kind is protocol.HeartbeatMsg:
-            reg.seen(msg.device, msg.cell, arr).clock_offset(msg.sent_s, arr, bool(msg.sig))
-            lat, lon = protocol.cell_centre(msg.cell)
-            self._hb.append((msg.device, lat, lon, arr, msg.ready))
-            self.stats.accepted["hb"] += 1
-        elif kind is protocol.PacketMsg:
+        if kind is protocol.PacketMsg:
             d = reg.devs.get(msg.device)
             if msg.device not in self.engine.devices:
                 # operator-listed sensors are in the table from the start; others say hello
@@ -893,6 +970,11 @@ class ManualClock:
         return self.t_s
 
 
+#: Messages :func:`drive` hands to :meth:`Service.receive_many` at once at most (a step's
+#: worth usually: the batch ends at each timer tick).
+DRIVE_BATCH = 4096
+
+
 def drive(service: Service, clock: ManualClock, messages) -> int:
     """Feed ``(arrival_s, topic, payload)`` messages through ``service`` on their own
     time, firing its timer every ``step_s`` as the live loop does, without sleeping: the
@@ -901,17 +983,25 @@ def drive(service: Service, clock: ManualClock, messages) -> int:
     step = service.config.step_s
     next_tick = None
     n = 0
-    for arr, topic, payload in messages:
+    batch: list = []  # what arrived since the last tick: decoded and checked together
+    for item in messages:
+        arr = item[0]
         if next_tick is None:
             next_tick = arr + step
+        if next_tick <= arr or len(batch) >= DRIVE_BATCH:
+            clock.t_s = batch[-1][0] if batch else clock.t_s
+            service.receive_many(batch)
+            batch = []
         while next_tick <= arr:
             clock.t_s = next_tick
             service.process_queue()
             service.fire_timer()
             next_tick += step
-        clock.t_s = arr
-        service.receive(topic, payload, arr)
+        batch.append(item)
         n += 1
+    if batch:
+        clock.t_s = batch[-1][0]
+        service.receive_many(batch)
     service.process_queue()
     if next_tick is not None:
         clock.t_s = max(clock.t_s, next_tick)
