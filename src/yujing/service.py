@@ -483,20 +483,42 @@ class Service:
         (:meth:`~yujing.engine.Engine.feed_triggers`: the same updates as one by one, the
         roles of a batch's triggers for a large event computed at once); heartbeats wait
         for the engine step as before; other kinds go one by one, in order."""
-        n = 0
+        n = n_hb = 0
         q = self._queue
         run: list[Trigger] = []
         trig_kind, hb_kind = protocol.TriggerMsg, protocol.HeartbeatMsg
+        # a heartbeat's work (most messages), inline with these locals: the registry row
+        # (Registry.seen), the clock estimate (_Dev.clock_offset), the cell's centre
+        noted, devs, dirty = self._noted_cells, self.registry.devs, self.registry.dirty
+        centres, hb_append = protocol._CENTRES, self._hb.append
         while q and n < max_items:
             arr, msg = q.popleft()
             n += 1
             kind = type(msg)
-            if kind is trig_kind:
+            if kind is hb_kind:
+                cell, dev = msg.cell, msg.device
+                if cell not in noted:
+                    self._note_region(cell)
+                d = devs.get(dev)
+                if d is None:
+                    d = self.registry.seen(dev, cell, arr)
+                else:
+                    d.cell = cell
+                    if arr > d.last_seen_s:
+                        d.last_seen_s = arr
+                    dirty.add(dev)
+                off = arr - msg.sent_s
+                if (off <= d.off_min_s or arr - d.off_since_s > CLOCK_WINDOW_S) and (off >= -CLOCK_AHEAD_MAX_S or msg.sig):
+                    d.off_min_s, d.off_since_s = off, arr
+                c = centres.get(cell)
+                if c is None:
+                    c = protocol.cell_centre(cell)
+                hb_append((dev, c[0], c[1], arr, msg.ready))
+                n_hb += 1
+            elif kind is trig_kind:
                 t = self._trigger_record(arr, msg)
                 if t is not None:
                     run.append(t)
-            elif kind is hb_kind:
-                self._heartbeat(arr, msg)
             else:
                 if run:
                     self._feed_triggers(run)
@@ -504,6 +526,7 @@ class Service:
                 self._one(arr, msg)
         if run:
             self._feed_triggers(run)
+        self.stats.accepted["hb"] += n_hb
         return n
 
     def _feed_triggers(self, run: list[Trigger]) -> None:
@@ -534,19 +557,9 @@ class Service:
         return protocol.to_trigger(msg, arr, d.clock_offset(msg.sent_s, arr, bool(msg.sig)))
 
     def _heartbeat(self, arr: float, msg) -> None:
-        cell = msg.cell
-        if cell not in self._noted_cells:
-            self._note_region(cell)
-        reg = self.registry
-        d = reg.devs.get(msg.device)
-        if d is None:
-            d = reg.seen(msg.device, cell, arr)
-        else:  # Registry.seen of a known device, inline (most messages are these)
-            d.cell = cell
-            if arr > d.last_seen_s:
-                d.last_seen_s = arr
-            reg.dirty.add(msg.device)
-        d.clock_offset(msg.sent_s, arr, bool(msg.sig))
+        # (process_queue does the same inline)
+        self._note_region(msg.cell)
+        self.registry.seen(msg.device, msg.cell, arr).clock_offset(msg.sent_s, arr, bool(msg.sig))
         lat, lon = protocol.cell_centre(msg.cell)
         self._hb.append((msg.device, lat, lon, arr, msg.ready))
         self.stats.accepted["hb"] += 1
