@@ -177,3 +177,28 @@ def test_a_late_trigger_in_a_batch_is_rejected_and_the_rest_goes_on():
     eng.feed_triggers([trig("c", 100.05), trig("d", 100.2), trig("a", 100.3, update=1)])
     assert rej.by_reason() == {"late_arrival": 1}
     assert eng.n_triggers == 3 and eng.clock_s == 100.3
+
+
+def test_a_trigger_whose_association_raises_costs_only_itself(monkeypatch):
+    """A bug met by one trigger of a batch: that trigger is counted (engine_error) and
+    every other trigger of the batch is still associated."""
+    from yujing.associate import Associator
+    from yujing.records import Trigger
+
+    def trig(dev, t):
+        return Trigger(device_id=dev, latitude=29.6, longitude=102.1, onset_time_s=t - 1.0, issued_at_s=t,
+                       window_s=1.0, pga_gal=5.0, pgv_cm_s=0.1, pd_cm=0.01)
+
+    real = Associator._add_first
+
+    def flaky(self, t, now_s, codes, k):
+        if t.device_id == "bad":
+            raise RuntimeError("boom")
+        return real(self, t, now_s, codes, k)
+
+    monkeypatch.setattr(Associator, "_add_first", flaky)
+    rej = Rejects()
+    eng = Engine({}, rejects=rej)
+    eng.feed_triggers([trig("a", 100.0), trig("bad", 100.01), trig("b", 100.02)])
+    assert rej.by_reason() == {"engine_error": 1}
+    assert {p.device_id for p in eng.assoc.pool} == {"a", "b"}

@@ -284,3 +284,56 @@ def test_a_bad_message_in_a_batch_is_counted_and_the_good_ones_go_on(luding_wire
     assert svc.stats.accepted["trig"] == len(trig)
     firsts = sum(1 for _, topic, p in trig if protocol.decode(topic, p).update == 0)
     assert firsts and svc.engine.n_triggers == firsts
+
+
+def test_triggers_taken_from_the_queue_reach_the_engine_when_a_later_message_raises(luding_wire, monkeypatch):
+    """process_queue gathers a run of triggers for the engine; a message after them that
+    raises (a bug) must not lose the run: it is fed before the error goes on to the live
+    loop (which counts it as engine_error)."""
+    sc, msgs = luding_wire
+    trig = [m for m in msgs if "/trig/" in m[1]][:20]
+    svc = Service(clock=ManualClock(trig[0][0]))
+    assert svc.receive_many(trig) == len(trig)
+    hello = Signer(svc.issuer).wire("hello", protocol.HelloMsg(device="s9", cell=h3.latlng_to_cell(29.6, 102.1, 7),
+                                                              sent_s=trig[-1][0], kind="sensor"))
+    assert svc.receive(*hello, trig[-1][0])
+
+    def boom(self, arr, msg):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(Service, "_one", boom)
+    with pytest.raises(RuntimeError):
+        svc.process_queue()
+    firsts = sum(1 for _, topic, p in trig if protocol.decode(topic, p).update == 0)
+    assert svc.stats.accepted["trig"] == len(trig) and svc.engine.n_triggers == firsts > 0
+
+
+def test_a_trigger_run_waits_for_at_most_run_span_messages(luding_wire, monkeypatch):
+    """With a backlog queued (a busy engine), the triggers gathered for a batch go to the
+    engine once RUN_SPAN messages were taken since the first of them, not at the end of
+    the backlog: batching bounds what an alert waits behind."""
+    import yujing.service as service_mod
+
+    sc, msgs = luding_wire
+    monkeypatch.setattr(service_mod, "RUN_SPAN", 50)
+    first = next(k for k, m in enumerate(msgs) if "/trig/" in m[1])
+    part = msgs[first:first + 3000]
+    svc = Service(clock=ManualClock(part[0][0]))
+    assert svc.receive_many(part) == len(part)
+    fed_at = []
+    real = Service._feed_triggers
+
+    def spy(self, run):
+        fed_at.append((len(self._queue), len(run)))
+        return real(self, run)
+
+    monkeypatch.setattr(Service, "_feed_triggers", spy)
+    svc.process_queue()
+    assert len(fed_at) > 1 and sum(k for _, k in fed_at) == svc.stats.accepted["trig"]
+    pos = [k for k, m in enumerate(part) if "/trig/" in m[1]]  # where each trigger sits in the queue
+    done = 0
+    for left, k in fed_at:
+        taken = len(part) - left
+        # fed no later than 50 messages after its first trigger was taken
+        assert taken - pos[done] <= 51, (taken, pos[done])
+        done += k

@@ -111,14 +111,18 @@ class Associator(SilenceEvidence, NewEvents):
             return self._amplitude(trig, now_s)
         return self._add_first(trig, now_s, None, -1)
 
-    def add_batch(self, trigs: list[Trigger]) -> list[EventUpdate]:
+    def add_batch(self, trigs: list[Trigger], errors: list | None = None) -> list[EventUpdate]:
         """First triggers (``update == 0``) that arrived within one engine step, in arrival
         order, each associated as of its own arrival (``issued_at_s``): the same updates
         as :meth:`add` one by one. A large event (``BATCH_PICKS`` picks or more) is not
         relocated before the step's end (:meth:`_refresh_soon`), so the role of every
         trigger of the batch for it is one numpy expression (:meth:`_role_codes`); a
         young event, which may move with each pick, and an event formed within the batch
-        are asked trigger by trigger as before."""
+        are asked trigger by trigger as before.
+
+        ``errors``: given a list, a trigger whose association raises is put there with
+        the exception (``(trigger, exception)``) and the rest of the batch goes on, as it
+        would have one by one; without it the exception propagates."""
         trigs = [t for t in trigs if math.isfinite(t.latitude) and math.isfinite(t.longitude)]
         if not trigs:
             return []
@@ -133,7 +137,13 @@ class Associator(SilenceEvidence, NewEvents):
                 codes = {id(ev): self._role_codes(ev, lat, lon, onset).tolist() for ev in large}
         out: list[EventUpdate] = []
         for k, trig in enumerate(trigs):
-            out += self._add_first(trig, trig.issued_at_s, codes, k)
+            if errors is None:
+                out += self._add_first(trig, trig.issued_at_s, codes, k)
+                continue
+            try:
+                out += self._add_first(trig, trig.issued_at_s, codes, k)
+            except Exception as exc:  # this trigger is lost, not the batch
+                errors.append((trig, exc))
         return out
 
     def _add_first(self, trig: Trigger, now_s: float, codes: dict | None, k: int) -> list[EventUpdate]:

@@ -92,10 +92,19 @@ class Engine:
         triggers between two step boundaries are associated together
         (:meth:`Associator.add_batch`: each still as of its own arrival), amplitude updates
         are stepped as before; a trigger behind the clock is rejected (``late_arrival``)
-        and the rest of the batch goes on."""
+        and the rest of the batch goes on, as does the rest after a trigger whose
+        association raises (counted as ``engine_error``)."""
         out: list[EventUpdate] = []
         seg: list[Trigger] = []
-        add_batch = self.assoc.add_batch
+        errors: list = []
+
+        def add_batch(seg):
+            got = self.assoc.add_batch(seg, errors)
+            for trig, exc in errors:
+                # one trigger's association failed (a bug): counted, the batch goes on
+                self.rejects.add("engine_error", trig.device_id, f"association failed: {type(exc).__name__}: {exc}")
+            errors.clear()
+            return got
         for trig in trigs:
             t = trig.issued_at_s
             if t < self.clock_s:

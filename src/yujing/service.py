@@ -99,6 +99,10 @@ CLOCK_WINDOW_S = 600.0
 #: message (issue 12) closes this for good, so the bound holds for unsigned messages only
 #: (a development server's): a signed one from a clock minutes ahead is believed.
 CLOCK_AHEAD_MAX_S = 120.0
+#: process_queue feeds the triggers it gathered once this many messages were taken since
+#: the first of them: the most an event update waits behind the batching is the
+#: registry and door work of these messages (a few ms), far less than an engine step.
+RUN_SPAN = 2048
 #: Onsets per device whose messages are remembered (as a bit per update number, ~90 per
 #: onset) to drop repeats.
 ONSETS_REMEMBERED = 4
@@ -483,15 +487,35 @@ class Service:
         (:meth:`~yujing.engine.Engine.feed_triggers`: the same updates as one by one, the
         roles of a batch's triggers for a large event computed at once); heartbeats wait
         for the engine step as before; other kinds go one by one, in order."""
-        n = n_hb = 0
         q = self._queue
         run: list[Trigger] = []
+        n = 0
+        try:
+            n = self._drain(q, max_items, run)
+        finally:
+            # what was taken from the queue reaches the engine even when one message
+            # raised (the live loop counts that one as engine_error and goes on)
+            if run:
+                self._feed_triggers(run)
+        return n
+
+    def _drain(self, q: deque, max_items: int, run: list) -> int:
+        """process_queue's loop: registry, clock and duplicates per message; triggers are
+        gathered in ``run`` (fed whenever another kind needs the engine in order)."""
+        n = 0
         trig_kind, hb_kind = protocol.TriggerMsg, protocol.HeartbeatMsg
         # a heartbeat's work (most messages), inline with these locals: the registry row
         # (Registry.seen), the clock estimate (_Dev.clock_offset), the cell's centre
         noted, devs, dirty = self._noted_cells, self.registry.devs, self.registry.dirty
         centres, hb_append = protocol._CENTRES, self._hb.append
+        accepted = self.stats.accepted
+        run_from = 0  # n at the run's first trigger
         while q and n < max_items:
+            if run and n - run_from >= RUN_SPAN:
+                # an alert the run makes must not wait for a whole backlog behind it
+                batch = run[:]
+                run.clear()
+                self._feed_triggers(batch)
             arr, msg = q.popleft()
             n += 1
             kind = type(msg)
@@ -514,19 +538,19 @@ class Service:
                 if c is None:
                     c = protocol.cell_centre(cell)
                 hb_append((dev, c[0], c[1], arr, msg.ready))
-                n_hb += 1
+                accepted["hb"] += 1
             elif kind is trig_kind:
                 t = self._trigger_record(arr, msg)
                 if t is not None:
+                    if not run:
+                        run_from = n
                     run.append(t)
             else:
                 if run:
-                    self._feed_triggers(run)
-                    run = []
+                    batch = run[:]
+                    run.clear()
+                    self._feed_triggers(batch)
                 self._one(arr, msg)
-        if run:
-            self._feed_triggers(run)
-        self.stats.accepted["hb"] += n_hb
         return n
 
     def _feed_triggers(self, run: list[Trigger]) -> None:
