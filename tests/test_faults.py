@@ -699,17 +699,32 @@ def _delivery(msgs, handed, journal, t_kill: float, t_back: float) -> dict:
     held = {i for i, h in enumerate(handed) if t_kill <= h < t_back}  # handed over while disconnected
     missing = [i for i, k in enumerate(keys) if k not in arrived]
     late = np.array([arrived[keys[i]][0] - msgs[i][0] for i in sorted(held) if keys[i] in arrived])
-    # the server's clock estimate, replayed on the journal's order (the resumed life rebuilt it the same way)
+    # the server's clock estimate, replayed on the journal's order (the resumed life rebuilt
+    # it the same way), against the same estimate on the scripted messages (failure-free):
+    # the simulated phones include some whose clocks really are off (clock_bad_fraction),
+    # whose onsets the failure-free server moves too. Counted: held triggers whose onset
+    # the hold moved, taken for a clock error where the failure-free estimate is in the
+    # trust band (under heavy load more triggers are held, and a really skewed phone's
+    # among them is no fault of the hold: it was counted as one, -2.2 s, until 2026-12-05)
     lo, hi = protocol.CLOCK_TRUST_S
+    off_ref: dict[tuple[str, int], float] = {}
     off_min: dict[str, float] = {}
+    for arr_s, topic, payload in msgs:
+        m = protocol.decode(topic, payload)
+        if hasattr(m, "sent_s"):
+            off_ref[(m.device, m.seq)] = off_min[m.device] = min(off_min.get(m.device, math.inf), arr_s - m.sent_s)
+    off_min = {}
     held_keys = {keys[i] for i in held}
-    moved, moved_onsets, moved_devs, shifts = 0, 0, set(), []
+    moved, moved_onsets, moved_devs, shifts, skewed = 0, 0, set(), [], 0
     for arr_s, topic, payload in journal:
         m = protocol.decode(topic, bytes(payload))
         if not hasattr(m, "sent_s"):
             continue
         off = off_min[m.device] = min(off_min.get(m.device, math.inf), float(arr_s) - m.sent_s)
         if isinstance(m, protocol.TriggerMsg) and (m.device, m.seq) in held_keys and not lo <= off <= hi:
+            if not lo <= off_ref.get((m.device, m.seq), 0.0) <= hi:
+                skewed += 1  # its clock is off: moved without a failure too
+                continue
             moved += 1
             moved_onsets += m.update == 0
             moved_devs.add(m.device)
@@ -725,7 +740,7 @@ def _delivery(msgs, handed, journal, t_kill: float, t_back: float) -> dict:
         "late_median_s": float(np.median(late)) if len(late) else 0.0, "late_max_s": float(late.max()) if len(late) else 0.0,
         "late_min_s": float(late.min()) if len(late) else 0.0,
         "clock_moved": moved, "clock_moved_onsets": moved_onsets, "clock_moved_devices": len(moved_devs),
-        "clock_moved_median_s": float(np.median(shifts)) if shifts else 0.0,
+        "clock_moved_median_s": float(np.median(shifts)) if shifts else 0.0, "clock_skewed": skewed,
     }
 
 
@@ -766,13 +781,17 @@ def test_yujing_serve_sigkilled_mid_quake_resumes_from_its_journal(tmp_path):
     issuer.save(str(db) + ".credentials")  # the server's credentials (beside its store): the devices' issuer
     http_port, mqtt_port = _free_port(), _free_port()
     procs: list[ServeProc] = []
-    got: list[tuple[int, float, bytes]] = []  # (life, received at, payload) of every alert message
+    # (life, received at, payload) of every alert message on the phone; the life is the
+    # phone's connection (its newest CONNACK at receipt, set before it subscribes again):
+    # an alert the first life wrote before it died and the test's loop read after the kill
+    # is still the first life's
+    got: list[tuple[int, float, bytes]] = []
+    first_conn: list[float] = []
     net = simulate(sc, 20_000, seed=3)
     acks: list[tuple[tuple[str, int], int]] = []  # (device, seq) of each PUBACK, and the connection it came on
     inflight_first_life: list[int] = []  # the devices' most unacknowledged messages at once, by the kill
 
     async def go():
-        life = 1
         s1 = ServeProc(tmp_path, db, http_port, mqtt_port, 1)
         procs.append(s1)
         await _wait(s1.ready, 60, "yujing serve up")
@@ -791,8 +810,9 @@ def test_yujing_serve_sigkilled_mid_quake_resumes_from_its_journal(tmp_path):
         # the listening phone is the test's instrument: it must see every alert version to
         # check the store against it, so it comes back at once (every <= 0.25 s)
         sub = MqttClient("127.0.0.1", mqtt_port, "test-phone", reconnect=True, reconnect_min_s=0.05,
-                         reconnect_max_s=0.25, seed=13, on_message=lambda t, p, r: p and got.append((life, time.time(), p)))
+                         reconnect_max_s=0.25, seed=13, on_message=lambda t, p, r: p and got.append((1 + (sub.connected_at_s != first_conn[0]), time.time(), p)))
         await sub.connect()
+        first_conn.append(sub.connected_at_s)
         await sub.subscribe([(f"{protocol.TOPIC_ROOT}/alert/#", 1)])
         origin = time.time() + 1.0 - SERVE_WINDOW_S[0]
         shift = origin - sc.origin_time_s
@@ -823,7 +843,6 @@ def test_yujing_serve_sigkilled_mid_quake_resumes_from_its_journal(tmp_path):
                 s1.proc.wait(10)
                 t_kill = time.time()
                 inflight_first_life.append(pub.inflight_max)
-                life = 2
                 restarting = asyncio.get_running_loop().create_task(restart())
             delay = arr - time.time()
             if delay > 0.002:
@@ -898,11 +917,34 @@ def test_yujing_serve_sigkilled_mid_quake_resumes_from_its_journal(tmp_path):
     event_ids = sorted({u.event_id for u in st_updates})
     u_versions = [u.version for u in st_updates]
     updates_after = [u for u in st_updates if u.issued_at_s > t_up]
-    # the same messages through one engine that never fails (every message, nothing lost)
+    # the same messages through one engine that never fails (every message on its scripted
+    # time, nothing lost): the final picture, and the alerts made while the server was down
     ref_ev, ref_al = _reference(msgs, issuer)
-    before = [a for a in ref_al if a.issued_at_s <= t_kill]
     while_down = [a for a in ref_al if t_kill < a.issued_at_s < t_up]
     after = [a for a in ref_al if a.issued_at_s >= t_up]
+    # What the first life must have sent: the failure-free engine's alerts on the messages
+    # the first life took, at the times it took them (its journal rows: the same engine on
+    # message time), up to the newest message it acknowledged (a PUBACK on the devices'
+    # first connection). Not the scripted times: on a loaded machine the messages reach the
+    # server later than scripted (the devices' loop and the server's are starved of CPU)
+    # and the engine's steps close on arrival time, so its alerts are issued later (the
+    # flaky run: the second alert, scripted at 5.73 s, issued at 6.28 s with the same
+    # magnitude), and an alert due by the scripted time of the kill may need messages the
+    # killed server never took. Up to the newest acknowledged message only: that message
+    # was taken, its batch written and its PUBACK sent; the engine wakes on each message,
+    # so it had closed the steps the batch's messages end while the batch was being
+    # written (in a thread), and their alerts went to the phone's connection a few loop
+    # turns later (bus, link, broker: about as many turns as the PUBACK takes after the
+    # write; a kill landing exactly between the two would fail this check, not seen in the
+    # runs of docs/reliability.md). What the first life took after that message (its
+    # journal's unwritten tail, sent again to the second life) may have died with it.
+    rows1 = [(float(a), t, bytes(p)) for a, t, p in journal if float(a) < t_kill]
+    n_acked1 = max((i + 1 for i, (_, t, p) in enumerate(rows1) if _key(t, p) in acked1), default=0)
+    t_acked1 = rows1[n_acked1 - 1][0] if n_acked1 else -math.inf
+    _, ref1_al = _reference(rows1, issuer)
+    before = [a for a in ref1_al if a.issued_at_s <= t_acked1]
+    sched = {_key(t, p): a for a, t, p in msgs}
+    arrival_lag = np.array([a - sched[_key(t, p)] for a, t, p in rows1])  # taken this long after its scripted time
     got1 = [decode_alert(p) for lf, _, p in got if lf == 1]
     lost_before = [a for a in before if not any(b.msg_type == a.msg_type and abs(b.issued_at_s - a.issued_at_s) < 0.3
                                                 and abs(b.magnitude - a.magnitude) < 0.05 for b in got1)]
@@ -924,13 +966,20 @@ def test_yujing_serve_sigkilled_mid_quake_resumes_from_its_journal(tmp_path):
           f"down {dl['missing_while_down']}, after {dl['missing_after']}; held messages arrived {dl['late_min_s']:.1f}-{dl['late_max_s']:.1f} s late (median "
           f"{dl['late_median_s']:.1f} s; wait in the outbox median {np.median(waits) if waits else 0:.1f} s); held "
           f"triggers {dl['held_triggers']}, of which {dl['clock_moved']} ({dl['clock_moved_onsets']} onsets, "
-          f"{dl['clock_moved_devices']} devices) taken as a clock error (onset moved, median {dl['clock_moved_median_s']:.1f} s)"
+          f"{dl['clock_moved_devices']} devices) taken as a clock error (onset moved, median {dl['clock_moved_median_s']:.1f} s; "
+          f"{dl['clock_skewed']} more of phones whose clocks are off, moved without the failure too)"
           f"; alert ids {alert_ids}; versions "
           f"life 1 {v1}, life 2 {v2}; same (id, version) other content {same_id_version_other_content}; same content "
           f"twice {same_content_twice}; store conflicts {conflicts}; event ids {event_ids}, update versions "
           f"1..{max(u_versions)} ({len(u_versions)} stored, {len(updates_after)} after the restart); journal rows "
-          f"left after the clean stop {journal_left}; failure-free engine: {len(ref_al)} alerts ({len(before)} before "
-          f"the kill, {len(while_down)} while down, {len(after)} after), lost before the kill {len(lost_before)}; "
+          f"left after the clean stop {journal_left}; failure-free engine: {len(ref_al)} alerts ({len(while_down)} while "
+          f"down, {len(after)} after); the first life took its messages {np.median(arrival_lag):.2f} s (max "
+          f"{arrival_lag.max():.2f} s) after their scripted times, acknowledged up to {t_acked1 - origin:.2f} s after "
+          f"origin; failure-free on those arrivals: {len(before)} alerts by then "
+          f"{[(a.version, round(a.issued_at_s - origin, 2), round(a.magnitude, 2)) for a in before]} (on the scripted "
+          f"times {[(a.version, round(a.issued_at_s - origin, 2), round(a.magnitude, 2)) for a in ref_al if a.issued_at_s <= t_acked1]}), "
+          f"the first life sent {sorted({(a.version, round(a.issued_at_s - origin, 2), round(a.magnitude, 2)) for a in got1})}, "
+          f"not received from it {len(lost_before)}; "
           f"final alert M{final.magnitude:.2f} v{final.version} vs failure-free M{final_ref.magnitude:.2f}, areas "
           f"overlap (Jaccard) be_aware {jac[0]:.2f} take_action {jac[1]:.2f}; alert messages after the kill "
           f"{len(v2)} (failure-free {len(while_down) + len(after)})")
@@ -953,7 +1002,9 @@ def test_yujing_serve_sigkilled_mid_quake_resumes_from_its_journal(tmp_path):
     assert u_versions == list(range(1, len(u_versions) + 1)) and updates_after, u_versions
     assert same_id_version_other_content == 0 and same_content_twice == 0
     assert conflicts == 0
-    assert lost_before == [], [(a.version, a.issued_at_s - origin) for a in lost_before]
+    assert before, "the failure-free engine alerts on what the first life took (else the check shows nothing)"
+    assert lost_before == [], ([(a.version, a.issued_at_s - origin, a.magnitude) for a in lost_before],
+                               [(a.version, a.issued_at_s - origin, a.magnitude) for a in got1])
     assert {(a.alert_id, a.version) for a in st_alerts} == set(recv), "the store holds what the phone received"
     assert journal_left == 0
     assert resumed.get("events_continued") == 1
