@@ -15,6 +15,14 @@ and 0.5 magnitude units); false events are reported beside it. The alert policy 
 switched off for this figure (it runs per event update, not per trigger) and timed
 separately.
 
+Beside it, the issue's own words, **decode + associate** (:func:`decode_associate`): the
+same wire messages decoded and checked by :func:`yujing.protocol.decode_batch` a step at a
+time and the engine driven with :meth:`Engine.feed_triggers` (the batch association the
+service uses), heartbeats and timer; without the door (signatures, replay window, rate
+limits), the registry and the alert policy. It is printed once with the engine's
+event-level work (``locate``, ``size_event``: per event and step, not per trigger) and
+once without it, so that neither figure hides what the other leaves out.
+
 Same-run references, on the same messages: ``msgspec`` decoding alone (the least any
 implementation has to do with the bytes) and :func:`yujing.protocol.decode` (decode plus
 the protocol's checks). Ratios to the msgspec reference are what compare across machines.
