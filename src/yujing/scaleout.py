@@ -44,18 +44,21 @@ event in the same second gets a letter. The global id is the id of the first cla
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
 import math
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
 
 import h3
 import msgspec
 import nats.errors
+import nats.js.api
 import nats.js.errors
 
 from .bus import nats as ynats
@@ -91,6 +94,11 @@ class WorkerConfig:
     replicas: int | None = None  # streams and buckets; None: 3 on a cluster, 1 alone
     nats_retry_s: float = 30.0  # a KV or stream call retried this long, then the step gives up (counted)
     stop_timeout_s: float = 10.0  # crash()/stop() wait this long for tasks, the MQTT link and NATS
+    # enrolments are shared through the KV bucket YJ_ENROL (first come across the
+    # deployment); its entries live this long at most: the retention period (a retention
+    # purge of the worker lowers it to the period it applies, see SharedIssuer.forget_before)
+    enrol_ttl_s: float = 7 * 86400.0
+    enrol_timeout_s: float = 5.0  # an enrolment request waits this long for the bucket, then fails closed
 
 
 def config_from_env(env=os.environ, worker_id: str | None = None) -> WorkerConfig:
@@ -102,8 +110,12 @@ def config_from_env(env=os.environ, worker_id: str | None = None) -> WorkerConfi
     for r in regions:
         if not h3.is_valid_cell(r) or h3.get_resolution(r) != res:
             raise ValueError(f"YJ_REGIONS: {r!r} is not an H3 cell of resolution {res} (YJ_REGION_RES)")
+    ttl = float(env.get("YJ_ENROL_TTL_S", str(7 * 86400.0)))
+    if not math.isfinite(ttl) or ttl <= 0:
+        raise ValueError(f"YJ_ENROL_TTL_S must be a positive number of seconds, got {ttl!r}")
     return WorkerConfig(worker_id=_safe_id(wid), home_regions=regions, region_res=res,
-                        halo_km=float(env.get("YJ_HALO_KM", "300")), lease_ttl_s=float(env.get("YJ_LEASE_TTL_S", "3")))
+                        halo_km=float(env.get("YJ_HALO_KM", "300")), lease_ttl_s=float(env.get("YJ_LEASE_TTL_S", "3")),
+                        enrol_ttl_s=ttl)
 
 
 def _safe_id(s: str) -> str:
@@ -138,6 +150,269 @@ def rendezvous(region: str, workers) -> str | None:
         if h > best:
             best, owner = h, w
     return owner
+
+
+# ----------------------------------------------------------------------------- enrolments
+
+#: KV buckets of the device credentials: the enrolled pseudonyms (entries expire with the
+#: retention period) and the deployment's record (key id of the master, grace period).
+KV_ENROL = "YJ_ENROL"
+KV_CREDS = "YJ_CREDS"
+_DEPLOYMENT_KEY = "deployment"
+_KV_PERSON = b"yj-enrol-kv"
+
+# The pseudonyms one enrolment request enrolled and has not yet put into the bucket. The
+# API enrols a request's pseudonyms (Issuer.enrol, on the event loop) and then calls
+# Issuer.flush_log (in a worker thread, asyncio.to_thread) before any key leaves: that
+# thread runs in a copy of the request's context, so it shares exactly its own request's
+# pseudonyms, never another's.
+_BATCH: contextvars.ContextVar["_Batch | None"] = contextvars.ContextVar("yj_enrol_batch", default=None)
+
+
+class _Batch:
+    __slots__ = ("items", "done")
+
+    def __init__(self):
+        self.items: list[str] = []
+        self.done = False
+
+
+try:  # the API turns it into its HTTP answer (409, 503) rather than a 500
+    from starlette.exceptions import HTTPException as _HTTPError
+except ImportError:  # pragma: no cover - the API's dependencies are installed with the package
+    class _HTTPError(Exception):
+        def __init__(self, status_code: int, detail: str):
+            super().__init__(detail)
+            self.status_code, self.detail = status_code, detail
+
+
+class EnrolmentNotShared(_HTTPError):
+    """An enrolment request whose pseudonyms could not all be created in the deployment's
+    bucket (another worker enrolled one of them at the same moment, or NATS did not
+    answer): none of its keys may leave, and none of its pseudonyms stays enrolled.
+    ``status_code`` 409 (first come lost) or 503 (NATS), ``detail`` says which."""
+
+    def __init__(self, status_code: int, detail: str):
+        super().__init__(status_code, detail)
+
+    def __str__(self) -> str:
+        return f"{self.status_code}: {self.detail}"
+
+
+class SharedIssuer(Issuer):
+    """An :class:`~yujing.security.Issuer` whose enrolments hold across the workers of a
+    scale-out. Every worker of a deployment has the same master (the same credentials
+    file: a device's key is derived from it, so any worker verifies any device); the
+    enrolled set is shared through the KV bucket ``YJ_ENROL``:
+
+    * an enrolment is a ``create`` of the pseudonym's key (keyed BLAKE2b of the pseudonym
+      under the master, so subject names say nothing) with ``{"p": pseudonym, "t":
+      enrolled at, "v": vouched}`` as its value. ``create`` fails when the key exists:
+      first come holds across workers, atomically;
+    * every worker watches the bucket and imports its entries (``enrolled``, ``vouched``),
+      so :meth:`is_new` answers the same on each (the engine's defence against enrolled
+      fakes); a worker that starts later imports what is there before it takes devices;
+    * the bucket's max age is the retention period: entries expire as the enrolled set
+      does (:meth:`forget_before` lowers it to the period a retention purge applies).
+
+    :meth:`enrol` (on the event loop, per pseudonym) only reserves the pseudonym; the
+    request's :meth:`flush_log` (in a worker thread, before the keys leave, as the API
+    calls it) creates the request's keys in the bucket. If one of them exists already
+    (another worker was faster, by the few ms its entry takes to arrive here) or NATS does
+    not answer within ``timeout_s``, the request's keys that were created are deleted again,
+    nothing of it stays enrolled and :class:`EnrolmentNotShared` is raised (an HTTP 409 or
+    503 through the API): no key leaves for a pseudonym this worker did not win. Without a
+    bucket (not started) it is a plain Issuer."""
+
+    def __init__(self, master: bytes | None = None, max_enrolled: int = 5_000_000):
+        super().__init__(master, max_enrolled)
+        self.kv = None  # the YJ_ENROL bucket, once the worker has started
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timeout_s = 5.0
+        self.closed = False  # the worker stopped: enrolments are refused (never made here alone)
+        self.clock = time.time  # the retention purge's clock (server UNIX s)
+        self.ttl_s: float | None = None  # the bucket's max age, as last seen or set
+        self._reserved: dict[str, tuple[float, bool]] = {}  # enrolled here, not yet in the bucket
+        self._recent: OrderedDict[str, str] = OrderedDict()  # bucket key -> pseudonym, for deletes
+        self._cutoff = -math.inf  # the newest retention cut-off applied
+        self._collect: set[str] | None = None  # while a worker starts: the pseudonyms imported
+        self.counts = {"shared": 0, "imported": 0, "lost_race": 0, "not_shared": 0, "removed": 0}
+
+    def kv_key(self, pseudonym: str) -> str:
+        """The bucket key of ``pseudonym``: keyed BLAKE2b under the master (hex), so that
+        the stream's subject names (listed to anyone who may read stream info) name no
+        pseudonym, and any characters a pseudonym has are fine."""
+        return hashlib.blake2b(pseudonym.encode(), key=self.master[:64], digest_size=16, person=_KV_PERSON).hexdigest()
+
+    def enrol(self, pseudonym: str, now_s: float, vouched: bool = False):
+        if self.closed:
+            raise ValueError("this worker is stopping: enrol through another")
+        if self.kv is None:
+            return super().enrol(pseudonym, now_s, vouched)
+        if not isinstance(pseudonym, str) or not 1 <= len(pseudonym) <= 64:
+            raise ValueError("a pseudonym is 1-64 characters")
+        if pseudonym in self.enrolled or pseudonym in self._reserved:
+            raise ValueError(f"pseudonym {pseudonym!r} is enrolled already (pseudonyms are first come)")
+        # stamped with the server's clock, not ``now_s``: the API passes its Service's clock,
+        # which on a worker is a shard's engine clock (message time: 0 before the shard's
+        # first step, minutes back while it catches up), and an enrolment stamped 0 would
+        # never count as new and be purged at once
+        self._reserved[pseudonym] = (self.clock(), bool(vouched))
+        b = _BATCH.get()
+        if b is None or b.done:
+            b = _Batch()
+            _BATCH.set(b)
+        b.items.append(pseudonym)
+        return self.credential(pseudonym)
+
+    def flush_log(self) -> None:
+        b = _BATCH.get()
+        if b is not None and not b.done and b.items and self.loop is not None:
+            b.done = True
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self.loop:
+                # blocking here would stop the loop that must run the creates
+                self._drop([p for p in b.items])
+                raise RuntimeError("SharedIssuer.flush_log after enrol must run in a worker thread (asyncio.to_thread)")
+            fut = asyncio.run_coroutine_threadsafe(self.share(b.items), self.loop)
+            fut.result(self.timeout_s + 5.0)
+        super().flush_log()
+
+    def _drop(self, pseudonyms) -> None:
+        for p in pseudonyms:
+            self._reserved.pop(p, None)
+
+    async def share(self, pseudonyms: list[str]) -> None:
+        """Create the bucket keys of ``pseudonyms`` (reserved by :meth:`enrol`); all are
+        enrolled here then, or none (:class:`EnrolmentNotShared`). On the event loop."""
+        items = [(p, *self._reserved[p]) for p in pseudonyms if p in self._reserved]
+        kv = self.kv
+
+        async def create(p, t, v):
+            body = json.dumps({"p": p, "t": t, "v": v}).encode()
+            return await kv.create(self.kv_key(p), body)
+
+        tasks = [asyncio.ensure_future(create(*it)) for it in items]
+        done, pending = await asyncio.wait(tasks, timeout=self.timeout_s) if tasks else (set(), set())
+        for t in pending:
+            t.cancel()
+        lost, failed, made = [], [], []
+        for (p, t, v), task in zip(items, tasks):
+            if task in pending or task.cancelled():
+                failed.append(p)
+            elif isinstance(task.exception(), nats.js.errors.KeyWrongLastSequenceError):
+                lost.append(p)
+            elif task.exception() is not None:
+                failed.append(p)
+            else:
+                made.append((p, task.result()))
+        if not lost and not failed:
+            for p, t, v in items:
+                self._reserved.pop(p, None)
+                # Issuer.enrol: the table's size bound and the log record (the worker's own file)
+                self.enrolled.pop(p, None)
+                Issuer.enrol(self, p, t, v)
+            self.counts["shared"] += len(items)
+            return
+        # all or nothing: the keys this request created go again, none of its keys leaves
+        self._drop(pseudonyms)
+        self.counts["lost_race" if lost else "not_shared"] += 1
+        for p, rev in made:
+            try:
+                await asyncio.wait_for(kv.delete(self.kv_key(p), last=rev), self.timeout_s)
+            except (nats.js.errors.KeyWrongLastSequenceError,) + _KV_ERRORS as exc:
+                # left in the bucket: that pseudonym stays enrolled (burnt for the day) in the deployment
+                log.error("enrolment rollback: could not delete a bucket entry (%s); its pseudonym stays enrolled", exc)
+        for p in lost:  # the winner's entry: refuse the pseudonym here at once (its watch event may still be on its way)
+            try:
+                self._import(self.kv_key(p), (await kv.get(self.kv_key(p))).value)
+            except (nats.js.errors.KeyNotFoundError,) + _KV_ERRORS:
+                pass
+        if lost:
+            raise EnrolmentNotShared(409, f"{len(lost)} of the request's pseudonyms were enrolled through another worker "
+                                          f"at the same moment (first come); nothing of this request was enrolled")
+        raise EnrolmentNotShared(503, f"the deployment's enrolment bucket did not answer for {len(failed)} pseudonyms "
+                                      f"within {self.timeout_s:.0f} s; nothing of this request was enrolled, try again")
+
+    def watched(self, key: str, value: bytes | None, operation: str | None) -> None:
+        """An event of the worker's watch on the bucket."""
+        if operation in ("DEL", "PURGE"):
+            self._removed(key)
+        else:
+            self._import(key, value)
+
+    def _import(self, key: str, value: bytes | None) -> None:
+        """An entry of the bucket (a put from any worker, this one's included)."""
+        if value is None:
+            return
+        try:
+            d = json.loads(value)
+            p, t, v = d["p"], float(d["t"]), bool(d["v"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("enrolment bucket: an entry that is not an enrolment (%d bytes); ignored", len(value))
+            return
+        if not isinstance(p, str) or t < self._cutoff or p in self._reserved:
+            return  # older than retention keeps; or this worker's own, not yet shared
+        if self._collect is not None:
+            self._collect.add(p)
+        self._recent[key] = p
+        if len(self._recent) > 100_000:
+            self._recent.popitem(last=False)
+        if self.enrolled.get(p) != t:
+            self.enrolled[p] = t
+            self.counts["imported"] += 1
+        if v:
+            self.vouched.add(p)
+        else:
+            self.vouched.discard(p)
+
+    def _removed(self, key: str) -> None:
+        """A delete in the bucket (an enrolment rolled back by the worker that made it)."""
+        p = self._recent.pop(key, None)
+        if p is not None and p not in self._reserved and p in self.enrolled:
+            del self.enrolled[p]
+            self.vouched.discard(p)
+            self.counts["removed"] += 1
+
+    def forget_before(self, t_s: float) -> int:
+        """Drop enrolments older than ``t_s`` here, and make the bucket keep its entries no
+        longer than the period this purge applies (``clock() - t_s``): the shortest period
+        of any worker wins, the direction that keeps no pseudonym too long."""
+        self._cutoff = max(self._cutoff, t_s)
+        n = super().forget_before(t_s)
+        period = self.clock() - t_s
+        if self.kv is not None and self.loop is not None and period > 0 and (self.ttl_s is None or period < self.ttl_s * 0.999):
+            self.ttl_s = period
+            coro = _set_max_age(self.kv, period)
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self.loop:
+                self.loop.create_task(coro)
+            else:
+                asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return n
+
+
+async def _set_max_age(kv, max_age_s: float) -> None:
+    """Lower the max age of a KV bucket's stream (entries older go at once)."""
+    js, name = kv._js, kv._stream
+    try:
+        info = await js.stream_info(name)
+        cfg = info.config
+        if cfg.max_age is None or cfg.max_age == 0 or cfg.max_age > max_age_s:
+            cfg.max_age = max_age_s
+            # the duplicate window may not exceed the max age
+            if cfg.duplicate_window and cfg.duplicate_window > max_age_s:
+                cfg.duplicate_window = max_age_s
+            await js.update_stream(cfg)
+            log.info("enrolment bucket %s: entries now kept %.0f s (the retention period)", name, max_age_s)
+    except _KV_ERRORS as exc:
+        log.error("enrolment bucket %s: could not set its max age to %.0f s: %s", name, max_age_s, exc)
 
 
 # ----------------------------------------------------------------------------- shards
@@ -327,12 +602,22 @@ class Worker:
         # without a credentials file: this process's issuer (what its own replays sign
         # with); give a scale-out a credentials file, or a restart makes every phone
         # enrol again as new (docs/security.md)
-        self.issuer = Issuer.load(self.credentials_file) if self.credentials_file else local_issuer()
+        # Every worker of a deployment must have the same master (a device's key is derived
+        # from it): give them all the same credentials file (start() checks the master's key
+        # id against the deployment's record in YJ_CREDS). The enrolled set is shared through
+        # YJ_ENROL (SharedIssuer).
+        if self.credentials_file:
+            self.issuer = SharedIssuer.load(self.credentials_file)
+        else:
+            self.issuer = SharedIssuer(local_issuer().master)
+            self.issuer.fresh = False  # the process's own master: its replays verify, no grace to give
+        self.issuer.timeout_s = cfg.enrol_timeout_s
         self.service_config = msgspec.structs.replace(cfg_svc, credentials_file="")
         self.mqtt_urls = mqtt_urls
         self.store = store
         self.on_announce = on_announce
-        self.nc = self.js = self.leases = self.events = None
+        self.nc = self.js = self.leases = self.events = self.enrolments = self.creds_kv = None
+        self.enrolments_ready = asyncio.Event()  # the bucket's entries at start are imported
         self.shards: list[Shard] = []
         self.owned: dict[str, int] = {}  # region -> lease revision
         self.alive: set[str] = set()
@@ -360,6 +645,7 @@ class Worker:
         self.js = self.nc.jetstream(timeout=2.0)
         replicas = self.cfg.replicas or min(3, ynats.cluster_size(self.nc))
         self.leases, self.events = await ynats.ensure_jetstream(self.js, replicas, lease_ttl_s=self.cfg.lease_ttl_s)
+        await self._start_enrolments(replicas)  # before any shard (a Service) exists or a device is heard
         await self._discover_regions()
         await self.nc.subscribe("yj.alert.>", cb=self._out_alert)
         if self.store is not None:
@@ -370,6 +656,105 @@ class Worker:
             await self.link.start()
         await self._lease_round()  # own regions before the first shard decides its view
         self._tasks.append(asyncio.get_running_loop().create_task(self._lease_loop(), name="leases"))
+
+    async def _start_enrolments(self, replicas: int) -> None:
+        """The deployment's credentials: check that this worker's master is the
+        deployment's (the first worker to start records its key id in ``YJ_CREDS``),
+        adopt the deployment's grace period, and import the enrolments of ``YJ_ENROL``
+        (then keep watching it) before any device message is taken."""
+        iss = self.issuer
+        buckets = []
+        for bucket, ttl in ((KV_CREDS, None), (KV_ENROL, self.cfg.enrol_ttl_s)):
+            try:
+                buckets.append(await self.js.key_value(bucket))
+            except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+                try:
+                    buckets.append(await self.js.create_key_value(nats.js.api.KeyValueConfig(
+                        bucket=bucket, ttl=ttl, history=1, replicas=replicas, storage=nats.js.api.StorageType.FILE)))
+                except nats.js.errors.BadRequestError:  # another worker made it meanwhile
+                    buckets.append(await self.js.key_value(bucket))
+        self.creds_kv, self.enrolments = buckets
+        info = await self.js.stream_info(f"KV_{KV_ENROL}")
+        iss.ttl_s = info.config.max_age or None
+        # a master made just now (the deployment's first start) gives its first hours'
+        # enrolments grace (see Service); the whole deployment must agree on it
+        grace = iss.grace_until_s
+        new_s = self.settings.associate.new_device_s
+        if iss.fresh and grace == -math.inf and new_s > 0:
+            grace = time.time() + new_s
+        rec = {"kid": iss.kid.hex(), "grace_until_s": grace if math.isfinite(grace) else None}
+        try:
+            await self.creds_kv.create(_DEPLOYMENT_KEY, json.dumps(rec).encode())
+            log.info("worker %s: first of the deployment; credentials key id %s recorded", self.cfg.worker_id, rec["kid"])
+        except nats.js.errors.KeyWrongLastSequenceError:
+            rec = json.loads((await self.creds_kv.get(_DEPLOYMENT_KEY)).value)
+            if rec.get("kid") != iss.kid.hex():
+                raise RuntimeError(
+                    f"worker {self.cfg.worker_id}: its credentials master (key id {iss.kid.hex()}) is not the deployment's "
+                    f"({rec.get('kid')}): every worker needs the same credentials file (--credentials-file, a copy of the "
+                    f"first worker's), or the devices it did not enrol are refused here (docs/scale-out.md)")
+        g = rec.get("grace_until_s")
+        g = -math.inf if g is None else float(g)
+        if g != iss.grace_until_s:
+            await asyncio.to_thread(iss.set_grace, g)
+        if math.isfinite(g) and iss.fresh:
+            log.warning("new device credentials: devices enrolled until %s count as established in the whole deployment",
+                        time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(g)))
+        iss.fresh = False  # the Services of the shards must not set a grace of their own
+        iss.loop = asyncio.get_running_loop()
+        iss._collect = set()  # the pseudonyms the bucket has at start
+        ready = self.enrolments_ready
+        self._tasks.append(iss.loop.create_task(self._watch_enrolments(ready), name="enrolments"))
+        try:
+            await asyncio.wait_for(ready.wait(), self.cfg.nats_retry_s)
+        except asyncio.TimeoutError:
+            raise RuntimeError(f"worker {self.cfg.worker_id}: the enrolments in {KV_ENROL} could not be read "
+                               f"within {self.cfg.nats_retry_s:.0f} s") from None
+        # enrolments in this worker's file that the bucket does not have (made before the
+        # deployment shared them): offered to the bucket, first come as always
+        in_bucket, iss._collect = iss._collect, None
+        oldest = time.time() - (iss.ttl_s or math.inf)
+        mine = [(p, t) for p, t in iss.enrolled.items() if p not in in_bucket and t >= oldest]
+        for p, t in mine:
+            try:
+                await self.enrolments.create(iss.kv_key(p), json.dumps({"p": p, "t": t, "v": p in iss.vouched}).encode())
+            except nats.js.errors.KeyWrongLastSequenceError:
+                pass  # made meanwhile by another worker: its entry is imported by the watch
+            except _KV_ERRORS as exc:
+                log.warning("worker %s: an enrolment of its file could not be offered to %s (%s)", self.cfg.worker_id,
+                            KV_ENROL, exc)
+        iss.kv = self.enrolments  # from now on every enrolment goes through the bucket
+        log.info("worker %s: %d enrolments of the deployment imported", self.cfg.worker_id, len(iss.enrolled))
+
+    async def _watch_enrolments(self, ready: asyncio.Event) -> None:
+        """Import every entry of ``YJ_ENROL`` into the issuer, for the life of the worker
+        (a watch that breaks, e.g. when its node dies, is made again; entries are imported
+        again, which changes nothing)."""
+        iss = self.issuer
+        while True:
+            try:
+                w = await self.enrolments.watchall()
+                try:
+                    while True:
+                        try:
+                            e = await w.updates(timeout=60.0)
+                        except nats.errors.TimeoutError:
+                            continue
+                        if e is None:
+                            ready.set()
+                            continue
+                        iss.watched(e.key, e.value, e.operation)
+                finally:
+                    try:
+                        await w.stop()
+                    except Exception:
+                        pass
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.errors += 1
+                log.warning("worker %s: watching %s failed (%s); watching again", self.cfg.worker_id, KV_ENROL, exc)
+                await asyncio.sleep(1.0)
 
     def spawn(self, coro) -> asyncio.Task:
         t = asyncio.get_running_loop().create_task(coro)
@@ -405,6 +790,7 @@ class Worker:
         if self._closed:
             return
         self._closed = True
+        self.issuer.closed = True  # no enrolment is made here any more (it could not be shared)
         bound = self.cfg.stop_timeout_s
         tasks = [*self._tasks, *(s.task for s in self.shards if s.task)]
         for t in tasks:

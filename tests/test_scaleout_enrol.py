@@ -1,0 +1,303 @@
+"""Device security across the workers of a scale-out (issue 12), against a real nats-server
+(JetStream) started here on a port of its own.
+
+Every worker gets a copy of one credentials file (one master: a key issued through one
+worker verifies on every other); enrolments are shared through the KV bucket YJ_ENROL
+(``yujing.scaleout.SharedIssuer``). Through the real API routes of two workers:
+
+- a pseudonym enrolled through worker A verifies on worker B (a signed trigger read from
+  the stream by B's engine) and counts as new there (``new_device_s``);
+- enrolling it again through B is refused (first come); two workers enrolling one
+  pseudonym at once hand out one key; a request that loses the race hands out none;
+- a worker with another master refuses to start; a worker that starts later imports the
+  enrolments there are;
+- after the retention period the entries are gone from the bucket and from every worker.
+
+Run: ``python -m pytest -q tests/test_scaleout_enrol.py``
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import socket
+import subprocess
+import time
+
+import h3
+import httpx
+import nats.js.errors
+import pytest
+
+from yujing import protocol
+from yujing.api.app import create_app
+from yujing.bus import nats as ynats
+from yujing.retention import purge_memory
+from yujing.scaleout import KV_CREDS, KV_ENROL, Worker, WorkerConfig
+from yujing.security import Credential, Issuer, Signer
+from yujing.service import ServiceConfig
+
+EXE = shutil.which("nats-server") or "/usr/sbin/nats-server"
+REGION_B = "8140fffffffffff"  # Luding's res-1 region: worker B's home
+REGION_A = h3.latlng_to_cell(40.0, -100.0, 1)  # far away: worker A's home
+CELL_B = h3.cell_to_center_child(REGION_B, 5)  # where B's test device reports from
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def nats_url(tmp_path):
+    import os
+
+    if not os.path.exists(EXE):
+        pytest.fail("nats-server binary not found: these tests need a real server")
+    port = _free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path}/js" }}\n')
+    log = open(tmp_path / "nats.log", "w")
+    proc = subprocess.Popen([EXE, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t = time.monotonic()
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() - t > 15:
+                    pytest.fail(f"nats-server did not start: {(tmp_path / 'nats.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}"
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+
+
+async def _until(pred, timeout_s: float, what: str) -> float:
+    t0 = time.monotonic()
+    while not pred():
+        if time.monotonic() - t0 > timeout_s:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - t0
+
+
+def _worker(url: str, wid: str, creds, home: str) -> Worker:
+    return Worker([url], WorkerConfig(worker_id=wid, home_regions=(home,), lookback_s=0),
+                  service_config=ServiceConfig(credentials_file=str(creds)))
+
+
+def _client(w: Worker) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(w.main_service)), base_url="http://w")
+
+
+def _trigger(device: str, t: float) -> protocol.TriggerMsg:
+    return protocol.TriggerMsg(device=device, cell=CELL_B, sent_s=t, onset_s=t - 0.5, window_s=1.0, pga_gal=30.0,
+                               pgv_cm_s=1.0, pd_cm=0.05)
+
+
+def _run(coro_fn, timeout_s: float = 120.0):
+    async def bounded():
+        async with asyncio.timeout(timeout_s):
+            await coro_fn()
+
+    asyncio.run(bounded())
+
+
+def test_enrolments_hold_across_workers(nats_url, tmp_path):
+    master = tmp_path / "deployment.credentials"
+    Issuer.load(master)  # the operator makes the file once and gives every worker a copy
+    copies = {}
+    for w in ("a", "b", "c"):
+        copies[w] = tmp_path / f"{w}.credentials"
+        shutil.copy(master, copies[w])
+    other = tmp_path / "other.credentials"  # a worker given a file of its own: another master
+
+    async def go():
+        nc = await ynats.connect([nats_url], "test")
+        js = nc.jetstream(timeout=5)
+        a = _worker(nats_url, "a", copies["a"], REGION_A)
+        b = _worker(nats_url, "b", copies["b"], REGION_B)
+        workers = [a, b]
+        try:
+            for w in (a, b):
+                await w.start()
+            await _until(lambda: all(s.live for w in (a, b) for s in w.shards), 10, "workers live")
+            kv = await js.key_value(KV_ENROL)
+            new_s = a.settings.associate.new_device_s
+            assert a.issuer.kid == b.issuer.kid and a.issuer is not b.issuer
+
+            async with _client(a) as ca, _client(b) as cb:
+                # --- enrolled through A
+                t0 = time.perf_counter()
+                r = await ca.post("/api/enrol", json={"pseudonyms": ["dev-a1", "dev-a2"]})
+                took_ms = (time.perf_counter() - t0) * 1e3
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert [c["device"] for c in body["credentials"]] == ["dev-a1", "dev-a2"] and not body["refused"]
+                assert body["kid"] == b.issuer.kid.hex()
+                cred = Credential("dev-a1", bytes.fromhex(body["credentials"][0]["key"]), bytes.fromhex(body["kid"]))
+                entry = json.loads((await kv.get(a.issuer.kv_key("dev-a1"))).value)
+                assert entry["p"] == "dev-a1" and entry["v"] is False and set(entry) == {"p", "t", "v"}
+                # --- B learns it through its watch, and counts it as new
+                seen = await _until(lambda: "dev-a1" in b.issuer.enrolled, 5, "B importing A's enrolment")
+                now = time.time()
+                assert b.main_service.engine.assoc.is_new("dev-a1", now, new_s)
+                assert b.issuer.enrolled["dev-a1"] == a.issuer.enrolled["dev-a1"] == entry["t"]
+                # stamped with the server clock (the shard's engine clock may still be at 0)
+                assert abs(entry["t"] - now) < 5
+                # control: a pseudonym nobody enrolled is not "new" (the engine's own devices)
+                assert not b.main_service.engine.assoc.is_new("never-enrolled", now, new_s)
+                # --- B verifies the device's trigger, read from the stream by its engine
+                topic, payload = Signer(creds={"dev-a1": cred}).wire("trig", _trigger("dev-a1", now))
+                forged = Signer(Issuer()).payload(topic, _trigger("dev-a2", now))  # another master's key
+                for p in (payload, forged):
+                    await js.publish(topic.replace("/", "."), p)
+                guard = b.main_service.guard
+                await _until(lambda: guard.creds.get("dev-a1") is not None and guard.creds["dev-a1"].hw == 1
+                             and b.main_service.rejects.by_reason().get("unknown_credential"), 10,
+                             "B's engine reading both triggers")
+                reasons = b.main_service.rejects.by_reason()
+                assert reasons.get("unknown_credential") == 1 and "bad_signature" not in reasons, reasons
+                print(f"\nenrol 2 through A: {took_ms:.1f} ms; B imported it {seen * 1e3:.0f} ms after the answer; "
+                      f"B's door: dev-a1 accepted (seq 1), the other master's message {reasons}")
+
+                # --- first come across the deployment
+                r = await cb.post("/api/enrol", json={"pseudonyms": ["dev-a1"]})
+                assert r.status_code == 200 and r.json()["credentials"] == []
+                assert "enrolled already" in r.json()["refused"][0]["reason"]
+
+                # --- a request that loses the race (B has not heard of the winner yet) hands out no key
+                hold = b.issuer.watched
+                b.issuer.watched = lambda *_: None  # B's watch events are still on their way
+                try:
+                    await kv.create(a.issuer.kv_key("dev-race"), json.dumps({"p": "dev-race", "t": now, "v": False}).encode())
+                    r = await cb.post("/api/enrol", json={"pseudonyms": ["dev-ok", "dev-race"]})
+                finally:
+                    b.issuer.watched = hold
+                assert r.status_code == 409, r.text
+                assert "key" not in r.text and "first come" in r.text, r.text
+                assert b.issuer.enrolled.get("dev-race") == now  # the winner's entry, read at once
+                assert "dev-ok" not in b.issuer.enrolled  # all or nothing: rolled back here ...
+                with pytest.raises(nats.js.errors.KeyNotFoundError):
+                    await kv.get(a.issuer.kv_key("dev-ok"))  # ... and in the bucket
+                await _until(lambda: "dev-ok" not in a.issuer.enrolled, 5, "A dropping the rolled-back enrolment")
+                r = await cb.post("/api/enrol", json={"pseudonyms": ["dev-ok"]})  # the device asks again: served
+                assert r.status_code == 200 and [c["device"] for c in r.json()["credentials"]] == ["dev-ok"], r.text
+                assert b.issuer.counts["lost_race"] == 1
+
+                # --- two workers asked for one pseudonym at the same moment: one key
+                statuses, winners = [], 0
+                for i in range(20):
+                    rs = await asyncio.gather(ca.post("/api/enrol", json={"pseudonyms": [f"dev-both-{i}"]}),
+                                              cb.post("/api/enrol", json={"pseudonyms": [f"dev-both-{i}"]}))
+                    statuses += [x.status_code for x in rs]
+                    got = [x for x in rs if x.status_code == 200 and x.json()["credentials"]]
+                    assert len(got) == 1, [x.text for x in rs]
+                    winners += 1
+                assert set(statuses) <= {200, 409}
+                print(f"20 pseudonyms asked through A and B at once: one key each; answers {sorted(statuses)}")
+
+            # --- a worker with another master refuses to start
+            d = _worker(nats_url, "d", other, REGION_A)
+            workers.append(d)
+            with pytest.raises(RuntimeError, match="same credentials file"):
+                await d.start()
+            await d.crash()
+
+            # --- a worker that starts later imports the enrolments
+            c = _worker(nats_url, "c", copies["c"], REGION_A)
+            workers.append(c)
+            await c.start()
+            assert {"dev-a1", "dev-a2", "dev-race", "dev-ok"} <= c.issuer.enrolled.keys()
+            assert c.issuer.is_new("dev-a1", time.time(), new_s) and c.issuer.kid == a.issuer.kid
+
+            # --- retention: a purge keeping 3 s (what `yujing serve --retention-days` sets)
+            await asyncio.sleep(3.2)  # every enrolment so far is older than the period
+            async with _client(a) as ca:
+                r = await ca.post("/api/enrol", json={"pseudonyms": ["dev-young"]})
+                assert r.status_code == 200 and r.json()["credentials"], r.text
+            await _until(lambda: all("dev-young" in w.issuer.enrolled for w in (a, b, c)), 5, "dev-young everywhere")
+            period = 3.0
+            for w in (a, b, c):
+                purge_memory(w.main_service, time.time() - period)
+            old = ["dev-a1", "dev-a2", "dev-race", "dev-ok"] + [f"dev-both-{i}" for i in range(20)]
+            for w in (a, b, c):
+                assert not set(old) & w.issuer.enrolled.keys(), w.cfg.worker_id
+                assert "dev-young" in w.issuer.enrolled
+
+            async def bucket_has(p):
+                try:
+                    await kv.get(a.issuer.kv_key(p))
+                    return True
+                except nats.js.errors.KeyNotFoundError:
+                    return False
+
+            t0 = time.monotonic()
+            while any([await bucket_has(p) for p in old]):
+                assert time.monotonic() - t0 < 10, "old entries still in the bucket 10 s after the purge"
+                await asyncio.sleep(0.1)
+            info = await js.stream_info(f"KV_{KV_ENROL}")
+            assert abs(info.config.max_age - period) < 0.1, info.config.max_age
+            assert await bucket_has("dev-young")
+            # dev-young's own period ends: the bucket drops it, the next purge the workers
+            t0 = time.monotonic()
+            while await bucket_has("dev-young"):
+                assert time.monotonic() - t0 < 10, "dev-young still in the bucket"
+                await asyncio.sleep(0.1)
+            gone_s = time.time() - a.issuer.enrolled["dev-young"]
+            for w in (a, b, c):
+                purge_memory(w.main_service, time.time() - period)
+                assert not w.issuer.enrolled, (w.cfg.worker_id, w.issuer.enrolled)
+            info = await js.stream_info(f"KV_{KV_ENROL}")
+            print(f"retention {period:.0f} s: old entries gone from the bucket at once, dev-young {gone_s:.1f} s after its "
+                  f"enrolment; bucket messages now {info.state.messages}; every worker's enrolled set empty")
+            # the deployment record names the master's key id only (no pseudonym is kept without an end)
+            ckv = await js.key_value(KV_CREDS)
+            rec = json.loads((await ckv.get("deployment")).value)
+            assert set(rec) == {"kid", "grace_until_s"} and rec["kid"] == a.issuer.kid.hex()
+            for w in (a, b, c):
+                assert w.errors == 0, w.cfg.worker_id
+        finally:
+            for w in workers:
+                await w.stop()
+            await nc.close()
+
+    _run(go, 120)
+
+
+def test_a_shared_issuer_refuses_a_flush_on_its_own_loop(nats_url, tmp_path):
+    """The API calls flush_log in a worker thread; on the event loop it would wait for
+    itself: refused (and nothing of the request is enrolled)."""
+    creds = tmp_path / "w.credentials"
+
+    async def go():
+        w = _worker(nats_url, "w", creds, REGION_A)
+        try:
+            await w.start()
+            # a fresh credentials file: the first worker gives the deployment its grace period
+            new_s = w.settings.associate.new_device_s
+            assert abs(w.issuer.grace_until_s - (time.time() + new_s)) < 30
+            rec = json.loads((await (await w.js.key_value(KV_CREDS)).get("deployment")).value)
+            assert rec["grace_until_s"] == w.issuer.grace_until_s
+            assert w.main_service.issuer.grace_until_s == rec["grace_until_s"]  # not the shard's own (engine-clock) one
+            w.issuer.enrol("dev-x", time.time())
+            with pytest.raises(RuntimeError, match="worker thread"):
+                w.issuer.flush_log()
+            assert "dev-x" not in w.issuer.enrolled
+            w.issuer.enrol("dev-x", time.time())  # reserved no more: it can be asked again
+            await asyncio.to_thread(w.issuer.flush_log)
+            assert "dev-x" in w.issuer.enrolled and w.issuer.counts["shared"] == 1
+            # the worker stopped: enrolment is refused rather than made here alone
+            await w.stop()
+            with pytest.raises(ValueError, match="stopping"):
+                w.issuer.enrol("dev-y", time.time())
+        finally:
+            await w.crash()
+
+    _run(go, 60)
