@@ -11,7 +11,9 @@ worker verifies on every other); enrolments are shared through the KV bucket YJ_
   pseudonym at once hand out one key; a request that loses the race hands out none;
 - a worker with another master refuses to start; a worker that starts later imports the
   enrolments there are;
-- after the retention period the entries are gone from the bucket and from every worker.
+- after the retention period the entries are gone from the bucket and from every worker;
+- token accounts and tokens go by the server's clock, not the engine clock the API's
+  Service has (0 before the shard's first step).
 
 Run: ``python -m pytest -q tests/test_scaleout_enrol.py``
 """
@@ -30,7 +32,7 @@ import httpx
 import nats.js.errors
 import pytest
 
-from yujing import protocol
+from yujing import protocol, tokens
 from yujing.api.app import create_app
 from yujing.bus import nats as ynats
 from yujing.retention import purge_memory
@@ -42,6 +44,7 @@ EXE = shutil.which("nats-server") or "/usr/sbin/nats-server"
 REGION_B = "8140fffffffffff"  # Luding's res-1 region: worker B's home
 REGION_A = h3.latlng_to_cell(40.0, -100.0, 1)  # far away: worker A's home
 CELL_B = h3.cell_to_center_child(REGION_B, 5)  # where B's test device reports from
+CELL_A = h3.cell_to_center_child(REGION_A, 5)
 
 
 def _free_port() -> int:
@@ -87,8 +90,8 @@ async def _until(pred, timeout_s: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-def _worker(url: str, wid: str, creds, home: str) -> Worker:
-    return Worker([url], WorkerConfig(worker_id=wid, home_regions=(home,), lookback_s=0),
+def _worker(url: str, wid: str, creds, home: str, **cfg) -> Worker:
+    return Worker([url], WorkerConfig(worker_id=wid, home_regions=(home,), lookback_s=0, **cfg),
                   service_config=ServiceConfig(credentials_file=str(creds)))
 
 
@@ -96,8 +99,8 @@ def _client(w: Worker) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(w.main_service)), base_url="http://w")
 
 
-def _trigger(device: str, t: float) -> protocol.TriggerMsg:
-    return protocol.TriggerMsg(device=device, cell=CELL_B, sent_s=t, onset_s=t - 0.5, window_s=1.0, pga_gal=30.0,
+def _trigger(device: str, t: float, cell: str = CELL_B) -> protocol.TriggerMsg:
+    return protocol.TriggerMsg(device=device, cell=cell, sent_s=t, onset_s=t - 0.5, window_s=1.0, pga_gal=30.0,
                                pgv_cm_s=1.0, pd_cm=0.05)
 
 
@@ -299,5 +302,83 @@ def test_a_shared_issuer_refuses_a_flush_on_its_own_loop(nats_url, tmp_path):
                 w.issuer.enrol("dev-y", time.time())
         finally:
             await w.crash()
+
+    _run(go, 60)
+
+
+def test_token_accounts_go_by_the_server_clock(nats_url, tmp_path):
+    """A worker's API is given a shard's Service, whose clock is the engine clock: 0 before
+    the shard's first step (held there here: simulation arrival times, no message yet).
+    An account opened then is stamped with the wall clock, so once the engine clock has
+    reached UNIX time it is seconds old, not 1.7e9 s: it gets a 'new' token and is refused
+    an 'est' one (devices younger than new_device_s must not count toward announcing). A
+    token is checked at enrolment against the server's date, also while the engine clock
+    of the worker that checks it is still 0."""
+    master = tmp_path / "deployment.credentials"
+    Issuer.load(master)
+    copies = {}
+    for w in ("a", "b"):
+        copies[w] = tmp_path / f"{w}.credentials"
+        shutil.copy(master, copies[w])
+
+    async def go():
+        nc = await ynats.connect([nats_url], "test")
+        js = nc.jetstream(timeout=5)
+        a = _worker(nats_url, "a", copies["a"], REGION_A, arrival="header")
+        b = _worker(nats_url, "b", copies["b"], REGION_B, arrival="header")
+        try:
+            for w in (a, b):
+                await w.start()
+            await _until(lambda: all(s.live for w in (a, b) for s in w.shards), 10, "workers live")
+            sa, sb = a.shards[0], b.shards[0]
+            assert a.main_service is sa.svc and sa.clock() == 0.0 and sb.clock() == 0.0  # no engine step yet
+            new_s = a.settings.associate.new_device_s
+            async with _client(a) as ca, _client(b) as cb:
+                r = await ca.post("/api/account")
+                assert r.status_code == 200, r.text
+                acct = r.json()
+                t_open = time.time()
+                assert sa.clock() == 0.0
+                opened = a.issuer.tokens.accounts[acct["account"]]
+                assert abs(opened - t_open) < 5, opened  # the server's clock, not the engine's 0
+
+                # a device message moves A's engine clock to wall time
+                cred = a.issuer.credential("dev-clock")
+                topic, payload = Signer(creds={"dev-clock": cred}).wire("trig", _trigger("dev-clock", time.time(), CELL_A))
+                await js.publish(topic.replace("/", "."), payload, headers={ynats.ARRIVAL_HEADER: repr(time.time())})
+                await _until(lambda: sa.clock() > t_open - 60, 10, "A's engine clock reaching wall time")
+
+                keys = {k: tokens.PublicKey.from_json(v) for k, v in (await ca.get("/api/token/keys")).json().items()}
+                day = tokens.utc_day(time.time() + 86_400.0)  # tomorrow's pseudonym, asked for today
+
+                async def ask(which: str):
+                    bl = tokens.blind(keys[which], tokens.message(day, "ph-young"))
+                    proof = tokens.request_proof(bytes.fromhex(acct["key"]), day, bl.blinded)
+                    r = await ca.post("/api/token", json={"account": acct["account"], "day": day, "key": which,
+                                                          "blinded": bl.blinded.hex(), "proof": proof})
+                    return r, bl
+
+                r, _ = await ask("est")  # stamped 0, the account looked 1.7e9 s old: 'est' was signed
+                assert r.status_code == 422 and "ask for 'new'" in r.json()["error"]["message"], r.text
+                r, bl = await ask("new")
+                assert r.status_code == 200 and r.json()["key"] == "new", r.text
+                sig = tokens.finalize(keys["new"], bl, bytes.fromhex(r.json()["blind_sig"]))
+
+                # enrolled through B, whose engine clock is still 0: the token is for tomorrow
+                # by the server's date (by the engine's, 1970-01-02 would be)
+                assert sb.clock() == 0.0
+                tok = {"key": "new", "day": day, "prefix": bl.input[:32].hex(), "sig": sig.hex()}
+                r = await cb.post("/api/enrol", json={"pseudonyms": ["ph-young"], "tokens": {"ph-young": tok}})
+                assert r.status_code == 200 and [c["device"] for c in r.json()["credentials"]] == ["ph-young"], r.text
+                assert "ph-young" not in b.issuer.vouched and b.issuer.is_new("ph-young", time.time(), new_s)
+            print(f"\naccount opened with A's engine clock at 0: stamped {opened - t_open:+.3f} s from the wall clock; "
+                  f"'est' refused, 'new' signed once the engine clock reached {sa.clock():.0f}; "
+                  "the token enrolled through B (engine clock 0) as new")
+            for w in (a, b):
+                assert w.errors == 0, w.cfg.worker_id
+        finally:
+            for w in (a, b):
+                await w.stop()
+            await nc.close()
 
     _run(go, 60)

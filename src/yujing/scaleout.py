@@ -612,6 +612,10 @@ class Worker:
             self.issuer = SharedIssuer(local_issuer().master)
             self.issuer.fresh = False  # the process's own master: its replays verify, no grace to give
         self.issuer.timeout_s = cfg.enrol_timeout_s
+        # token accounts and tokens on the server's clock too, as enrolments: the API's
+        # Service clock is a shard's engine clock (0 before its first step), and an account
+        # opened at 0 would get 'est' tokens once that clock reaches UNIX time
+        self.issuer.tokens.clock = self.issuer.clock
         self.service_config = msgspec.structs.replace(cfg_svc, credentials_file="")
         self.mqtt_urls = mqtt_urls
         self.store = store

@@ -38,6 +38,7 @@ import math
 import secrets
 import threading
 from dataclasses import dataclass
+from typing import Callable
 
 #: RSA modulus size, bits (RFC 9474 recommends >= 2048)
 MODULUS_BITS = 2048
@@ -199,7 +200,13 @@ class TokenIssuer:
 
     ``accounts``: account id -> created at (server s). ``issued``: account id -> the last
     UTC day a token was signed for. The keys are made on first use (a test server that
-    never issues a token pays nothing)."""
+    never issues a token pays nothing).
+
+    ``clock``: the server's wall clock (UNIX s) that accounts and tokens go by, when the
+    caller's own clock is not it; None (the default): the caller's ``now_s`` is. A
+    scale-out worker sets ``time.time``: its API's Service clock is a shard's engine clock
+    (0 before the first step, behind while it catches up), and an account opened at 0
+    would look decades old to ``sign`` (an ``est`` token at once). See :meth:`now`."""
 
     def __init__(self, master: bytes, keys: dict[str, bytes] | None = None):
         self._master = master
@@ -208,7 +215,14 @@ class TokenIssuer:
         self.accounts: dict[str, float] = {}
         self.issued: dict[str, str] = {}
         self.log = None  # records each change (the issuer's durable log), if set
+        self.clock: Callable[[], float] | None = None  # the server's wall clock, if not the caller's
         self._lock = threading.Lock()
+
+    def now(self, fallback: Callable[[], float]) -> float:
+        """The time (UNIX s) to open accounts, sign and check tokens at: :attr:`clock`
+        if set, else ``fallback()`` (the Service clock, which is the wall clock of a
+        single server, or a test's manual clock)."""
+        return self.clock() if self.clock is not None else fallback()
 
     def key(self, which: str) -> SigningKey:
         k = self._keys.get(which)

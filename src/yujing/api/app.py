@@ -534,13 +534,19 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
         return info
 
     # ------------------------------------------------------------------ devices: enrolment, data rights
+    def _wall() -> float:
+        # accounts, tokens and enrolments go by the server's wall clock: on a scale-out
+        # worker the Service clock is a shard's engine clock (0 before its first step),
+        # and the issuer's token book has the wall clock (TokenIssuer.clock)
+        return service.issuer.tokens.now(service.clock)
+
     @app.post("/api/account", summary="Open a long-lived device account (no personal data): its key asks for daily tokens")
     async def open_account(request: Request) -> dict:
         try:  # no fields: an account holds no personal data
             msgspec.json.decode(await request.body() or b"{}", type=AccountRequest)
         except msgspec.DecodeError as exc:
             raise HTTPException(422, f"account request: {exc}") from None
-        acct, key = service.issuer.tokens.open_account(service.clock())
+        acct, key = service.issuer.tokens.open_account(_wall())
         await asyncio.to_thread(service.issuer.flush_log)
         return {"account": acct, "key": key.hex()}
 
@@ -558,7 +564,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             raise HTTPException(422, f"token request: {exc}") from None
         try:
             sig = await asyncio.to_thread(service.issuer.tokens.sign, req.account, req.day, req.key, blinded, req.proof,
-                                          service.clock(), service.settings.associate.new_device_s)
+                                          _wall(), service.settings.associate.new_device_s)
             await asyncio.to_thread(service.issuer.flush_log)
         except ValueError as exc:
             raise HTTPException(422, f"token request: {exc}") from None
@@ -572,7 +578,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             raise HTTPException(422, f"enrolment request: {exc}") from None
         if not 1 <= len(req.pseudonyms) <= MAX_ENROL:
             raise HTTPException(422, f"enrol 1 to {MAX_ENROL} pseudonyms per request")
-        now = service.clock()
+        now = _wall()
         # an operator's key vouches for the devices (its gateway, its load generator): they
         # count toward announcing events at once; self-enrolled ones after new_device_s,
         # unless an established token vouches for the pseudonym
