@@ -353,3 +353,50 @@ def test_a_quiet_phone_costs_less_than_a_quiet_sensor():
     assert as_sensor.n_silent_violations == as_phone.n_silent_violations == 1
     assert (as_sensor.latitude, as_sensor.longitude) == (as_phone.latitude, as_phone.longitude)
     assert as_sensor.misfit - as_phone.misfit == pytest.approx(SILENT_PENALTY - PHONE_SILENT_PENALTY)
+
+
+def test_bounded_coarse_search_equals_the_exhaustive_one(monkeypatch):
+    """The coarse grid scores its silent devices only at the nodes whose picks' misfit
+    (a lower bound) can still matter (``_coarse_cost``). Over seeded networks with 3-8
+    picks, silent devices (some of them due, so that silence moves the solution) and both
+    search sizes, every location equals the one from scoring every node, to the bit; and
+    at least one case left nodes unscored (else the test would show nothing)."""
+    full = lambda lat, lon, depths, picks, silent, seen, s, step: locate_module._score(  # noqa: E731
+        lat, lon, depths, picks, silent, seen, s)[0]
+    bounded = locate_module._coarse_cost
+    skipped = []
+
+    def counting(*a):
+        cost = bounded(*a)
+        skipped.append(int(np.isinf(cost).all(axis=1).sum()))
+        return cost
+
+    tab = default_table()
+    n_cases = silenced = 0
+    for seed in range(12):
+        lat, lon = network(seed, 60)
+        rng = np.random.default_rng(500 + seed)
+        elat, elon = LAT0 + rng.uniform(-1.5, 1.5), LON0 + rng.uniform(-1.5, 1.5)
+        t = OT + tab.p_time_s(distance_km(elat, elon, lat, lon), 15.0) + rng.normal(0, PICK_SIGMA_S, len(lat))
+        order = np.argsort(t)
+        k_picks = 3 + seed % 6
+        # every other early device triggered: the ones between stayed quiet although P
+        # reached them (phones miss), so their silence is due and weighs on the search
+        k = order[: 2 * k_picks : 2]
+        rest = np.setdiff1d(order, k)
+        now = float(t[k].max()) + 1.0 + seed % 3
+        for kw in ({}, {"center": (float(lat[k[0]]), float(lon[k[0]])), "half_km": 120.0}):
+            args = (lat[k], lon[k], t[k])
+            kwargs = dict(now_s=now, silent_lat=lat[rest], silent_lon=lon[rest], **kw)
+            monkeypatch.setattr(locate_module, "_coarse_cost", full)
+            a = locate(*args, **kwargs)
+            monkeypatch.setattr(locate_module, "_coarse_cost", counting)
+            b = locate(*args, **kwargs)
+            for f in ("latitude", "longitude", "depth_km", "origin_time_s", "misfit", "horizontal_error_km",
+                      "n_silent_violations", "rms_s"):
+                assert getattr(a, f) == getattr(b, f), (seed, kw, f, getattr(a, f), getattr(b, f))
+            assert np.array_equal(a.residual_s, b.residual_s) and np.array_equal(a.is_s, b.is_s)
+            n_cases += 1
+            silenced += a.n_silent_violations > 0
+    assert n_cases == 24 and max(skipped) > 0, skipped
+    assert silenced > 0, "no case where silence was due: the test would not see a wrong silent cost"

@@ -57,6 +57,7 @@ SILENT_PENALTY = 4.0
 PHONE_SILENT_PENALTY = 2.0
 MAX_SILENT = 64  # silent devices considered, nearest the search centre first
 COARSE_KEEP = 200  # best coarse nodes scanned for distinct minima to refine
+CHI2_1SIGMA = 2.3  # chi-square of the 1-sigma region of 2 parameters (the epicentre)
 # The mild centre of the depth prior: the cost at the bottom of the free zone
 # (``depth_prior_free_km``) relative to ``depth_prior_typical_km``, in chi-square units.
 # Picks that cannot tell 5, 10, 20 and 30 km apart differ by a few tenths (noise); a free
@@ -151,6 +152,58 @@ def _score(lat, lon, depths, picks, silent, silent_seen_s, s: LocateSettings):
     return cost, ot, res, as_s, viol, epi
 
 
+def _coarse_cost(lat, lon, depths, picks, silent, silent_seen_s, s: LocateSettings, step: float) -> np.ndarray:
+    """The coarse grid's misfit (nodes, depths), exact wherever it can matter and +inf
+    elsewhere: at every node whose misfit is within ``CHI2_1SIGMA`` of the best (the
+    error estimate) and at the best nodes in order as far as the search for distinct
+    minima (:func:`_coarse_seeds`) reads them.
+
+    The silent devices' cost (the expensive part: their travel times from every node and
+    depth) only adds to the picks' misfit, so the picks' misfit is a lower bound: nodes
+    are scored with their silent devices in order of that bound, in doubling batches,
+    until the next bound exceeds everything the search will read. A new-event search
+    over 400 km scores a few hundred of its 6,561 nodes instead of all (40-120 ms a
+    locate on a 100,000-phone network before; the results are the same)."""
+    base = _score(lat, lon, depths, picks, None, silent_seen_s, s)
+    if silent is None or not len(silent[0]):
+        return base[0]
+    cost_b, ot, _, as_s, _, epi = base
+    rows = default_table().at_depths(depths)
+    lb = cost_b.min(axis=1)
+    by_lb = np.argsort(lb, kind="stable")
+    cost = np.full_like(cost_b, np.inf)
+    n_done, n = 0, min(len(lb), 256)
+    while True:
+        idx = by_lb[n_done:n]
+        _, vc = _silent_violations(lat[idx], lon[idx], rows, epi[idx], as_s[idx], ot[idx], silent, silent_seen_s, s)
+        cost[idx] = cost_b[idx] + vc
+        n_done = n
+        if n_done >= len(lb):
+            return cost
+        bound = lb[by_lb[n_done]]  # no node left unscored costs less than this
+        node_cost = cost.min(axis=1)
+        if node_cost.min() + CHI2_1SIGMA < bound and _coarse_seeds(lat, lon, node_cost, step, below=bound) is not None:
+            return cost
+        n = min(len(lb), 2 * n)
+
+
+def _coarse_seeds(lat, lon, node_cost, step: float, below: float = np.inf) -> list[int] | None:
+    """Up to three distinct minima (nodes more than 2.5 coarse steps apart) among the
+    ``COARSE_KEEP`` best coarse nodes, read in order of cost; None when that reading
+    reaches a node costing ``below`` or more before it is complete (the order past it is
+    not known yet)."""
+    order = np.argsort(node_cost, kind="stable")
+    seeds: list[int] = []
+    for g in order[:COARSE_KEEP]:
+        if node_cost[g] >= below:
+            return None if below < np.inf else seeds  # (+inf: a node never scored, the end)
+        if all(float(distance_km(lat[g], lon[g], lat[q], lon[q])) > 2.5 * step for q in seeds):
+            seeds.append(int(g))
+        if len(seeds) == 3:
+            break
+    return seeds
+
+
 def _silent_violations(lat, lon, rows, epi, as_s, ot, silent, silent_seen_s, s: LocateSettings) -> np.ndarray:
     """Per (node, depth): how many silent devices should have triggered by now, and the
     cost of their silence (the sum of their penalties)."""
@@ -236,17 +289,10 @@ def locate(
 
     step = s.coarse_step_km if half > 60 else max(s.fine_step_km * 2, half / 10)
     lat, lon = _grid(center[0], center[1], half, step)
-    cost, ot, res, as_s, viol = _score(lat, lon, depths, picks, silent, seen, s)[:5]
+    cost = _coarse_cost(lat, lon, depths, picks, silent, seen, s, step)
     # fine search around the best few distinct coarse minima: a coarse grid can rank a
     # wrong basin first when the true one falls between its nodes
-    node_cost = cost.min(axis=1)
-    order = np.argsort(node_cost)
-    seeds: list[int] = []
-    for g in order[:COARSE_KEEP]:
-        if all(float(distance_km(lat[g], lon[g], lat[q], lon[q])) > 2.5 * step for q in seeds):
-            seeds.append(int(g))
-        if len(seeds) == 3:
-            break
+    seeds = _coarse_seeds(lat, lon, cost.min(axis=1), step)
     best_fine = None
     for g in seeds:
         lat2, lon2 = _grid(float(lat[g]), float(lon[g]), 1.5 * step, s.fine_step_km)
@@ -260,8 +306,8 @@ def locate(
     # over the coarse grid too so that a flat misfit surface shows as a large error
     near = np.concatenate(
         [
-            distance_km(lat2[g2], lon2[g2], lat2, lon2)[cost2.min(axis=1) <= best + 2.3],
-            distance_km(lat2[g2], lon2[g2], lat, lon)[cost.min(axis=1) <= best + 2.3],
+            distance_km(lat2[g2], lon2[g2], lat2, lon2)[cost2.min(axis=1) <= best + CHI2_1SIGMA],
+            distance_km(lat2[g2], lon2[g2], lat, lon)[cost.min(axis=1) <= best + CHI2_1SIGMA],
         ]
     )
     herr = float(max(near.max(initial=0.0), s.fine_step_km / 2))
