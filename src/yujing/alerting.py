@@ -95,7 +95,9 @@ def _disk_cells(lat: float, lon: float, radius_km: float, res: int) -> np.ndarra
     64-bit integers (the integer API skips ~80k string conversions for an M7.4)."""
     edge = h3.average_hexagon_edge_length(res, unit="km")
     k = max(1, int(math.ceil(radius_km / (1.5 * edge))))
-    return h3n.grid_disk(h3n.latlng_to_cell(lat, lon, res), k)
+    # sorted: every later lookup is a binary search of these into a sorted array, twice as
+    # fast with the queries in order as in grid_disk's ring order (0.5 ms to sort 70,000)
+    return np.sort(h3n.grid_disk(h3n.latlng_to_cell(lat, lon, res), k))
 
 
 class CellCentres:
@@ -188,7 +190,13 @@ class _AlertState:
     def include(self, cells: np.ndarray) -> np.ndarray:
         """Add cells (new ones: no tier, never supported); their positions in ``cells``."""
         cells = np.asarray(cells, dtype=np.uint64)
-        new = np.setdiff1d(cells, self.cells, assume_unique=False)
+        # ``self.cells`` is sorted: one binary search finds the cells it lacks (setdiff1d
+        # hashed both sides, ~80,000 cells each for an M7, a third of an update's time)
+        if len(self.cells):
+            idx = np.minimum(np.searchsorted(self.cells, cells), len(self.cells) - 1)
+            new = np.unique(cells[self.cells[idx] != cells])
+        else:
+            new = np.unique(cells)
         if len(new):
             allc = np.concatenate((self.cells, new))
             order = np.argsort(allc, kind="stable")
@@ -204,11 +212,10 @@ class _AlertState:
         """The map's tier for each of ``cells`` (-1 where the map has none)."""
         out = np.full(len(self.cells), -1, np.int8)
         if len(tm.cells_int) and len(self.cells):
-            order = np.argsort(tm.cells_int)
-            keys = tm.cells_int[order]
+            keys = tm.cells_int  # sorted (_disk_cells)
             idx = np.minimum(np.searchsorted(keys, self.cells), len(keys) - 1)
             hit = keys[idx] == self.cells
-            out[hit] = tm.tier[order][idx[hit]]
+            out[hit] = tm.tier[idx[hit]]
         return out
 
 
@@ -217,7 +224,7 @@ class TierMap:
     """Forecast for one event update: the cells that reach a tier and their MMI.
     ``cells_int`` are 64-bit H3 indexes; ``cells`` the same as strings (made on demand)."""
 
-    cells_int: np.ndarray
+    cells_int: np.ndarray  # sorted
     mmi: np.ndarray
     tier: np.ndarray  # -1 none, 0 be_aware, 1 take_action
 
