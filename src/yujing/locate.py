@@ -192,15 +192,19 @@ def _coarse_seeds(lat, lon, node_cost, step: float, below: float = np.inf) -> li
     ``COARSE_KEEP`` best coarse nodes, read in order of cost; None when that reading
     reaches a node costing ``below`` or more before it is complete (the order past it is
     not known yet)."""
-    order = np.argsort(node_cost, kind="stable")
+    top = np.argsort(node_cost, kind="stable")[:COARSE_KEEP]
+    free = np.ones(len(top), dtype=bool)  # not within 2.5 steps of a seed chosen so far
     seeds: list[int] = []
-    for g in order[:COARSE_KEEP]:
-        if node_cost[g] >= below:
+    while len(seeds) < 3:
+        nxt = np.flatnonzero(free)
+        # the reading goes on to the next free node, or to the end of the list
+        last = top[nxt[0]] if len(nxt) else top[-1]
+        if node_cost[last] >= below:
             return None if below < np.inf else seeds  # (+inf: a node never scored, the end)
-        if all(float(distance_km(lat[g], lon[g], lat[q], lon[q])) > 2.5 * step for q in seeds):
-            seeds.append(int(g))
-        if len(seeds) == 3:
+        if not len(nxt):
             break
+        seeds.append(int(last))
+        free &= distance_km(lat[last], lon[last], lat[top], lon[top]) > 2.5 * step
     return seeds
 
 
