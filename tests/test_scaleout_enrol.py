@@ -13,7 +13,8 @@ worker verifies on every other); enrolments are shared through the KV bucket YJ_
   enrolments there are;
 - after the retention period the entries are gone from the bucket and from every worker;
 - token accounts and tokens go by the server's clock, not the engine clock the API's
-  Service has (0 before the shard's first step).
+  Service has (0 before the shard's first step); so do a device's data-rights request
+  (its proof's time) and the audit rows the API writes.
 
 Run: ``python -m pytest -q tests/test_scaleout_enrol.py``
 """
@@ -34,11 +35,13 @@ import pytest
 
 from yujing import protocol, tokens
 from yujing.api.app import create_app
+from yujing.api.auth import create_key
 from yujing.bus import nats as ynats
 from yujing.retention import purge_memory
 from yujing.scaleout import KV_CREDS, KV_ENROL, Worker, WorkerConfig
-from yujing.security import Credential, Issuer, Signer
+from yujing.security import Credential, Issuer, Signer, data_proof
 from yujing.service import ServiceConfig
+from yujing.store import open_store
 
 EXE = shutil.which("nats-server") or "/usr/sbin/nats-server"
 REGION_B = "8140fffffffffff"  # Luding's res-1 region: worker B's home
@@ -382,3 +385,73 @@ def test_token_accounts_go_by_the_server_clock(nats_url, tmp_path):
             await nc.close()
 
     _run(go, 60)
+
+
+class _WithStore:
+    """A shard's Service as the API sees it, with a store: ``create_app`` takes
+    ``service.store``, and a shard's Service has none (the store ``yujing serve --bus``
+    opens is the worker's). Everything else is the shard's Service, its clock among it."""
+
+    def __init__(self, svc, store):
+        self._svc = svc
+        self.store = store
+
+    def __getattr__(self, name):
+        return getattr(self._svc, name)
+
+
+def test_data_requests_and_audit_go_by_the_server_clock(nats_url, tmp_path):
+    """A device's export request carries a proof made at its own (wall) time, good within
+    300 s of the server's clock; the audit row written before anything is read dates it.
+    Through a worker whose engine clock is still 0 (simulation arrival times, no message
+    yet) the request is taken and its audit row, and an operator's audited read, carry the
+    wall clock (by the engine clock every request was refused: 'within 300 s of 0')."""
+    creds = tmp_path / "a.credentials"
+    Issuer.load(creds)
+    store = open_store(f"sqlite:///{tmp_path / 'a.db'}")
+
+    async def go():
+        a = _worker(nats_url, "a", creds, REGION_A, arrival="header")
+        try:
+            await a.start()
+            await _until(lambda: all(s.live for s in a.shards), 10, "worker live")
+            sa = a.shards[0]
+            assert sa.clock() == 0.0  # no engine step yet
+            op = await asyncio.to_thread(create_key, store, "ops", "operator", "test")
+            app = create_app(_WithStore(a.main_service, store))
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as c:
+                r = await c.post("/api/enrol", json={"pseudonyms": ["ph-data"]})
+                assert r.status_code == 200, r.text
+                got = r.json()
+                cred = Credential("ph-data", bytes.fromhex(got["credentials"][0]["key"]), bytes.fromhex(got["kid"]))
+
+                t = float(int(time.time()))
+                r = await c.post("/api/device/data",
+                                 json={"device": "ph-data", "action": "export", "t_s": t,
+                                       "proof": data_proof(cred, "export", t)})
+                assert r.status_code == 200, r.text  # refused by the engine clock: 'within 300 s of ... (0)'
+                assert r.json()["device"] == "ph-data" and "data" in r.json()
+                t_export = time.time()
+                r = await c.get("/api/ops/audit", params={"purpose": "ticket-7", "limit": 2},
+                                headers={"Authorization": f"Bearer {op}"})
+                assert r.status_code == 200, r.text
+                t_read = time.time()
+            assert sa.clock() == 0.0  # still: the wall clock, not an engine step, dated them
+            read, export = r.json()["rows"]
+            assert (read["action"], export["action"]) == ("read_audit_log", "device_export"), (read, export)
+            assert export["actor"].startswith("device:dev#")  # the pseudonym as a keyed tag
+            assert abs(export["at_s"] - t_export) < 5, export  # the server's clock, not the engine's 0
+            assert abs(read["at_s"] - t_read) < 5, read
+            # found by its pseudonym while its tag key lives: the key of this hour (a row
+            # dated 0 got 1970's first hour's key, which the first retention purge deletes)
+            assert [x["seq"] for x in await asyncio.to_thread(store.audit_rows_about, "ph-data")] == [export["seq"]]
+            print(f"\nexport through a worker with engine clock 0: taken; audit rows at {export['at_s'] - t_export:+.3f} s "
+                  f"(export) and {read['at_s'] - t_read:+.3f} s (operator read) from the wall clock")
+            assert a.errors == 0
+        finally:
+            await a.stop()
+
+    try:
+        _run(go, 60)
+    finally:
+        store.close()

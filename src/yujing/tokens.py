@@ -206,7 +206,9 @@ class TokenIssuer:
     caller's own clock is not it; None (the default): the caller's ``now_s`` is. A
     scale-out worker sets ``time.time``: its API's Service clock is a shard's engine clock
     (0 before the first step, behind while it catches up), and an account opened at 0
-    would look decades old to ``sign`` (an ``est`` token at once). See :meth:`now`."""
+    would look decades old to ``sign`` (an ``est`` token at once). The API takes the
+    time of data-rights proofs and audit rows from it too (``server_now`` in
+    :func:`yujing.api.app.create_app`). See :meth:`now`."""
 
     def __init__(self, master: bytes, keys: dict[str, bytes] | None = None):
         self._master = master
@@ -219,9 +221,9 @@ class TokenIssuer:
         self._lock = threading.Lock()
 
     def now(self, fallback: Callable[[], float]) -> float:
-        """The time (UNIX s) to open accounts, sign and check tokens at: :attr:`clock`
-        if set, else ``fallback()`` (the Service clock, which is the wall clock of a
-        single server, or a test's manual clock)."""
+        """The time (UNIX s) to open accounts, sign and check tokens at (and the API's
+        data-rights proofs and audit rows): :attr:`clock` if set, else ``fallback()`` (the
+        Service clock, which is the wall clock of a single server, or a test's manual clock)."""
         return self.clock() if self.clock is not None else fallback()
 
     def key(self, which: str) -> SigningKey:

@@ -407,6 +407,14 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
         return {"k": k, "areas": areas,
                 "triggers_in_areas_below_k": len(trigs) - sum(a["triggers"] for a in areas)}
 
+    def server_now() -> float:
+        # what a person or a device dates goes by the server's wall clock: accounts, tokens,
+        # enrolments, data-rights proofs, audit rows. On a scale-out worker the Service
+        # clock is a shard's engine clock (0 before its first step, behind while it catches
+        # up); the issuer's token book has the wall clock there (TokenIssuer.clock). What is
+        # compared with engine data (recent triggers, devices online) keeps service.clock.
+        return service.issuer.tokens.now(service.clock)
+
     # ------------------------------------------------------------------ personal data (operators, audited)
     async def _audit(request: Request, action: str, target: str, purpose: str) -> None:
         """Write the read to the audit log before anything personal is read: no audit, no data."""
@@ -414,7 +422,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             raise HTTPException(503, "this server has no store, so the read could not be audited; personal data is "
                                      "served only by a server with a store")
         try:
-            await _db(store.audit, principal(request).actor, action, target, purpose, service.clock())
+            await _db(store.audit, principal(request).actor, action, target, purpose, server_now())
         except ValueError as exc:
             raise HTTPException(422, f"purpose: {exc}") from None
         except Exception as exc:
@@ -528,25 +536,19 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             # not a read of personal data, but it sends real alerts to real devices: keep who did it
             target = f"{req.source}:{req.scenario if req.source == 'scenario' else req.event}"
             try:
-                await _db(store.audit, principal(request).actor, "start_replay", target, "replay control", service.clock())
+                await _db(store.audit, principal(request).actor, "start_replay", target, "replay control", server_now())
             except Exception as exc:  # the replay is running; a lost record must not hide that
                 log.error("replay %s started by %s could not be audited: %s", target, principal(request).actor, exc)
         return info
 
     # ------------------------------------------------------------------ devices: enrolment, data rights
-    def _wall() -> float:
-        # accounts, tokens and enrolments go by the server's wall clock: on a scale-out
-        # worker the Service clock is a shard's engine clock (0 before its first step),
-        # and the issuer's token book has the wall clock (TokenIssuer.clock)
-        return service.issuer.tokens.now(service.clock)
-
     @app.post("/api/account", summary="Open a long-lived device account (no personal data): its key asks for daily tokens")
     async def open_account(request: Request) -> dict:
         try:  # no fields: an account holds no personal data
             msgspec.json.decode(await request.body() or b"{}", type=AccountRequest)
         except msgspec.DecodeError as exc:
             raise HTTPException(422, f"account request: {exc}") from None
-        acct, key = service.issuer.tokens.open_account(_wall())
+        acct, key = service.issuer.tokens.open_account(server_now())
         await asyncio.to_thread(service.issuer.flush_log)
         return {"account": acct, "key": key.hex()}
 
@@ -564,7 +566,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             raise HTTPException(422, f"token request: {exc}") from None
         try:
             sig = await asyncio.to_thread(service.issuer.tokens.sign, req.account, req.day, req.key, blinded, req.proof,
-                                          _wall(), service.settings.associate.new_device_s)
+                                          server_now(), service.settings.associate.new_device_s)
             await asyncio.to_thread(service.issuer.flush_log)
         except ValueError as exc:
             raise HTTPException(422, f"token request: {exc}") from None
@@ -578,7 +580,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             raise HTTPException(422, f"enrolment request: {exc}") from None
         if not 1 <= len(req.pseudonyms) <= MAX_ENROL:
             raise HTTPException(422, f"enrol 1 to {MAX_ENROL} pseudonyms per request")
-        now = _wall()
+        now = server_now()
         # an operator's key vouches for the devices (its gateway, its load generator): they
         # count toward announcing events at once; self-enrolled ones after new_device_s,
         # unless an established token vouches for the pseudonym
@@ -628,7 +630,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
         except msgspec.DecodeError as exc:
             raise HTTPException(422, f"data request: {exc}") from None
         try:
-            check_data_proof(service.issuer, req.device, req.action, req.t_s, req.proof, service.clock(), used_proofs)
+            check_data_proof(service.issuer, req.device, req.action, req.t_s, req.proof, server_now(), used_proofs)
         except ValueError as exc:
             raise HTTPException(403, f"data request for {req.device!r}: {exc}") from None
         if store is None:
@@ -637,7 +639,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
         # the actor is the device itself, named by the pseudonym it proved
         try:
             await _db(store.audit, f"device:{req.device}", f"device_{req.action}", req.device,
-                      "data subject request (proof of key)", service.clock())
+                      "data subject request (proof of key)", server_now())
         except Exception as exc:
             raise HTTPException(503, f"the audit log could not be written ({type(exc).__name__}: {exc}); "
                                      "try again when the store is back") from None
