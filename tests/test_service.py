@@ -337,3 +337,61 @@ def test_a_trigger_run_waits_for_at_most_run_span_messages(luding_wire, monkeypa
         # fed no later than 50 messages after its first trigger was taken
         assert taken - pos[done] <= 51, (taken, pos[done])
         done += k
+
+
+def test_a_run_of_triggers_is_fed_in_pieces_each_published_before_the_next(luding_wire, monkeypatch):
+    """The engine takes a run in pieces of FEED_CHUNK and what each piece makes is
+    published before the next is associated: an update does not wait for the new-event
+    attempts of the rest of the run."""
+    import yujing.service as service_mod
+
+    sc, msgs = luding_wire
+    monkeypatch.setattr(service_mod, "FEED_CHUNK", 4)
+    first = next(k for k, m in enumerate(msgs) if "/trig/" in m[1])
+    part = [m for m in msgs[first:] if "/trig/" in m[1]][:400]
+    svc = Service(clock=ManualClock(part[0][0]))
+    assert svc.receive_many(part) == len(part)
+    calls = []
+    real_feed, real_emit = svc.engine.feed_triggers, svc._emit
+    monkeypatch.setattr(svc.engine, "feed_triggers", lambda run: calls.append(("feed", len(run))) or real_feed(run))
+    monkeypatch.setattr(svc, "_emit", lambda out: calls.append(("emit", len(out))) or real_emit(out))
+    svc.process_queue()
+    feeds = [k for what, k in calls if what == "feed"]
+    assert len(feeds) > 1 and max(feeds) <= 4 and sum(feeds) == svc.stats.accepted["trig"]
+    # every piece's updates go out before the next piece is fed
+    assert all(calls[i][0] == "feed" and calls[i + 1][0] == "emit" for i in range(0, len(calls), 2))
+    assert svc.stats.updates > 0
+
+
+def test_the_engine_loop_closes_a_step_at_its_end_not_at_the_next_period():
+    """A step opened by a trigger closes when the engine says it ends (first trigger +
+    step_s); the timer does not wait for its own next beat (up to a whole step later),
+    which the updates of a large event would otherwise wait for."""
+    step = 1.0
+    fired = []
+
+    async def go():
+        svc = Service(config=ServiceConfig(step_s=step))
+        real = svc.fire_timer
+
+        def spy():
+            fired.append((svc.clock(), svc._step_due_s()))
+            real()
+
+        svc.fire_timer = spy
+        await svc.start()
+        await asyncio.sleep(0.1)  # the timer's beats fall at start + k s; the step ends 0.1 s after one
+        now = svc.clock()
+        msg = protocol.TriggerMsg(device="d1", cell=h3.latlng_to_cell(29.6, 102.1, 7), sent_s=now, onset_s=now - 1.0,
+                                  window_s=1.0, pga_gal=5.0, pgv_cm_s=0.1, pd_cm=0.001, snr=10.0)
+        assert svc.receive(*Signer(svc.issuer).wire("trig", msg))
+        opened = svc.engine.n_triggers, svc._queue[-1][0]
+        await asyncio.sleep(1.4)
+        await svc.stop()
+        return opened
+
+    (n0, arrival) = asyncio.run(go())
+    end = arrival + step
+    closing = [t for t, due in fired if due <= t and t >= end]
+    assert closing, fired
+    assert closing[0] - end < 0.1, (closing[0] - end, fired)

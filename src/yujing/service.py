@@ -103,6 +103,10 @@ CLOCK_AHEAD_MAX_S = 120.0
 #: the first of them: the most an event update waits behind the batching is the
 #: registry and door work of these messages (a few ms), far less than an engine step.
 RUN_SPAN = 2048
+#: The engine takes a run's triggers in pieces of at most this many, and what a piece
+#: makes is published before the next piece: an event update waits for the association
+#: of its own piece only (a new-event attempt costs 10-100 ms; a run can hold thousands).
+FEED_CHUNK = 32
 #: Onsets per device whose messages are remembered (as a bit per update number, ~90 per
 #: onset) to drop repeats.
 ONSETS_REMEMBERED = 4
@@ -405,11 +409,18 @@ class Service:
         if self.config.credentials_file:
             await asyncio.to_thread(self.issuer.save, self.config.credentials_file)
 
+    def _step_due_s(self) -> float:
+        """When the engine's open step closes (server clock), or inf: none is open. The
+        updates of a large event wait for it (:mod:`yujing.engine`), so the timer fires
+        then, not at its own period's next beat (up to a step later)."""
+        e = self.engine
+        return e._step_end if (e._pending or e._step_open) else math.inf
+
     async def _engine_loop(self) -> None:
         step = self.config.step_s
         next_tick = self.clock() + step
         while True:
-            timeout = max(0.0, next_tick - self.clock())
+            timeout = max(0.0, min(next_tick, self._step_due_s()) - self.clock())
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow the
             # cancel that stop() sends (CPython gh-86296), and the loop never ends
             try:
@@ -420,9 +431,11 @@ class Service:
             self._wake.clear()
             try:
                 self.process_queue()
-                if self.clock() >= next_tick:
+                now = self.clock()
+                if now >= next_tick or now >= self._step_due_s():
                     self.fire_timer()
-                    next_tick = max(next_tick + step, self.clock())
+                    if now >= next_tick:
+                        next_tick = max(next_tick + step, self.clock())
             except Exception:
                 # the engine must outlive any one bad step; the message that broke it is gone
                 self.rejects.add("engine_error", "engine step", "see the service log")
@@ -554,10 +567,15 @@ class Service:
         return n
 
     def _feed_triggers(self, run: list[Trigger]) -> None:
-        t0 = time.perf_counter()
-        out = self.engine.feed_triggers(run)
-        self.stats.engine_busy_s += time.perf_counter() - t0
-        self._emit(out)
+        # in pieces of FEED_CHUNK, each piece's updates published before the next is
+        # associated: an update waits for its own piece, not for the new-event attempts of
+        # a whole run behind it (the same updates: feed_triggers equals one by one)
+        engine, stats = self.engine, self.stats
+        for i in range(0, len(run), FEED_CHUNK):
+            t0 = time.perf_counter()
+            out = engine.feed_triggers(run[i:i + FEED_CHUNK] if len(run) > FEED_CHUNK else run)
+            stats.engine_busy_s += time.perf_counter() - t0
+            self._emit(out)
 
     def _trigger_record(self, arr: float, msg) -> Trigger | None:
         """A trigger message's registry entry, duplicate check and clock correction: its
