@@ -1,7 +1,8 @@
-"""Shared fixtures: where the OpenEEW recordings are, and the stores tests run on.
+"""Shared fixtures: where the OpenEEW recordings are, the stores tests run on, and a
+nats-server (JetStream, optionally its MQTT listener) on free ports.
 
 Tests that need the recordings, or the PostgreSQL server, fail (never skip) when they are
-missing, so that a CI run without them cannot pass by testing nothing.
+missing (so does a missing nats-server binary), so that a CI run without them cannot pass by testing nothing.
 
 PostgreSQL tests get a fresh schema per test on the server at ``PG_URL`` (override with
 YUJING_TEST_POSTGRES_URL), dropped afterwards.
@@ -15,6 +16,9 @@ import contextlib
 
 import importlib.util
 import os
+import shutil
+import socket
+import subprocess
 import sys
 import uuid
 from pathlib import Path
@@ -117,3 +121,61 @@ async def embedded_link():
         await link.stop()
         await svc.bus.close()
         await broker.stop()
+
+
+NATS_EXE = shutil.which("nats-server") or "/usr/sbin/nats-server"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def nats_server(d: Path, mqtt: bool = False):
+    """One nats-server with JetStream (its store in ``d``) on a free port, and with
+    ``mqtt`` its MQTT listener on another (NATS's MQTT needs JetStream and a server_name);
+    killed on exit whatever happened. Yields (nats URL, MQTT URL or None). A missing
+    binary is a failure, never a skip."""
+    if not os.path.exists(NATS_EXE):
+        pytest.fail(f"nats-server binary not found ({NATS_EXE}): these tests need a real server")
+    port = free_port()
+    mport = free_port() if mqtt else None
+    conf = d / "nats.conf"
+    text = f'server_name: yjtest\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: "{d}/js" }}\n'
+    if mqtt:
+        text += f"mqtt {{ listen: 127.0.0.1:{mport} }}\n"
+    conf.write_text(text)
+    log = open(d / "nats.log", "w")
+    proc = subprocess.Popen([NATS_EXE, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        t = time.monotonic()
+        for p in (port, mport) if mqtt else (port,):
+            while True:
+                try:
+                    socket.create_connection(("127.0.0.1", p), 0.2).close()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() - t > 15:
+                        pytest.fail(f"nats-server did not start: {(d / 'nats.log').read_text()[-2000:]}")
+                    time.sleep(0.05)
+        yield f"nats://127.0.0.1:{port}", (f"tcp://127.0.0.1:{mport}" if mqtt else None)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
+
+
+@pytest.fixture
+def nats_url(tmp_path):
+    """A nats-server with JetStream for this test: its URL."""
+    with nats_server(tmp_path) as (url, _):
+        yield url
+
+
+@pytest.fixture
+def nats_mqtt_urls(tmp_path):
+    """A nats-server with JetStream and its MQTT listener for this test: (nats URL, MQTT URL)."""
+    with nats_server(tmp_path, mqtt=True) as urls:
+        yield urls

@@ -12,9 +12,7 @@ import asyncio
 import json
 import math
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ import pytest
 
 import numpy as np
 
+from conftest import free_port
 from yujing import protocol, scenarios
 from yujing.geo import distance_km
 from yujing.bus import nats as ynats
@@ -35,42 +34,8 @@ from yujing.service import ManualClock, Service, ServiceConfig, drive
 from yujing.sources.simulator import simulate
 from yujing.sources.wire_feed import scenario_wire
 
-EXE = shutil.which("nats-server") or "/usr/sbin/nats-server"
 WINDOW_S = (-10.0, 25.0)  # the part of the Luding quake replayed, s from origin (first alert ~5.5 s)
 REGION_EPI = "8140fffffffffff"  # res-1 region of Luding's epicentre
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def nats_url(tmp_path):
-    """One nats-server with JetStream on a free port, killed after the test whatever happened."""
-    if not os.path.exists(EXE):
-        pytest.fail("nats-server binary not found (install it, e.g. /usr/sbin/nats-server); this test needs a real server")
-    port = _free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path}/js" }}\n')
-    log = open(tmp_path / "nats.log", "w")
-    proc = subprocess.Popen([EXE, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=log)
-    try:
-        t = time.monotonic()
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() - t > 15:
-                    pytest.fail(f"nats-server did not start: {(tmp_path / 'nats.log').read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(10)
-        log.close()
 
 
 # ----------------------------------------------------------------------------- engine killed
@@ -779,7 +744,7 @@ def test_yujing_serve_sigkilled_mid_quake_resumes_from_its_journal(tmp_path):
     db = tmp_path / "yujing.db"
     issuer = Issuer()
     issuer.save(str(db) + ".credentials")  # the server's credentials (beside its store): the devices' issuer
-    http_port, mqtt_port = _free_port(), _free_port()
+    http_port, mqtt_port = free_port(), free_port()
     procs: list[ServeProc] = []
     # (life, received at, payload) of every alert message on the phone; the life is the
     # phone's connection (its newest CONNACK at receipt, set before it subscribes again):

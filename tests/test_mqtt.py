@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import shutil
 import socket
-import subprocess
 import time
 import uuid
 
@@ -16,9 +13,9 @@ import h3
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from conftest import FakeService, embedded_link
+from conftest import FakeService, embedded_link, nats_server
 from yujing import protocol, wire
-from yujing.bus.mqtt import MqttClient, MqttLink
+from yujing.bus.mqtt import MqttClient, MqttLink, parse_mqtt_url
 from yujing.bus.mqtt_broker import EmbeddedBroker
 from yujing.bus.mqtt_codec import connect_packet, publish_packet, subscribe_packet
 from yujing.records import Alert, AlertTier
@@ -38,36 +35,11 @@ async def _collect(got: list, n: int, timeout_s: float = 5.0) -> list:
     return got
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def nats_mqtt(tmp_path_factory):
-    """A nats-server with JetStream and its MQTT listener, on ports of its own."""
-    exe = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not os.path.exists(exe):
-        pytest.fail("nats-server binary not found (the machine should have it: /usr/sbin/nats-server)")
-    d = tmp_path_factory.mktemp("nats")
-    port, mport = _free_port(), _free_port()
-    conf = d / "nats.conf"
-    conf.write_text(f'server_name: yjtest\nlisten: 127.0.0.1:{port}\njetstream {{ store_dir: "{d}/js" }}\nmqtt {{ listen: 127.0.0.1:{mport} }}\n')
-    p = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    t = time.monotonic()
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", mport), 0.2).close()
-            break
-        except OSError:
-            if p.poll() is not None or time.monotonic() - t > 10:
-                err = p.stderr.read().decode() if p.poll() is not None else "timeout"
-                pytest.fail(f"nats-server with MQTT did not start: {err}")
-            time.sleep(0.05)
-    yield ("127.0.0.1", mport)
-    p.terminate()
-    p.wait(10)
+    """A nats-server with JetStream and its MQTT listener, on ports of its own: (host, port)."""
+    with nats_server(tmp_path_factory.mktemp("nats"), mqtt=True) as (_, mqtt_url):
+        yield parse_mqtt_url(mqtt_url)
 
 
 def _broker_peer(kind, nats_mqtt):

@@ -1,5 +1,5 @@
 """Device security across the workers of a scale-out (issue 12), against a real nats-server
-(JetStream) started here on a port of its own.
+(JetStream) started for each test on a port of its own (conftest.py's ``nats_url``).
 
 Every worker gets a copy of one credentials file (one master: a key issued through one
 worker verifies on every other); enrolments are shared through the KV bucket YJ_ENROL
@@ -24,8 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import socket
-import subprocess
 import time
 
 import h3
@@ -43,45 +41,10 @@ from yujing.security import Credential, Issuer, Signer, data_proof
 from yujing.service import ServiceConfig
 from yujing.store import open_store
 
-EXE = shutil.which("nats-server") or "/usr/sbin/nats-server"
 REGION_B = "8140fffffffffff"  # Luding's res-1 region: worker B's home
 REGION_A = h3.latlng_to_cell(40.0, -100.0, 1)  # far away: worker A's home
 CELL_B = h3.cell_to_center_child(REGION_B, 5)  # where B's test device reports from
 CELL_A = h3.cell_to_center_child(REGION_A, 5)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def nats_url(tmp_path):
-    import os
-
-    if not os.path.exists(EXE):
-        pytest.fail("nats-server binary not found: these tests need a real server")
-    port = _free_port()
-    conf = tmp_path / "nats.conf"
-    conf.write_text(f'listen: 127.0.0.1:{port}\njetstream {{ store_dir: "{tmp_path}/js" }}\n')
-    log = open(tmp_path / "nats.log", "w")
-    proc = subprocess.Popen([EXE, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        t = time.monotonic()
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() - t > 15:
-                    pytest.fail(f"nats-server did not start: {(tmp_path / 'nats.log').read_text()[-2000:]}")
-                time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        proc.kill()
-        proc.wait(10)
-        log.close()
 
 
 async def _until(pred, timeout_s: float, what: str) -> float:
@@ -387,19 +350,6 @@ def test_token_accounts_go_by_the_server_clock(nats_url, tmp_path):
     _run(go, 60)
 
 
-class _WithStore:
-    """A shard's Service as the API sees it, with a store: ``create_app`` takes
-    ``service.store``, and a shard's Service has none (the store ``yujing serve --bus``
-    opens is the worker's). Everything else is the shard's Service, its clock among it."""
-
-    def __init__(self, svc, store):
-        self._svc = svc
-        self.store = store
-
-    def __getattr__(self, name):
-        return getattr(self._svc, name)
-
-
 def test_data_requests_and_audit_go_by_the_server_clock(nats_url, tmp_path):
     """A device's export request carries a proof made at its own (wall) time, good within
     300 s of the server's clock; the audit row written before anything is read dates it.
@@ -418,7 +368,7 @@ def test_data_requests_and_audit_go_by_the_server_clock(nats_url, tmp_path):
             sa = a.shards[0]
             assert sa.clock() == 0.0  # no engine step yet
             op = await asyncio.to_thread(create_key, store, "ops", "operator", "test")
-            app = create_app(_WithStore(a.main_service, store))
+            app = create_app(a.main_service, store=store)  # as `yujing serve --bus` does
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://w") as c:
                 r = await c.post("/api/enrol", json={"pseudonyms": ["ph-data"]})
                 assert r.status_code == 200, r.text

@@ -253,7 +253,7 @@ class Server:
             self.operator_key, self.operator_key_file = await asyncio.to_thread(
                 bootstrap_operator_key, self.store, _sqlite_file(self.opts.store))
         app = self.app = create_app(self.service, self.replay, limits=self.opts.limits, clock=self.api_clock,
-                                    broker=self.broker)
+                                    broker=self.broker, store=self.store)
         cfg = uvicorn.Config(app, host=self.opts.host, port=self.opts.port, log_level="info" if self.opts.log_http else "warning",
                              access_log=self.opts.log_http, lifespan="off", timeout_graceful_shutdown=3,
                              proxy_headers=self.opts.trusted_proxies is not None,

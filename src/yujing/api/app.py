@@ -216,10 +216,12 @@ class _TriggerAreas:
         return sum(1 for t in devs.values() if t >= now_s - TRIGGER_WINDOW_S)
 
 
-def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=time.monotonic, broker=None) -> FastAPI:
-    """The API over a running :class:`yujing.service.Service` (its store may be None:
-    then history comes from memory, keys cannot be looked up and personal data, which must
-    be audited, is not served). ``replayer`` backs ``POST /api/replay``. ``limits``: request
+def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=time.monotonic, broker=None,
+               store=None) -> FastAPI:
+    """The API over a running :class:`yujing.service.Service` and ``store`` (default
+    ``service.store``; a scale-out worker passes its own, as its shards' Services have none).
+    Without a store history comes from memory, keys cannot be looked up and personal data,
+    which must be audited, is not served. ``replayer`` backs ``POST /api/replay``. ``limits``: request
     size and rate (default :class:`.auth.ApiLimits`); ``clock``: monotonic seconds for the
     rate limit and the key cache (tests pass their own)."""
     app = FastAPI(
@@ -229,7 +231,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
                     "Routes beyond the public ones need an API key: 'Authorization: Bearer <key>'.",
         dependencies=[Depends(_authorize)],
     )
-    store = service.store
+    store = service.store if store is None else store
     limits = limits or ApiLimits()
     app.state.closing = asyncio.Event()  # set by the server before it stops: streams end
     app.state.keys = KeyRing(store, clock)
