@@ -400,3 +400,21 @@ def test_bounded_coarse_search_equals_the_exhaustive_one(monkeypatch):
             silenced += a.n_silent_violations > 0
     assert n_cases == 24 and max(skipped) > 0, skipped
     assert silenced > 0, "no case where silence was due: the test would not see a wrong silent cost"
+
+
+def test_nearest_silent_devices_are_the_true_nearest():
+    """``_nearest`` (a flat-earth proxy bounds the radius, the haversine only inside its
+    box) returns the same devices, in the same order of distance, as sorting every
+    great-circle distance: on a dense network of phones sharing cell centres (ties), and
+    on a sparse global one around the antimeridian, near a pole and at the equator."""
+    rng = np.random.default_rng(3)
+    dense_lat = np.round(30 + rng.normal(0, 2, 200_000), 2)
+    dense_lon = np.round(103 + rng.normal(0, 2, 200_000), 2)
+    glob_lat, glob_lon = rng.uniform(-80, 80, 50_000), rng.uniform(-180, 180, 50_000)
+    cases = [(dense_lat, dense_lon, 30.0, 103.0), (dense_lat, dense_lon, 35.5, 99.0),
+             (glob_lat, glob_lon, 10.0, 179.9), (glob_lat, glob_lon, -10.0, -179.95),
+             (glob_lat, glob_lon, 85.0, 0.0), (glob_lat, glob_lon, 0.0, 0.0)]
+    for lat, lon, la, lo in cases:
+        full = np.argsort(distance_km(la, lo, lat, lon), kind="stable")[: locate_module.MAX_SILENT]
+        got = locate_module._nearest(la, lo, lat, lon, locate_module.MAX_SILENT)
+        assert np.array_equal(got, full), (la, lo)
