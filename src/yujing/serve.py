@@ -218,8 +218,10 @@ class Server:
 
     async def _start_worker(self) -> None:
         """``--bus nats://...``: this process is one engine worker of the scale-out
-        (:mod:`yujing.scaleout`); devices reach NATS's own MQTT listener (``--mqtt``, required),
-        the API shows this worker's engine and stores every announced event and alert."""
+        (:mod:`yujing.scaleout`); devices reach NATS's own MQTT listener (``--mqtt``, required).
+        The worker stores every announced event and alert; the API reads history, keys and
+        the audit log from that store and its live routes (stream, network, triggers) from
+        the worker's first shard."""
         from .bus.nats import parse_nats_url
         from .bus.mqtt import parse_mqtt_url
         from .scaleout import Worker, config_from_env
