@@ -12,8 +12,8 @@ import pytest
 
 from yujing.geo import KM_PER_DEG, distance_km
 import yujing.locate as locate_module
-from yujing.locate import Location, depth_prior, locate
-from yujing.settings import LocateSettings
+from yujing.locate import Location, depth_prior, depth_prior_at, in_polygon, locate
+from yujing.settings import CALIFORNIA_CRUST, DepthRegion, LocateSettings
 from yujing.traveltime import default_table
 
 LAT0, LON0 = 16.5, -98.5  # Guerrero / Oaxaca coast, where the OpenEEW devices are
@@ -242,6 +242,64 @@ def test_depth_prior_shape():
     assert np.all(np.diff(cost[d >= s.depth_prior_typical_km]) >= 0)
     # soft: an intraslab depth costs what a few well-placed picks outweigh, not a wall
     assert cost[d == 100.0][0] < 10.0
+
+
+def test_in_polygon_even_odd_rule():
+    """A concave (L-shaped) region: the notch is outside, both arms inside."""
+    ell = ((0.0, 0.0), (0.0, 10.0), (5.0, 10.0), (5.0, 5.0), (10.0, 5.0), (10.0, 0.0))
+    lat = np.array([2.0, 2.0, 8.0, 8.0, -1.0, 2.0])
+    lon = np.array([2.0, 8.0, 2.0, 8.0, 2.0, 11.0])
+    assert in_polygon(lat, lon, ell).tolist() == [True, True, True, False, False, False]
+
+
+def test_the_shipped_california_region_holds_its_quakes_and_not_cascadia_or_mexico():
+    inside = {"Napa 2014": (38.22, -122.31), "Ridgecrest 2019": (35.77, -117.60), "Loma Prieta 1989": (37.04, -121.88),
+              "Northridge 1994": (34.21, -118.54), "Landers 1992": (34.20, -116.44)}
+    outside = {"Nisqually 2001": (47.15, -122.73), "Cape Mendocino 1992": (40.33, -124.23),
+               "Puebla 2017": (18.55, -98.49), "Las Vegas": (36.17, -115.14), "Luding 2022": (29.59, 102.08)}
+    lat = np.array([v[0] for v in {**inside, **outside}.values()])
+    lon = np.array([v[1] for v in {**inside, **outside}.values()])
+    got = in_polygon(lat, lon, CALIFORNIA_CRUST.polygon)
+    assert got.tolist() == [True] * len(inside) + [False] * len(outside)
+
+
+def test_depth_prior_at_is_the_region_s_inside_it_and_the_global_one_outside():
+    s = LocateSettings()
+    d = np.array(s.depths_km)
+    lat = np.array([38.2, 16.5])  # Napa (in the shipped California region), Oaxaca (not)
+    lon = np.array([-122.3, -98.5])
+    cost = depth_prior_at(lat, lon, d, s)
+    assert np.allclose(cost[1], depth_prior(d, s))
+    r = CALIFORNIA_CRUST
+    assert d[np.argmin(cost[0])] == r.typical_km
+    assert cost[0][d == 45.0][0] >= ((45.0 - r.free_km) / r.scale_km) ** 2  # 36 units: as good as excluded
+    assert depth_prior(d, s)[d == 45.0][0] < 1.0  # where the global prior lets picks choose
+    # first match wins; no regions: the global prior everywhere
+    deep = DepthRegion(name="deep", polygon=((37.0, -124.0), (37.0, -121.0), (39.0, -121.0), (39.0, -124.0)),
+                       typical_km=60.0, free_km=90.0, scale_km=20.0)
+    both = LocateSettings(depth_regions=(deep, CALIFORNIA_CRUST))
+    assert d[np.argmin(depth_prior_at(lat, lon, d, both)[0])] == 60.0
+    assert np.allclose(depth_prior_at(lat, lon, d, LocateSettings(depth_regions=())), depth_prior(d, s)[None, :])
+
+
+def test_a_shallow_region_keeps_few_ambiguous_picks_in_its_crust():
+    """Four picks (0.5 s noise) leave depth and origin time trading off: located outside any
+    region they go where the noise leans (45-60 km for 6 of these 8 networks); inside a
+    region whose quakes are shallow, the same picks stay in its crust."""
+    region = DepthRegion(name="crust", polygon=((LAT0 - 3, LON0 - 3), (LAT0 - 3, LON0 + 3), (LAT0 + 3, LON0 + 3),
+                                                 (LAT0 + 3, LON0 - 3)), typical_km=10.0, free_km=15.0, scale_km=5.0)
+    free, held = [], []
+    for seed in range(8):
+        lat, lon = network(seed)
+        rng = np.random.default_rng(900 + seed)
+        elat, elon = LAT0 + rng.uniform(-0.5, 0.5), LON0 + rng.uniform(-0.5, 0.5)
+        t = p_onsets(lat, lon, elat, elon, 45.0, rng, sigma=0.5)
+        k = np.argsort(t)[:4]
+        now = float(t[k].max()) + 1.0
+        free.append(locate(lat[k], lon[k], t[k], now_s=now).depth_km)
+        held.append(locate(lat[k], lon[k], t[k], now_s=now, settings=LocateSettings(depth_regions=(region,))).depth_km)
+    assert max(held) <= 20.0, held
+    assert sum(d >= 45.0 for d in free) >= 4, free  # the test has teeth
 
 
 def _shallow_few_pick_cases(n_picks: int, depth_km: float = 10.0, n_cases: int = 20):

@@ -10,6 +10,20 @@ from pathlib import Path
 from . import __version__
 
 
+def _load_settings(args, command: str):
+    """The settings of ``--settings FILE`` (defaults without it); prints the error and
+    returns None when the file is wrong."""
+    from .settings import Settings, load_settings
+
+    if not getattr(args, "settings", None):
+        return Settings()
+    try:
+        return load_settings(args.settings)
+    except ValueError as exc:
+        print(f"yujing {command}: {exc}", file=sys.stderr)
+        return None
+
+
 def _replay(args) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
@@ -19,6 +33,9 @@ def _replay(args) -> int:
     from .sources.openeew import iter_event_dirs, load_devices
 
     console = Console(stderr=True)
+    settings = _load_settings(args, "replay")
+    if settings is None:
+        return 2
     data = Path(args.data_dir)
     try:
         devices = load_devices(data / "devices.json")
@@ -34,7 +51,6 @@ def _replay(args) -> int:
             return 2
         dirs = [d for d in dirs if d.name in wanted]
     from .alerting import AlertPolicy
-    from .settings import Settings
 
     grid = None
     if args.vs30:
@@ -48,7 +64,7 @@ def _replay(args) -> int:
     model = None if args.model == "auto" else args.model
 
     def make_policy():
-        return AlertPolicy(Settings().alert, model=model, vs30_grid=grid)
+        return AlertPolicy(settings.alert, model=model, vs30_grid=grid)
 
     # progress in packets, estimated from file sizes (about 1 kB a packet at 31.25 Hz)
     sizes = sum(f.stat().st_size for d in dirs for f in d.glob("*/*.jsonl"))
@@ -63,7 +79,7 @@ def _replay(args) -> int:
         disable=args.quiet,
     ) as prog:
         task = prog.add_task("replay", total=est_packets)
-        result = replay(dirs, devices, on_packet=lambda n: prog.advance(task, n), make_policy=make_policy)
+        result = replay(dirs, devices, settings, on_packet=lambda n: prog.advance(task, n), make_policy=make_policy)
     if args.output:
         write_updates(Path(args.output), result)
     if args.alerts:
@@ -260,12 +276,15 @@ def _print_pga(out, data: Path, result, devices) -> None:
 def _settings(args) -> int:
     import msgspec
 
-    from .settings import Settings, settings_markdown
+    from .settings import settings_markdown
 
+    s = _load_settings(args, "settings")
+    if s is None:
+        return 2
     if args.markdown:
-        print(settings_markdown())
+        print(settings_markdown(s))
     else:
-        print(msgspec.json.format(msgspec.json.encode(Settings()).decode(), indent=2))
+        print(msgspec.json.format(msgspec.json.encode(s).decode(), indent=2))
     return 0
 
 
@@ -285,6 +304,9 @@ def _demo(args) -> int:
         err.print("error: --phones must be at least 100", markup=False)
         return 2
     out = Console(markup=False, highlight=False, width=None if sys.stdout.isatty() else 120)
+    settings = _load_settings(args, "demo")
+    if settings is None:
+        return 2
     sc = scenarios.get(args.scenario)
     out.print(f"yujing demo: {sc.name}, {args.phones:,} simulated phones, seed {args.seed}")
     out.print("timeline, seconds after the origin time (simulated time; nothing is sent to real phones):")
@@ -293,7 +315,7 @@ def _demo(args) -> int:
         if not args.quiet:
             out.print(f"  t{t:+7.2f} s  {text}")
 
-    res = demo.run(sc, args.phones, seed=args.seed, on_line=line)
+    res = demo.run(sc, args.phones, seed=args.seed, on_line=line, settings=settings)
     s = res.summary()
     t = Table(title="warning time by city (S-wave arrival minus alert delivery)")
     for col in ("city", "distance", "S arrives", "tier", "phone's MMI", "warning"):
@@ -351,7 +373,11 @@ def _serve(args) -> int:
     except ValueError as exc:
         print(f"yujing serve: {exc}", file=sys.stderr)
         return 2
+    settings = _load_settings(args, "serve")
+    if settings is None:
+        return 2
     opts = ServeOptions(
+        settings=settings,
         host=args.host,
         port=args.port,
         mqtt=args.mqtt,
@@ -499,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--report", default="yujing-demo.html", metavar="PATH.html", help="HTML report (default yujing-demo.html)")
     dm.add_argument("--json", metavar="SUMMARY.json", help="write the summary as JSON")
     dm.add_argument("--quiet", "-q", action="store_true", help="no timeline, only the summary")
+    dm.add_argument("--settings", metavar="FILE", help="engine settings from a TOML (.toml) or JSON file; what it leaves out keeps its default (yujing settings --settings FILE prints the result; docs/settings.md)")
     dm.set_defaults(func=_demo)
 
     r = sub.add_parser(
@@ -527,6 +554,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--event", action="append", metavar="NAME", help="replay only this event folder (repeatable)")
     r.add_argument("--no-score", action="store_true", help="do not score against catalog.csv")
     r.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    r.add_argument("--settings", metavar="FILE", help="engine settings from a TOML (.toml) or JSON file; what it leaves out keeps its default (yujing settings --settings FILE prints the result; docs/settings.md)")
     r.set_defaults(func=_replay)
 
     s = sub.add_parser(
@@ -535,6 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Print every constant of the engine with its value; units are in the names.",
     )
     s.add_argument("--markdown", action="store_true", help="as the documented table (docs/settings.md)")
+    s.add_argument("--settings", metavar="FILE", help="engine settings from a TOML (.toml) or JSON file; what it leaves out keeps its default (yujing settings --settings FILE prints the result; docs/settings.md)")
     s.set_defaults(func=_settings)
 
     sv = sub.add_parser(
@@ -587,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="accept unsigned device messages (a development server only: anyone who can reach the "
                          "broker could then fake triggers); signed ones are still checked")
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
+    sv.add_argument("--settings", metavar="FILE", help="engine settings from a TOML (.toml) or JSON file; what it leaves out keeps its default (yujing settings --settings FILE prints the result; docs/settings.md)")
     sv.set_defaults(func=_serve)
 
     pg = sub.add_parser(

@@ -25,7 +25,9 @@ which made every hypocentral distance and the magnitude too large. Operational s
 fix or start the depth shallow for this reason (ElarmS/EPIC fix 8 km, JMA starts at
 10 km); here the prior is soft, so picks that do
 resolve depth (near the epicentre, at distances comparable to the depth) still place an
-intraslab event at 60-100 km.
+intraslab event at 60-100 km. Where the region's quakes are known to be shallow (a depth
+region of the settings, such as California's crust) the prior is that region's: two late
+picks near a crustal quake can then no longer pull it to 45 km, as they did for Napa 2014.
 
 All whole-grid work is one numpy expression over (nodes x devices).
 """
@@ -65,9 +67,9 @@ CHI2_1SIGMA = 2.3  # chi-square of the 1-sigma region of 2 parameters (the epice
 # its bottom (30 km for a 16 km quake, measured). Half a chi-square unit is well under a
 # 1-sigma difference (1 unit): picks that prefer 20 km (0.056) or 30 km (0.5) by more than
 # that still get it, a weaker preference is overruled towards the depth where crustal quakes
-# cluster (the dev set's 2020_6_23: 30 km preferred by 0.09, now 10 km). The centre is not
-# regional; a subduction network would want a deeper one. (A centre rather than a slope: a
-# slope would favour 5 km, shallower than most quakes.)
+# cluster (the dev set's 2020_6_23: 30 km preferred by 0.09, now 10 km). A region with its
+# own depth range (LocateSettings.depth_regions) gets its own centre and free zone. (A
+# centre rather than a slope: a slope would favour 5 km, shallower than most quakes.)
 DEPTH_TIE_COST = 0.5
 
 
@@ -94,17 +96,63 @@ def _grid(center_lat: float, center_lon: float, half_km: float, step_km: float):
     return lat.ravel(), lon.ravel()
 
 
-def depth_prior(depths_km, s: LocateSettings) -> np.ndarray:
-    """Cost (chi-square units) of each trial depth before any pick is read: a mild centre
-    at ``depth_prior_typical_km`` that rises to ``DEPTH_TIE_COST`` at
-    ``depth_prior_free_km`` and stays there, plus ``((d - free) / scale)^2`` below the free
-    zone."""
-    d = np.asarray(depths_km, dtype=float)
-    typ, free = s.depth_prior_typical_km, s.depth_prior_free_km
-    cost = (np.maximum(d - free, 0.0) / s.depth_prior_scale_km) ** 2
+def _prior_row(d: np.ndarray, typ: float, free: float, scale: float) -> np.ndarray:
+    cost = (np.maximum(d - free, 0.0) / scale) ** 2
     if free > typ:  # (a typical depth at or below the free zone's bottom: no centre)
         cost = cost + DEPTH_TIE_COST * ((np.minimum(d, free) - typ) / (free - typ)) ** 2
     return cost
+
+
+def depth_prior(depths_km, s: LocateSettings) -> np.ndarray:
+    """Cost (chi-square units) of each trial depth before any pick is read, outside every
+    depth region: a mild centre at ``depth_prior_typical_km`` that rises to
+    ``DEPTH_TIE_COST`` at ``depth_prior_free_km`` and stays there, plus
+    ``((d - free) / scale)^2`` below the free zone."""
+    d = np.asarray(depths_km, dtype=float)
+    return _prior_row(d, s.depth_prior_typical_km, s.depth_prior_free_km, s.depth_prior_scale_km)
+
+
+def in_polygon(lat, lon, polygon) -> np.ndarray:
+    """Whether each point (degrees) lies inside ``polygon`` ((lat, lon) vertices, not
+    crossing the antimeridian), by the even-odd rule on the plate carree plane: regions
+    are drawn in those coordinates."""
+    lat = np.asarray(lat, dtype=float)
+    lon = np.asarray(lon, dtype=float)
+    inside = np.zeros(lat.shape, dtype=bool)
+    v = np.asarray(polygon, dtype=float)
+    box = (lat >= v[:, 0].min()) & (lat <= v[:, 0].max()) & (lon >= v[:, 1].min()) & (lon <= v[:, 1].max())
+    if not box.any():
+        return inside
+    la, lo = lat[box], lon[box]
+    odd = np.zeros(la.shape, dtype=bool)
+    for (y1, x1), (y2, x2) in zip(v, np.roll(v, -1, axis=0)):
+        crosses = (y1 > la) != (y2 > la)
+        if crosses.any():
+            with np.errstate(divide="ignore", invalid="ignore"):
+                x_at = x1 + (la - y1) * (x2 - x1) / (y2 - y1)
+            odd ^= crosses & (lo < x_at)
+    inside[box] = odd
+    return inside
+
+
+def depth_prior_at(lat, lon, depths_km, s: LocateSettings) -> np.ndarray:
+    """The depth prior (chi-square units) of every trial epicentre and depth, shaped
+    (nodes, depths): a depth region's own prior inside it (``s.depth_regions``, the first
+    that holds the node), the global :func:`depth_prior` elsewhere."""
+    d = np.asarray(depths_km, dtype=float)
+    lat = np.asarray(lat, dtype=float)
+    out = np.broadcast_to(depth_prior(d, s), (len(lat), len(d)))
+    if not s.depth_regions:
+        return out
+    out = out.copy()
+    left = np.ones(len(lat), dtype=bool)
+    for r in s.depth_regions:
+        hit = left.copy()
+        hit[left] = in_polygon(lat[left], np.asarray(lon, dtype=float)[left], r.polygon)
+        if hit.any():
+            out[hit] = _prior_row(d, r.typical_km, r.free_km, r.scale_km)
+            left &= ~hit
+    return out
 
 
 def _median_last(x: np.ndarray) -> np.ndarray:
@@ -144,7 +192,7 @@ def _score(lat, lon, depths, picks, silent, silent_seen_s, s: LocateSettings):
     first = int(np.argmin(pt))
     d_first = epi[:, first]  # (G,)
     cost = cost + (d_first[:, None] / s.first_device_prior_km) ** 2
-    cost = cost + depth_prior(depths, s)[None, :]
+    cost = cost + depth_prior_at(lat, lon, depths, s)
     viol = np.zeros_like(cost, dtype=np.int64)
     if silent is not None and len(silent[0]):
         viol, viol_cost = _silent_violations(lat, lon, rows, epi, as_s, ot, silent, silent_seen_s, s)

@@ -11,13 +11,14 @@ from __future__ import annotations
 from typing import Annotated
 
 import msgspec
+import msgspec.toml
 
 
 def _d(text: str):
     return msgspec.Meta(description=text)
 
 
-class PickerSettings(msgspec.Struct, frozen=True, kw_only=True):
+class PickerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     pick_highpass_hz: Annotated[float, _d(
         "High-pass corner of the trigger channel: removes microseism and building sway and "
         "keeps the band where local and regional P energy stands above MEMS noise.")] = 1.5
@@ -46,7 +47,7 @@ class PickerSettings(msgspec.Struct, frozen=True, kw_only=True):
         "Concurrent amplitude tracks per device, so that a false trigger cannot hide the real P.")] = 3
 
 
-class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True):
+class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     min_devices: Annotated[int, _d("Triggered devices needed to announce an event (ElarmS/EPIC use 3-4).")] = 3
     min_site_separation_km: Annotated[float, _d(
         "Triggers closer together than this count as one site when counting devices for a "
@@ -84,7 +85,52 @@ class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True):
         "follow every pick.")] = 0.5
 
 
-class LocateSettings(msgspec.Struct, frozen=True, kw_only=True):
+class DepthRegion(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Where a region's own depth prior replaces the global one (LocateSettings'
+    ``depth_prior_*``): the trial epicentres inside ``polygon`` get this prior. Regions are
+    tectonic knowledge of a deployment's area (how deep its quakes are), never fitted to
+    single events."""
+
+    name: str
+    polygon: Annotated[tuple[tuple[float, float], ...], _d(
+        "Vertices (latitude, longitude) in degrees, in order; closed implicitly. Must not "
+        "cross the antimeridian (longitudes span less than 180 degrees).")]
+    typical_km: Annotated[float, _d("Mild centre of the prior (as depth_prior_typical_km).")]
+    free_km: Annotated[float, _d("Bottom of the free zone (as depth_prior_free_km).")]
+    scale_km: Annotated[float, _d("Scale of the cost below it (as depth_prior_scale_km)."), msgspec.Meta(gt=0)]
+    source: str = ""
+
+    def __post_init__(self):
+        if len(self.polygon) < 3:
+            raise ValueError(f"depth region {self.name!r}: a polygon needs at least 3 vertices, got {len(self.polygon)}")
+        for lat, lon in self.polygon:
+            if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+                raise ValueError(f"depth region {self.name!r}: vertex ({lat}, {lon}) is not a (latitude, longitude) in degrees")
+        lons = [lon for _, lon in self.polygon]
+        if max(lons) - min(lons) >= 180.0:
+            raise ValueError(f"depth region {self.name!r}: longitudes span 180 degrees or more; split a region that "
+                             "crosses the antimeridian into one on each side")
+
+
+#: California south of the Mendocino triple junction: a transform-plate-boundary crust
+#: with no subducting slab beneath it. Its quakes are shallow: the depth above which 95 % of
+#: the relocated seismicity lies is 10-20 km across southern California (Nazareth & Hauksson
+#: 2004, BSSA 94) and about 12-15 km under the San Francisco Bay area (Hill et al. 1990,
+#: USGS PP 1515; Waldhauser & Ellsworth 2002), and the large quakes nucleate in its lower
+#: half (Loma Prieta 18 km, Northridge 18 km, Landers 7 km, Ridgecrest 8 km). North of
+#: 40.3 N (Gorda slab, Cascadia) and the Gulf of California are left to the global prior.
+CALIFORNIA_CRUST = DepthRegion(
+    name="California crust (transform boundary, south of the Mendocino triple junction)",
+    polygon=((40.3, -125.5), (40.3, -119.5), (39.0, -119.5), (35.0, -114.0), (32.3, -114.4),
+             (32.5, -117.2), (34.0, -121.0), (36.5, -123.0)),
+    typical_km=10.0,
+    free_km=15.0,
+    scale_km=5.0,
+    source="Nazareth & Hauksson 2004; Hill et al. 1990; Waldhauser & Ellsworth 2002",
+)
+
+
+class LocateSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     search_radius_km: Annotated[float, _d("Half-width of the epicentral search around the first triggers.")] = 400.0
     coarse_step_km: Annotated[float, _d("Step of the coarse epicentral grid.")] = 10.0
     fine_step_km: Annotated[float, _d("Step of the fine grid around the best coarse minima.")] = 2.0
@@ -124,15 +170,21 @@ class LocateSettings(msgspec.Struct, frozen=True, kw_only=True):
         "intraslab depths (60-100 km) need picks that resolve them, as devices within about "
         "the depth of the epicentre do (a wrong shallow depth then costs tens of units)."),
         msgspec.Meta(gt=0)] = 30.0
+    depth_regions: Annotated[tuple[DepthRegion, ...], _d(
+        "Regions whose known depth of seismicity replaces the global depth prior above at the "
+        "trial epicentres inside them (first match wins). Shipped: California's crust, whose "
+        "quakes are shallower than about 15-20 km; a deployment adds its own in a settings "
+        "file (docs/settings.md). Elsewhere the global prior holds, which leaves subduction "
+        "depths to the picks.")] = (CALIFORNIA_CRUST,)
 
 
-class MagnitudeSettings(msgspec.Struct, frozen=True, kw_only=True):
+class MagnitudeSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     detection_snr: Annotated[float, _d(
         "An amplitude is signal when it exceeds this multiple of the largest value in the "
         "5 s of noise before the onset (a peak measure of noise, so 2 is already clear).")] = 2.0
 
 
-class AlertSettings(msgspec.Struct, frozen=True, kw_only=True):
+class AlertSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     min_magnitude: Annotated[float, _d(
         "No alert below this magnitude (damage and wide felt reports start around M4.5-5).")] = 4.5
     be_aware_mmi: Annotated[float, _d(
@@ -147,7 +199,7 @@ class AlertSettings(msgspec.Struct, frozen=True, kw_only=True):
         "Vs30 assumed where no site grid is given (760 m/s: the NEHRP B/C boundary, rock).")] = 760.0
 
 
-class Settings(msgspec.Struct, frozen=True, kw_only=True):
+class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     picker: PickerSettings = PickerSettings()
     associate: AssociateSettings = AssociateSettings()
     locate: LocateSettings = LocateSettings()
@@ -192,8 +244,60 @@ def settings_markdown(settings: Settings | None = None) -> str:
             if isinstance(typ, msgspec.inspect.Metadata):
                 desc = typ.extra_json_schema.get("description", "") if typ.extra_json_schema else ""
             value = getattr(sub, f.name)
-            if isinstance(value, tuple):
+            if isinstance(value, tuple) and all(isinstance(v, DepthRegion) for v in value):
+                value = "; ".join(v.name for v in value) + " (below)" if value else "none"
+            elif isinstance(value, tuple):
                 value = ", ".join(f"{v:g}" for v in value)
             lines.append(f"| `{f.name}` | {value} | {_unit(f.name)} | {desc} |")
         lines.append("")
+    regions = s.locate.depth_regions
+    if regions:
+        lines += ["### locate.depth_regions", "",
+                  "| region | typical_km | free_km | scale_km | polygon (lat, lon) | source |", "|---|---|---|---|---|---|"]
+        for r in regions:
+            poly = " ".join(f"({la:g}, {lo:g})" for la, lo in r.polygon)
+            lines.append(f"| {r.name} | {r.typical_km:g} | {r.free_km:g} | {r.scale_km:g} | {poly} | {r.source} |")
+        lines.append("")
+    lines += [
+        "## A settings file",
+        "",
+        "`yujing replay`, `yujing demo` and `yujing serve` take `--settings FILE` (TOML, or JSON",
+        "with the shape `yujing settings` prints); what it leaves out keeps the value above, and",
+        "`yujing settings --settings FILE` prints the result. A section given replaces only the",
+        "settings it names, but a list (such as `depth_regions`) replaces the whole list: repeat",
+        "the shipped regions to keep them. Example, a deployment over a subduction zone's",
+        "forearc that adds its own region:",
+        "",
+        "```toml",
+        "[locate]",
+        "depth_prior_typical_km = 15.0",
+        "",
+        "[[locate.depth_regions]]",
+        'name = "inland intraslab zone"',
+        "polygon = [[19.5, -100.0], [19.5, -97.0], [17.0, -97.0], [17.0, -100.0]]",
+        "typical_km = 50.0",
+        "free_km = 80.0",
+        "scale_km = 20.0",
+        "```",
+        "",
+    ]
     return "\n".join(lines)
+
+
+def load_settings(path) -> Settings:
+    """Settings from a TOML (``.toml``) or JSON file; what the file leaves out keeps its
+    default. Raises ValueError naming the file and the setting that is wrong."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ValueError(f"settings file {p}: cannot read it ({exc.strerror or exc})") from exc
+    try:
+        if p.suffix.lower() == ".toml":
+            return msgspec.toml.decode(raw, type=Settings)
+        return msgspec.json.decode(raw, type=Settings)
+    except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        kind = "TOML" if p.suffix.lower() == ".toml" else "JSON (or name the file .toml)"
+        raise ValueError(f"settings file {p} ({kind}): {exc}") from exc
