@@ -476,3 +476,36 @@ def test_nearest_silent_devices_are_the_true_nearest():
         full = np.argsort(distance_km(la, lo, lat, lon), kind="stable")[: locate_module.MAX_SILENT]
         got = locate_module._nearest(la, lo, lat, lon, locate_module.MAX_SILENT)
         assert np.array_equal(got, full), (la, lo)
+
+
+def test_a_late_onset_is_a_bound_on_p_not_an_arrival_time():
+    """Eight timed picks of a 10 km deep quake, and two devices near it whose onsets are
+    late (Trigger.late_onset: their energy rose while they warmed up) and 2-3 s after their
+    P. Read as arrival times they drag the solution (origin, depth, epicentre); read as
+    bounds (P came at or before them) they cost nothing and the solution is that of the
+    timed picks. A late onset *before* the P the solution predicts does cost."""
+    lat, lon = network(11)
+    rng = np.random.default_rng(11)
+    elat, elon = LAT0 + 0.2, LON0 - 0.1
+    t = p_onsets(lat, lon, elat, elon, 10.0, rng, sigma=0.1)
+    k = np.argsort(t)[:8]
+    near_lat = np.array([elat + 0.12, elat - 0.1])
+    near_lon = np.array([elon + 0.05, elon - 0.12])
+    near_t = p_onsets(near_lat, near_lon, elat, elon, 10.0, rng, sigma=0.0) + np.array([2.6, 2.2])
+    all_lat, all_lon = np.r_[lat[k], near_lat], np.r_[lon[k], near_lon]
+    all_t = np.r_[t[k], near_t]
+    now = float(all_t.max()) + 1.0
+    timed_only = locate(lat[k], lon[k], t[k], now_s=now)
+    as_times = locate(all_lat, all_lon, all_t, now_s=now)
+    late = np.r_[np.zeros(8, bool), np.ones(2, bool)]
+    as_bounds = locate(all_lat, all_lon, all_t, now_s=now, picks_late=late)
+    assert epi_error_km(as_bounds, elat, elon) <= epi_error_km(timed_only, elat, elon) + 2.0
+    assert abs(as_bounds.origin_time_s - timed_only.origin_time_s) < 0.2
+    assert as_bounds.rms_s < 0.3 and not as_bounds.is_s[late].any()
+    assert np.all(as_bounds.residual_s[late] == 0.0)  # bounds that hold cost nothing
+    # the test has teeth: read as arrival times, the two late picks cost or move the solution
+    assert as_times.misfit > as_bounds.misfit + 1.0 or as_times.is_s[late].any()
+    # a late onset that comes before the predicted P breaks its bound
+    early_t = np.r_[t[k], near_t - 4.0]
+    broken = locate(all_lat, all_lon, early_t, now_s=now, picks_late=late)
+    assert broken.misfit > as_bounds.misfit + 4.0

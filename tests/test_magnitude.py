@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -260,3 +261,42 @@ def test_huber_prefix_sums_equal_the_residual_matrix():
         exact = _huber((d[None, :] - g[:, None]) / STATION_SIGMA, OUTLIER_SIGMAS).sum(axis=1)
         fast = _HuberSum(d, STATION_SIGMA)(g)
         np.testing.assert_allclose(fast, exact, rtol=1e-9, atol=1e-7)
+
+
+def test_a_late_onset_is_sized_as_the_later_phase_it_holds():
+    """Napa's NP.1765 warmed up through its P and triggered on S: Pd 12.9 cm and PGV 90
+    cm/s read as P made the event M8.3. A trigger marked ``late_onset`` gives no Pd and its
+    amplitudes stand for S as they are (not scaled up from P). Three P-only devices read M6
+    by Pd; with the late S reading the event is M6.6, with the same amplitudes taken as P
+    (Pd of an S, WA and PGV scaled up from P) M7.0."""
+    from yujing.geo import KM_PER_DEG
+    from yujing.locate import Location
+    from yujing.records import Trigger
+    from yujing.sizing import size_event
+    from yujing.traveltime import default_table
+
+    ot, depth = 1_000_000.0, 10.0
+    loc = Location(latitude=0.0, longitude=0.0, depth_km=depth, origin_time_s=ot, misfit=0.0, rms_s=0.1,
+                   horizontal_error_km=2.0, is_s=np.zeros(4, bool), residual_s=np.zeros(4), n_silent_violations=0)
+
+    def trig(dev, epi_km, window_s, pd_cm, wa_nm, pgv, late=False, after_p_s=0.0):
+        r = math.hypot(epi_km, depth)
+        tp = float(default_table().p_time_s(epi_km, depth))
+        return Trigger(device_id=dev, latitude=epi_km / KM_PER_DEG, longitude=0.0, onset_time_s=ot + tp + after_p_s,
+                       issued_at_s=ot + tp + after_p_s + window_s, window_s=window_s, pga_gal=50.0, pgv_cm_s=pgv,
+                       pd_cm=pd_cm, noise_pd_cm=1e-4, wa_horizontal_nm=wa_nm, noise_wa_nm=100.0, late_onset=late)
+
+    def pd_for(m, epi_km):
+        r = math.hypot(epi_km, depth)
+        return 10 ** (0.729 * m - 3.463 - 1.374 * math.log10(r))
+
+    p_only = [trig(f"p{i}", e, 2.0, pd_for(6.0, e), 1e4, 0.3) for i, e in enumerate((30.0, 40.0, 50.0))]
+    # the location has fitted the late onset as P (as Napa's did): without the mark its
+    # window looks like 1 s of P, S not yet due
+    s_phase = trig("late", 11.0, 1.0, 12.9, 4.9e7, 90.0, late=True)
+    m3, _ = size_event(loc, p_only, 2.0, float("nan"))
+    m_late, _ = size_event(loc, p_only + [s_phase], 2.0, float("nan"))
+    m_as_p, _ = size_event(loc, p_only + [msgspec.structs.replace(s_phase, late_onset=False)], 2.0, float("nan"))
+    assert abs(m3 - 6.0) < 0.3, m3
+    assert m_late < m3 + 0.9, (m3, m_late)
+    assert m_as_p > m_late + 0.3, (m_late, m_as_p)

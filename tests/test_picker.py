@@ -340,3 +340,33 @@ def test_onset_search_starts_where_the_ratio_last_stood_at_the_noise():
     assert onset_search_start(ratio, 3, 1.5) == 13 - 3
     assert onset_search_start(ratio, 20, 1.5) == 0
     assert onset_search_start(np.full(8, 2.0), 3, 1.5) == 0
+
+
+@pytest.mark.parametrize("sensor", [QUIET, MEMS], ids=["quiet_24bit", "mems_phone"])
+def test_an_arrival_during_the_warm_up_gives_a_trigger_marked_late(sensor):
+    """Streams that start with the quake already coming (Napa's NP.1759 and NP.1765 begin
+    10 s before their P): P reaches them inside the 15 s warm-up, when they may not trigger,
+    and S follows. The trigger fires when the warm-up ends, and its onset (AIC in the last
+    3 s) is the S, not the P: it is marked ``late_onset`` and the engine reads it as a bound
+    and a later phase. A P after the warm-up on the same network is not marked."""
+    rng = np.random.default_rng(51)
+    sr = sensor["sr"]
+    n = int(60 * sr)
+    rms = sensor["rms_gal"]
+    early = [(p, p + s_p) for p, s_p in ((9.0, 3.5), (10.0, 3.0), (11.0, 2.5))]
+    streams = [ground_noise(rng, n, sr, rms, sensor["count_gal"]) + p_arrival(n, sr, p, 5 * rms, 0.5)
+               + p_arrival(n, sr, s, 40 * rms, 0.5) for p, s in early]
+    streams += [ground_noise(rng, n, sr, rms, sensor["count_gal"]) + p_arrival(n, sr, 30.0 + i, 20 * rms, 0.5)
+                for i in range(3)]
+    trig = run_together(streams, sr)
+    first = {}
+    for t in trig:
+        first.setdefault(t.device_id, t)
+    assert sorted(first) == [f"d{i}" for i in range(6)], [(t.device_id, t.onset_time_s - 1_000_000.0) for t in trig]
+    for i in range(3):
+        t = first[f"d{i}"]
+        assert t.late_onset, (i, round(t.onset_time_s - 1_000_000.0, 2))
+        assert t.onset_time_s - 1_000_000.0 > early[i][0] + 1.0  # the onset it found is not the P
+    for i in range(3, 6):
+        assert not first[f"d{i}"].late_onset
+        assert abs(first[f"d{i}"].onset_time_s - 1_000_000.0 - (30.0 + i - 3)) < 0.5

@@ -167,12 +167,17 @@ def test_to_trigger_carries_every_field_of_the_message():
             "wa_horizontal_nm", "wa_vertical_nm", "noise_wa_nm")
     for k, cell in enumerate([CELL7, h3.latlng_to_cell(-33.4, -70.6, 6)]):
         vals = dict(zip(amps, rng.uniform(0.0, 100.0, len(amps)).tolist()))
-        m = _trig(cell=cell, update=3 + k, **vals)
+        m = _trig(cell=cell, update=3 + k, late_onset=k == 0, **vals)
         t = protocol.to_trigger(m, arrival_s=1000.5, clock_offset_s=0.2)
         assert {a: getattr(t, a) for a in amps} == vals
         assert (t.device_id, t.update, t.onset_time_s, t.issued_at_s) == (m.device, m.update, m.onset_s, 1000.5)
+        assert t.late_onset is (k == 0)
         assert (t.latitude, t.longitude) == h3.cell_to_latlng(cell) == protocol.cell_centre(cell)
-        assert set(msgspec.structs.asdict(t)) == set(amps) | {"device_id", "latitude", "longitude", "onset_time_s", "issued_at_s", "update"}
+        assert set(msgspec.structs.asdict(t)) == set(amps) | {"device_id", "latitude", "longitude", "onset_time_s", "issued_at_s",
+                                                               "update", "late_onset"}
+        # and back: what a device sends for the record, through the wire
+        back = protocol.from_trigger(t, cell, sent_s=m.sent_s)
+        assert msgspec.msgpack.decode(msgspec.msgpack.encode(back), type=protocol.TriggerMsg).late_onset is (k == 0)
 
 
 def test_decode_batch_matches_decode_and_a_bad_message_refuses_only_itself():

@@ -287,14 +287,6 @@ class Associator(SilenceEvidence, NewEvents):
 
     # new events -----------------------------------------------------------------------
 
-
-
-
-
-
-
-
-
     def _locate(self, trigs, now_s: float, exclude: set[str] = frozenset(), **search) -> Location:
         """Locate from the triggers' onsets, with the silent live devices as evidence.
         ``trigs`` should be at most ``MAX_LOCATE_PICKS`` long (see ``_locate_set``)."""
@@ -309,6 +301,7 @@ class Associator(SilenceEvidence, NewEvents):
             self.s.locate,
             silent_seen_s=seen,
             silent_phone=phone,
+            picks_late=[t.late_onset for t in trigs],
             **search,
         )
 

@@ -172,24 +172,30 @@ def _median_last(x: np.ndarray) -> np.ndarray:
 def _score(lat, lon, depths, picks, silent, silent_seen_s, s: LocateSettings):
     """Misfit of every (node, depth); returns arrays shaped (nodes, depths) and details."""
     rows = default_table().at_depths(depths)
-    plat, plon, pt = picks
+    plat, plon, pt, late = picks
     epi = distance_km(lat[:, None], lon[:, None], plat[None, :], plon[None, :])  # (G, N)
     tp, ts = rows.times_s(epi)  # (G, D, N)
     sig = s.pick_sigma_s
     arrive = pt[None, None, :] - tp  # origin time each pick implies, if P
-    ot0 = _median_last(arrive)  # (G, D)
+    # a late onset (Trigger.late_onset) is no arrival time: it bounds the first arrival
+    # from above and takes no part in the origin time while timed picks exist
+    timed = ~late if late.any() and not late.all() else np.ones(len(pt), dtype=bool)
+    ot0 = _median_last(arrive if timed.all() else np.where(timed, arrive, np.nan))  # (G, D)
     rp = arrive - ot0[..., None]
     rs = pt[None, None, :] - ts - ot0[..., None]
-    as_s = (np.abs(rs) < np.abs(rp)) & (np.abs(rp) > 2 * sig)
+    as_s = (np.abs(rs) < np.abs(rp)) & (np.abs(rp) > 2 * sig) & timed
     # re-estimate origin time from the picks read as P (fall back to all when none)
-    use_p = ~as_s
+    use_p = ~as_s & timed
     cnt = use_p.sum(axis=2)
     ot = np.where(cnt > 0, _median_last(np.where(use_p, arrive, np.nan)), ot0)
     rp = arrive - ot[..., None]
     rs = pt[None, None, :] - ts - ot[..., None]
     res = np.where(as_s, rs, rp)
+    if not timed.all():
+        # P may have come any time before a late onset, never after it
+        res = np.where(timed, res, np.minimum(rp, 0.0))
     cost = np.minimum((res / sig) ** 2, RESIDUAL_CAP**2).sum(axis=2) + S_PENALTY * as_s.sum(axis=2)
-    first = int(np.argmin(pt))
+    first = int(np.argmin(np.where(timed, pt, np.inf)))
     d_first = epi[:, first]  # (G,)
     cost = cost + (d_first[:, None] / s.first_device_prior_km) ** 2
     cost = cost + depth_prior_at(lat, lon, depths, s)
@@ -326,6 +332,7 @@ def locate(
     half_km: float | None = None,
     silent_seen_s=None,
     silent_phone=None,
+    picks_late=None,
 ) -> Location:
     """Locate an event from P onsets (UNIX s) at devices (degrees).
 
@@ -338,12 +345,18 @@ def locate(
     (the far ones cannot tell nearby nodes apart anyway). ``center`` and ``half_km``
     restrict the search (an update of a known event searches near it); by default the
     search covers ``search_radius_km`` around the earliest pick.
+
+    ``picks_late``: for each pick, whether its onset is late (``Trigger.late_onset``: the
+    energy rose while the device warmed up): such an onset is no arrival time but a bound,
+    P came at or before it; it costs only when the P predicted comes after it, and takes no
+    part in the origin time, the RMS or the search centre (unless every pick is late).
     """
     s = settings or LocateSettings()
     plat = np.asarray(picks_lat, dtype=float)
     plon = np.asarray(picks_lon, dtype=float)
     pt = np.asarray(picks_t, dtype=float)
-    picks = (plat, plon, pt)
+    late = np.zeros(len(pt), dtype=bool) if picks_late is None else np.asarray(picks_late, dtype=bool)
+    picks = (plat, plon, pt, late)
     slat = np.asarray(silent_lat, dtype=float)
     slon = np.asarray(silent_lon, dtype=float)
     seen = np.full(len(slat), now_s) if silent_seen_s is None else np.asarray(silent_seen_s, dtype=float)
@@ -351,7 +364,8 @@ def locate(
     if silent_phone is not None:
         pen[np.asarray(silent_phone, dtype=bool)] = PHONE_SILENT_PENALTY
     if center is None:
-        center = _search_centre(plat, plon, pt)
+        timed = ~late if late.any() and not late.all() else slice(None)
+        center = _search_centre(plat[timed], plon[timed], pt[timed])
     if len(slat) > MAX_SILENT:
         near = _nearest(center[0], center[1], slat, slon, MAX_SILENT)
         slat, slon, seen, pen = slat[near], slon[near], seen[near], pen[near]
@@ -393,7 +407,7 @@ def locate(
     herr = float(max(near.max(initial=0.0), s.fine_step_km / 2))
     r = res2[g2, d2]
     isS = as_s2[g2, d2]
-    rp = r[~isS]
+    rp = r[~isS & ~late] if not late.all() else r[~isS]
     rms = float(np.sqrt(np.mean(rp**2))) if len(rp) else float("inf")
     return Location(
         latitude=float(lat2[g2]),

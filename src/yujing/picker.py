@@ -210,6 +210,7 @@ class Track:
     noise_pd_cm: float
     noise_pga_gal: float
     noise_wa_cm: float
+    late_onset: bool = False
     pga_gal: float = 0.0
     pgv_cm_s: float = 0.0
     pd_cm: float = 0.0
@@ -486,6 +487,16 @@ class Picker:
         start = trig_count - look
         zf = self._window(self._buf.zf, slot, start, trig_count + 1)
         ratio = self._window(self._buf.ratio, slot, start, trig_count + 1)
+        # An arrival that came while the stream warmed up (a stream that starts, or a device
+        # that comes online, with the quake already under way) fires the trigger as soon as
+        # the warm-up ends; if the ratio never stood at the noise over the look-back, the
+        # rise of the energy is older than the window and whatever onset AIC finds in it is
+        # a later phase (Napa's NP.1759 and NP.1765: S, 2.3-3.1 s after their P, read as P).
+        stream_start = int(self.count[slot]) - int(self.since_reset[slot])
+        late_onset = bool(
+            start < stream_start + int(s.warmup_s * sr)
+            and not np.any(ratio <= s.rearm_ratio)
+        )
         # the onset cannot precede the rise of the short-term energy above the noise
         zf = zf[onset_search_start(ratio, int(round(s.sta_s * sr)), s.rearm_ratio):]
         onset = trig_count - (len(zf) - 1) + aic_onset(zf) if len(zf) > 8 else trig_count
@@ -507,6 +518,7 @@ class Picker:
             noise_pd_cm=float(np.abs(pre).max()) if len(pre) else 0.0,
             noise_pga_gal=float(pre_a.max()) if len(pre_a) else 0.0,
             noise_wa_cm=math.sqrt(float(pre_wy.max()) * float(pre_wz.max())) if len(pre_wy) else 0.0,
+            late_onset=late_onset,
         )
         self._measure(tr, onset)
         tr.measured_to = int(self.count[slot])
@@ -560,6 +572,7 @@ class Picker:
             wa_horizontal_nm=math.sqrt(tr.wa_y_cm * tr.wa_z_cm) * 1e7,
             wa_vertical_nm=tr.wa_x_cm * 1e7,
             noise_wa_nm=tr.noise_wa_cm * 1e7,
+            late_onset=tr.late_onset,
         )
         tr.updates += 1
         return trig

@@ -97,6 +97,7 @@ class TriggerMsg(msgspec.Struct, frozen=True, omit_defaults=True):
     wa_horizontal_nm: float = 0.0
     wa_vertical_nm: float = 0.0
     noise_wa_nm: float = 0.0
+    late_onset: bool = False
     seq: int = 0
     v: int = PROTOCOL_VERSION
     sig: bytes = b""
@@ -416,6 +417,7 @@ def to_trigger(msg: TriggerMsg, arrival_s: float, clock_offset_s: float | None =
         msg.wa_horizontal_nm,
         msg.wa_vertical_nm,
         msg.noise_wa_nm,
+        msg.late_onset,
     )
 
 
@@ -438,6 +440,7 @@ def from_trigger(t: Trigger, cell: str, sent_s: float, seq: int = 0) -> TriggerM
         wa_horizontal_nm=t.wa_horizontal_nm,
         wa_vertical_nm=t.wa_vertical_nm,
         noise_wa_nm=t.noise_wa_nm,
+        late_onset=t.late_onset,
         seq=seq,
     )
 

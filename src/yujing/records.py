@@ -67,6 +67,10 @@ class Trigger(msgspec.Struct, frozen=True):
     ``wa_vertical_nm``: the same on the vertical.
     ``noise_pd_cm`` / ``noise_pga_gal`` / ``noise_wa_nm``: the same (peak values) amplitudes in the 5 s before the onset,
     so that later stages can tell signal from the device's own noise.
+    ``late_onset``: the energy had already risen while the device's stream was warming up
+    (it could not trigger), and never fell back to the noise before this onset: the onset
+    is a later part of the arrival (S, coda), not its first motion. The first arrival came
+    at or before it, and the amplitudes are those of a later phase.
     """
 
     device_id: str
@@ -86,6 +90,7 @@ class Trigger(msgspec.Struct, frozen=True):
     wa_horizontal_nm: float = 0.0
     wa_vertical_nm: float = 0.0
     noise_wa_nm: float = 0.0
+    late_onset: bool = False
 
 
 class EventUpdate(msgspec.Struct, frozen=True):

@@ -39,6 +39,12 @@ def size_event(loc: Location, triggers: list[Trigger], detection_snr: float, pre
     # nearer the predicted S than the predicted P started its Pd window on S
     onset = np.array([t.onset_time_s for t in trs])
     pd_usable &= onset < tp + 0.5 * (ts - tp)
+    # a late onset (the energy rose while the device warmed up) starts its windows on a
+    # later phase: no Pd, and its amplitudes are read as the S they most likely hold, not
+    # scaled up as P (Napa's NP.1765: S read as P made the event M8.3)
+    late = np.array([t.late_onset for t in trs], dtype=bool)
+    pd_usable &= ~late
+    ts = np.where(late, np.minimum(ts, onset), ts)  # its S had come by its onset
     # one estimate per device: its later-phase trigger may hold the larger amplitude
     best: dict[str, int] = {}
     for i, t in enumerate(trs):
