@@ -362,3 +362,81 @@ def test_a_second_event_inside_an_open_ruptures_area_and_time_is_not_formed():
     big.retracted = True  # a retracted event holds nothing back
     big.magnitude = 7.0
     assert not assoc._inside_open_rupture(loc(length, 5.0, 3.0))
+
+
+def _pooled(n: int, seed: int, origin: float) -> list[Trigger]:
+    """``n`` pooled first triggers around (LAT0, LON0): a third P onsets of a quake at
+    ``origin`` (10 km deep), the rest at random times, a few devices twice."""
+    rng = np.random.default_rng(seed)
+    lat = LAT0 + rng.uniform(-1.0, 1.0, n)
+    lon = LON0 + rng.uniform(-1.0, 1.0, n)
+    tp = origin + default_table().p_time_s(distance_km(LAT0, LON0, lat, lon), 10.0)
+    onset = np.where(rng.random(n) < 1 / 3, tp + rng.normal(0.0, 0.3, n), origin + rng.uniform(-20.0, 60.0, n))
+    names = [f"q{i % (n - n // 20)}" for i in range(n)]  # the last 5 % repeat a device
+    return [trig(Device(names[i], lat[i], lon[i]), float(onset[i])) for i in range(n)]
+
+
+def test_adopting_the_pool_is_the_same_as_asking_each_trigger_its_role():
+    """A newly formed event takes the pooled P onsets it explains. The pool's roles are
+    one array expression (a burst pools tens of thousands: one role each cost 6.5 s in
+    one engine step); it must take exactly the triggers the one-by-one rule takes, in
+    the same order, a device at most once."""
+    from yujing.event import Event
+    from yujing.locate import Location
+
+    eng = Engine({})
+    a = eng.assoc
+    loc = Location(latitude=LAT0 + 0.02, longitude=LON0 - 0.03, depth_km=10.0, origin_time_s=T0 + 100.0, misfit=0.0,
+                   rms_s=0.3, horizontal_error_km=8.0, is_s=np.zeros(3, bool), residual_s=np.zeros(3), n_silent_violations=0)
+    pool = _pooled(3000, 5, T0 + 100.0)
+    first = pool[0]
+    expect_ev = Event(event_id="ref", location=loc, picks={first.device_id: first})
+    rest = []
+    for p in pool:  # the rule, one trigger at a time
+        if a._role(expect_ev, p) == "P" and p.device_id not in expect_ev.picks:
+            expect_ev.picks[p.device_id] = p
+        else:
+            rest.append(p)
+    ev = Event(event_id="new", location=loc, picks={first.device_id: first})
+    a.pool = list(pool)
+    a._adopt_pool(ev)
+    assert list(ev.picks) == list(expect_ev.picks) and len(ev.picks) > 500
+    assert all(ev.picks[k] is expect_ev.picks[k] for k in ev.picks)
+    assert a.pool == rest
+
+
+def test_the_polygon_test_counts_the_pooled_triggers_inside_as_one_at_a_time():
+    """The polygon test counts the distinct pooled devices strictly inside a candidate's
+    hull as triggered; over a pool of thousands that is one array test, which must count
+    what the point-by-point test counted."""
+    from yujing.evidence import _convex_hull, _inside_convex
+
+    ids, lat, lon = _still_phones(3000, 17)
+    eng = Engine({})
+    for k in range(5):
+        eng.feed_heartbeats(ids, lat, lon, T0 + 125.0 + k)
+    a = eng.assoc
+    a.pool = _pooled(4000, 7, T0 + 100.0)
+    picked = [Device(f"x{i}", LAT0 + dy, LON0 + dx) for i, (dy, dx) in enumerate([(-0.4, -0.4), (0.4, -0.3), (0.1, 0.5)])]
+    group = [trig(d, T0 + 102.0 + i) for i, d in enumerate(picked)]
+    got = a._hull_fraction(group, T0 + 130.0)
+    # the reference: the count of the pool's devices inside, point by point
+    lat0 = sum(g.latitude for g in group) / 3
+    lon0 = sum(g.longitude for g in group) / 3
+    kx = KM_PER_DEG * np.cos(np.radians(lat0))
+    hull = _convex_hull([((g.longitude - lon0) * kx, (g.latitude - lat0) * KM_PER_DEG) for g in group])
+    hx, hy = np.array([h[0] for h in hull]), np.array([h[1] for h in hull])
+    inside = {g.device_id for g in group}
+    for p in a.pool:
+        x, y = (p.longitude - lon0) * kx, (p.latitude - lat0) * KM_PER_DEG
+        if _inside_convex(np.array([x]), np.array([y]), hx, hy)[0]:
+            inside.add(p.device_id)
+    k = len(inside)
+    assert 100 < k < 4000
+    # fraction = k / (k + Q), Q the quiet devices due, which the pool does not change (its
+    # devices are not among the phones): Q from the group alone, 3 / (3 + Q)
+    pool, a.pool = a.pool, []
+    alone = a._hull_fraction(group, T0 + 130.0)
+    q = 3.0 / alone - 3.0
+    assert q > 50
+    assert got == pytest.approx(k / (k + q), rel=1e-9)

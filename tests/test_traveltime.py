@@ -155,3 +155,18 @@ def test_depth_rows_match_the_bilinear_table():
     np.testing.assert_allclose(rows.p_time_s(epi), ref_p, rtol=0, atol=1e-9)
     assert np.isnan(tp[0, :, 3]).all()
     assert t.at_depths(list(depths)) is rows  # cached per depth set
+
+
+def test_one_at_a_time_lookups_are_the_same_bits_as_the_array_ones(table):
+    """p_time1/s_time1 (plain Python, for code that asks one trigger at a time) give the
+    same float64 as p_time_s/s_time_s: inside the table, beyond its last distance
+    (extrapolated), off its depth range (clamped), on its nodes, and NaN for NaN."""
+    rng = np.random.default_rng(3)
+    d = np.r_[rng.uniform(0.0, 3000.0, 5000), rng.uniform(0.0, 30.0, 500), table.distance_km[:50],
+              [-5.0, table.distance_km[-1], table.distance_km[-1] + 800.0]]
+    z = np.r_[rng.uniform(-10.0, 900.0, len(d) - 3), [10.0, table.depth_km[-1], 1e4]]
+    for arr, one in ((table.p_time_s, table.p_time1), (table.s_time_s, table.s_time1)):
+        expect = arr(d, z)
+        got = np.array([one(x, y) for x, y in zip(d.tolist(), z.tolist())])
+        assert np.array_equal(got, expect)
+        assert np.isnan(one(float("nan"), 10.0)) and np.isnan(one(100.0, float("nan")))

@@ -216,7 +216,7 @@ class Associator(SilenceEvidence, NewEvents):
         loc = ev.location
         epi = float(distance_km(loc.latitude, loc.longitude, trig.latitude, trig.longitude))
         tab = default_table()
-        tp = loc.origin_time_s + float(tab.p_time_s(epi, loc.depth_km))
+        tp = loc.origin_time_s + tab.p_time1(epi, loc.depth_km)
         # the location's own uncertainty widens the window, but only up to what a well-
         # constrained network allows: a 3-pick solution's error ellipse can be hundreds of
         # km long and would otherwise accept anything
@@ -231,7 +231,7 @@ class Associator(SilenceEvidence, NewEvents):
         # others), to be tried by relocating with it (:meth:`_fits_as_p`)
         if trig.onset_time_s < tp and trig.onset_time_s >= (
             loc.origin_time_s
-            + float(tab.p_time_s(max(epi - loc.horizontal_error_km, 0.0), loc.depth_km))
+            + tab.p_time1(max(epi - loc.horizontal_error_km, 0.0), loc.depth_km)
             - self.s.associate.moveout_slack_s
         ):
             return "early"
@@ -265,7 +265,7 @@ class Associator(SilenceEvidence, NewEvents):
         within 3 sigma), stays within the RMS limit and gains no silent-device objection."""
         loc = ev.location
         epi = float(distance_km(loc.latitude, loc.longitude, trig.latitude, trig.longitude))
-        ts = loc.origin_time_s + float(default_table().s_time_s(epi, loc.depth_km))
+        ts = loc.origin_time_s + default_table().s_time1(epi, loc.depth_km)
         if trig.onset_time_s > ts - self.s.associate.moveout_slack_s:
             return None
         trial = self._locate(

@@ -16,8 +16,10 @@ the table's depth range.  NaN inputs give NaN.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import json
+import math
 from importlib import resources
 
 import numpy as np
@@ -53,6 +55,25 @@ class _Axis:
             self.inv_step = 1.0 / step
             centres = x[0] + (np.arange(nbins) + 0.5) * step
             self.lut = (np.searchsorted(x, centres, side="right") - 1).astype(np.intp)
+        # Python lists for locate1
+        self._lut1 = self.lut.tolist() if self.lut is not None else None
+        self._x1 = self.x.tolist()
+        self._inv_h1 = self.inv_h.tolist()
+
+    def locate1(self, v: float) -> tuple[int, float]:
+        """:meth:`locate` of one Python float, without numpy: the same operations in the
+        same order, so the same bits (a scalar through numpy costs ~30 us of call
+        overhead; the associator asks once per trigger and open event). ``v`` not NaN."""
+        hi = math.inf if self.extrapolate_high else self.hi
+        v = self.lo if v < self.lo else (hi if v > hi else v)
+        if self._lut1 is not None:
+            f = (v - self.lo) * self.inv_step
+            b = int(f) if f < len(self._lut1) else len(self._lut1) - 1
+            i = self._lut1[b if b > 0 else 0]
+        else:
+            i = bisect.bisect_right(self._x1, v) - 1
+            i = 0 if i < 0 else (len(self._inv_h1) - 1 if i > len(self._inv_h1) - 1 else i)
+        return i, (v - self._x1[i]) * self._inv_h1[i]
 
     def locate(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Cell index (int, 0..n-2) and fractional position (float64) of values ``v``.
@@ -104,6 +125,8 @@ class TravelTimeTable:
                 raise ValueError(f"{name} has shape {t.shape}, expected (n_depth, n_distance) = {shape}")
         self.meta = str(meta)
         self._coef = {"p": self._coefficients(self.p_table_s), "s": self._coefficients(self.s_table_s)}
+        self._coef1 = {k: tuple(x.tolist() for x in v) for k, v in self._coef.items()}
+        self._nd = len(self._dist.x)
 
     @staticmethod
     def _coefficients(t: np.ndarray):
@@ -183,6 +206,28 @@ class TravelTimeTable:
         """First-arrival S travel time in seconds (same conventions as :meth:`p_time_s`)."""
         k, u, v = self._index(distance_km, depth_km)
         return self._eval(self._coef["s"], k, u, v)
+
+    def _time1(self, coef1, distance_km: float, depth_km: float) -> float:
+        if distance_km != distance_km or depth_km != depth_km:  # NaN in, NaN out
+            return math.nan
+        i, u = self._dist.locate1(distance_km)
+        j, v = self._depth.locate1(depth_km)
+        k = j * self._nd + i
+        a, b, c, d = coef1
+        out = d[k] * u
+        out += c[k]
+        out *= v
+        out += b[k] * u
+        return out + a[k]
+
+    def p_time1(self, distance_km: float, depth_km: float) -> float:
+        """:meth:`p_time_s` of one (distance, depth) as a Python float: the same bits,
+        without numpy's per-call cost (for code that asks one trigger at a time)."""
+        return self._time1(self._coef1["p"], float(distance_km), float(depth_km))
+
+    def s_time1(self, distance_km: float, depth_km: float) -> float:
+        """:meth:`s_time_s` of one (distance, depth) as a Python float (see :meth:`p_time1`)."""
+        return self._time1(self._coef1["s"], float(distance_km), float(depth_km))
 
     def times_s(self, distance_km, depth_km) -> tuple[np.ndarray, np.ndarray]:
         """``(P, S)`` first-arrival times in seconds, sharing the index computation."""
