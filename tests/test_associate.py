@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -440,3 +441,28 @@ def test_the_polygon_test_counts_the_pooled_triggers_inside_as_one_at_a_time():
     q = 3.0 / alone - 3.0
     assert q > 50
     assert got == pytest.approx(k / (k + q), rel=1e-9)
+
+
+def test_the_pools_columns_follow_appends_and_new_lists():
+    """PoolColumns keeps the pool's positions, onsets and devices as arrays beside the list:
+    extended when the list grows, unchanged by an amplitude update replacing a record in
+    place, rebuilt when the pool is another list; always equal to reading the records."""
+    from yujing.evidence import PoolColumns
+
+    pool = _pooled(200, 9, T0)
+    cols = PoolColumns()
+
+    def check(p):
+        c = cols.of(p)
+        assert np.array_equal(c.lat, [t.latitude for t in p]) and np.array_equal(c.lon, [t.longitude for t in p])
+        assert np.array_equal(c.onset, [t.onset_time_s for t in p]) and c.devices == {t.device_id for t in p}
+
+    live = pool[:50]
+    check(live)
+    live += pool[50:120]  # appends to the same list
+    check(live)
+    live[7] = msgspec.structs.replace(live[7], update=3, pga_gal=40.0)  # an amplitude update, in place
+    check(live)
+    check([t for t in live if t.onset_time_s > T0])  # a filtered, new list
+    check([])
+    check(pool)

@@ -36,7 +36,7 @@ import msgspec
 import numpy as np
 
 from .event import Event
-from .evidence import REPORT_DELAY_SAMPLES, SilenceEvidence
+from .evidence import REPORT_DELAY_SAMPLES, PoolColumns, SilenceEvidence
 from .geo import distance_km
 from .locate import Location, locate
 from .nucleate import NEW_EVENT_TRIES, NewEvents
@@ -77,6 +77,7 @@ class Associator(SilenceEvidence, NewEvents):
         self.s = settings or Settings()
         self.devices = devices
         self.pool: list[Trigger] = []
+        self._pool_cols = PoolColumns()  # the pool's columns as arrays (evidence.PoolColumns)
         self.events: list[Event] = []
         self._ids: set[str] = set()
         self.id_prefix = id_prefix

@@ -35,6 +35,7 @@ class SilenceEvidence:
     s: Settings
     presence: Presence
     pool: list[Trigger]
+    _pool_cols: "PoolColumns"
     _delays: deque
     _delay_cache: float | None
     _delay_sorted: np.ndarray | None
@@ -94,14 +95,12 @@ class SilenceEvidence:
         tab = default_table()
         k = len(picks)
         ids = {t.device_id for t in picks}
-        pooled = [p for p in self.pool if p.device_id not in ids]
-        if pooled:
-            plat = np.fromiter((p.latitude for p in pooled), dtype=float, count=len(pooled))
-            plon = np.fromiter((p.longitude for p in pooled), dtype=float, count=len(pooled))
-            pt = np.fromiter((p.onset_time_s for p in pooled), dtype=float, count=len(pooled))
-            pe = distance_km(loc.latitude, loc.longitude, plat, plon)
-            fit = np.abs(pt - loc.origin_time_s - tab.p_time_s(pe, loc.depth_km)) <= self.s.associate.moveout_slack_s + 0.01 * pe
-            k += len({p.device_id for p, f in zip(pooled, (pe < reach) & fit) if f})
+        pool = self.pool
+        if pool:
+            cols = self._pool_cols.of(pool)
+            pe = distance_km(loc.latitude, loc.longitude, cols.lat, cols.lon)
+            fit = np.abs(cols.onset - loc.origin_time_s - tab.p_time_s(pe, loc.depth_km)) <= self.s.associate.moveout_slack_s + 0.01 * pe
+            k += len({pool[i].device_id for i in np.flatnonzero((pe < reach) & fit).tolist()} - ids)
         a = self.s
         slat, slon, seen, phone = self.presence.silent(now_s, self._busy(), a.picker.warmup_s, self._report_delay(), kinds=True)
         if len(slat) == 0:
@@ -152,8 +151,9 @@ class SilenceEvidence:
         # thousands: one numpy call each cost 0.25 s a candidate, 60 s of an 80 s run)
         pool = self.pool
         if pool:
-            qx = (np.fromiter((q.longitude for q in pool), dtype=float, count=len(pool)) - lon0) * kx
-            qy = (np.fromiter((q.latitude for q in pool), dtype=float, count=len(pool)) - lat0) * KM_PER_DEG
+            cols = self._pool_cols.of(pool)
+            qx = (cols.lon - lon0) * kx
+            qy = (cols.lat - lat0) * KM_PER_DEG
             cand = np.flatnonzero((qx > hx.min()) & (qx < hx.max()) & (qy > hy.min()) & (qy < hy.max()))
             if len(cand):
                 for j in cand[_inside_convex(qx[cand], qy[cand], hx, hy)].tolist():
@@ -183,8 +183,42 @@ class SilenceEvidence:
         for ev in self._open_events():
             out.update(ev.picks)
             out.update(ev.later)
-        out.update(p.device_id for p in self.pool)
+        out.update(self._pool_cols.of(self.pool).devices)
         return out
+
+
+class PoolColumns:
+    """The pool's positions, onsets and device ids as arrays, kept beside the list.
+
+    A quake's burst pools tens of thousands of triggers, and every new-event try read them
+    all from the Trigger records again (numpy.fromiter over attributes: a few ms a column,
+    several columns a try, dozens of tries a second). The pool list is only appended to,
+    replaced whole (filtered), or has a record replaced in place by its own amplitude
+    update (same device, place and onset): so the columns are extended with the new tail
+    while the list object stays the same, and rebuilt when it is another list."""
+
+    __slots__ = ("src", "n", "lat", "lon", "onset", "devices")
+
+    def __init__(self):
+        self.src: list | None = None
+        self.n = 0
+        self.lat = self.lon = self.onset = np.zeros(0)
+        self.devices: set[str] = set()
+
+    def of(self, pool: list[Trigger]) -> "PoolColumns":
+        if pool is not self.src or len(pool) < self.n:
+            self.src, self.n = pool, 0
+            self.lat = self.lon = self.onset = np.zeros(0)
+            self.devices = set()
+        if len(pool) > self.n:
+            new = pool[self.n:]
+            m = len(new)
+            self.lat = np.concatenate([self.lat, np.fromiter((p.latitude for p in new), dtype=float, count=m)])
+            self.lon = np.concatenate([self.lon, np.fromiter((p.longitude for p in new), dtype=float, count=m)])
+            self.onset = np.concatenate([self.onset, np.fromiter((p.onset_time_s for p in new), dtype=float, count=m)])
+            self.devices.update(p.device_id for p in new)
+            self.n = len(pool)
+        return self
 
 
 def _convex_hull(points: list[tuple[float, float]]) -> list[tuple[float, float]]:

@@ -83,23 +83,30 @@ class NewEvents:
         """Try one new event around ``newest``; returns its first update (or nothing) and
         the group of triggers that was tried."""
         a = self.s.associate
-        self.pool = [p for p in self.pool if now_s - p.onset_time_s <= a.candidate_ttl_s]
+        cols = self._pool_cols.of(self.pool)
+        live = now_s - cols.onset <= a.candidate_ttl_s
+        if not live.all():  # (the list is rebuilt only when a trigger expired)
+            keep = np.flatnonzero(live)
+            pool = self.pool
+            self.pool = [pool[i] for i in keep.tolist()]
+            cols = self._pool_cols.of(self.pool)  # a new list: its columns afresh
         if len(self.pool) < a.min_devices:
             return [], []
         # Greedy clique around the seed, nearest devices first: the triggers of a real
         # quake cluster in space, while false triggers (a phone picked up, a door) are
         # scattered; "earliest first" would let one false trigger tens of seconds early and
         # 200 km away (still within move-out) into every group and spoil the fit.
-        cand = [p for p in self.pool if p is not newest and p.device_id != newest.device_id]
-        if len(cand) < a.min_devices - 1:
+        # (_consistent_with on the pool's columns, then the seed and its device left out)
+        d_all = distance_km(newest.latitude, newest.longitude, cols.lat, cols.lon)
+        ok = (d_all <= a.max_pair_distance_km) & (
+            np.abs(newest.onset_time_s - cols.onset) <= default_table().p_time_s(d_all, 0.0) + a.moveout_slack_s
+        )
+        pool = self.pool
+        idx = [i for i in np.flatnonzero(ok).tolist() if pool[i] is not newest and pool[i].device_id != newest.device_id]
+        if len(idx) < a.min_devices - 1:
             return [], []
-        ok = self._consistent_with(newest, cand)
-        cand = [p for p, k in zip(cand, ok) if k]
-        if len(cand) < a.min_devices - 1:
-            return [], []
-        lat = np.fromiter((p.latitude for p in cand), dtype=float, count=len(cand))
-        lon = np.fromiter((p.longitude for p in cand), dtype=float, count=len(cand))
-        near = np.argsort(distance_km(newest.latitude, newest.longitude, lat, lon), kind="stable")
+        cand = [pool[i] for i in idx]
+        near = np.argsort(d_all[idx], kind="stable")
         group = [newest]
         ids = {newest.device_id}
         for k in near.tolist():
