@@ -50,12 +50,12 @@ def _metrics(api: str, key: str) -> dict:
     return out
 
 
-def run_case(name: str, load_args: list[str], duration_s: float) -> dict:
+def run_case(name: str, load_args: list[str], duration_s: float, serve_args: list[str] = ()) -> dict:
     http, mqtt = _free_port(), _free_port()
     with tempfile.TemporaryDirectory() as tmp:
         srv = subprocess.Popen(
             [sys.executable, "-m", "yujing.cli", "serve", "--port", str(http), "--mqtt-port", str(mqtt),
-             "--store", f"sqlite:///{tmp}/b.db", "--quiet"],
+             "--store", f"sqlite:///{tmp}/b.db", "--quiet", *serve_args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         api = f"http://127.0.0.1:{http}"
@@ -103,6 +103,8 @@ def run_case(name: str, load_args: list[str], duration_s: float) -> dict:
         "p99_ms": 1000 * m.get('yujing_alert_latency_seconds{quantile="0.99"}', float("nan")),
         "engine_busy_s": m.get("yujing_engine_busy_seconds_total"),
         "policy_busy_s": m.get("yujing_alert_policy_busy_seconds_total"),
+        "gc_full": m.get('yujing_gc_collections_total{generation="2"}'),
+        "gc_full_max_ms": 1000 * m.get('yujing_gc_pause_seconds_max{generation="2"}', float("nan")),
         "duration_s": duration_s,
     }
     return row
@@ -115,6 +117,8 @@ def main() -> int:
     ap.add_argument("--duration-s", type=float, default=60.0)
     ap.add_argument("--quake", default="luding2022")
     ap.add_argument("--json", metavar="PATH")
+    ap.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                    help="pass ARG to yujing serve (repeatable), e.g. --serve-arg=--gc-freeze-s=0")
     args = ap.parse_args()
     q = ["--quake", args.quake, "--quake-at-s", "20"]
     cases = [
@@ -124,13 +128,14 @@ def main() -> int:
     ]
     rows = []
     for name, la in cases:
-        row = run_case(name, la, args.duration_s)
+        row = run_case(name, la, args.duration_s, args.serve_arg)
         rows.append(row)
         print(
             f"{name}: sent {row['sent']:,}, received {row['received']:,.0f}, rejected {row['rejected']:.0f} {row['rejected_by_reason'] or ''}, "
             f"events {row['events']}, alerts {row['alerts']:.0f}; alert latency p50 {row['p50_ms']:.1f} ms, "
             f"p90 {row['p90_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms; engine busy {row['engine_busy_s']:.1f} s, "
-            f"policy {row['policy_busy_s']:.1f} s of {row['duration_s']:.0f} s",
+            f"policy {row['policy_busy_s']:.1f} s of {row['duration_s']:.0f} s; full GCs {row['gc_full']:.0f}, "
+            f"longest {row['gc_full_max_ms']:.0f} ms",
             flush=True,
         )
     ref = rows[0]

@@ -161,6 +161,7 @@ def _check(seen: dict, store_url: str):
         if n == "trigger":
             assert set(d) == {"cell", "latitude", "longitude", "time", "onset_time", "pga_gal"}
     assert "yujing_alerts_total" in seen["metrics"] and 'kind="trig"' in seen["metrics"]
+    assert 'yujing_gc_collections_total{generation="2"}' in seen["metrics"]
     assert seen["health"]["status"] == "ok" and seen["health"]["devices_online"] > 1000
     assert seen["replay"]["running"] is True and seen["replay"]["sent"] > 0  # its heartbeats go on for minutes
     # no public response carries a pseudonym: every simulated phone's id is looked for

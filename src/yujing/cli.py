@@ -393,6 +393,7 @@ def _serve(args) -> int:
         retention=retention,
         credentials_file=Path(args.credentials_file) if args.credentials_file else None,
         allow_unsigned=args.allow_unsigned,
+        gc_freeze_s=args.gc_freeze_s,
     )
 
     def ready(srv) -> None:
@@ -615,6 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--allow-unsigned", action="store_true",
                     help="accept unsigned device messages (a development server only: anyone who can reach the "
                          "broker could then fake triggers); signed ones are still checked")
+    sv.add_argument("--gc-freeze-s", type=float, default=10.0, metavar="S",
+                    help="every S seconds, move what survived into the garbage collector's permanent generation, so "
+                         "that full collections skip a million devices' rows (pauses of 130-220 ms otherwise); "
+                         "everything is collected once an hour (default 10; 0: Python's defaults)")
     sv.add_argument("--quiet", "-q", action="store_true", help="warnings only")
     sv.add_argument("--settings", metavar="FILE", help="engine settings from a TOML (.toml) or JSON file; what it leaves out keeps its default (yujing settings --settings FILE prints the result; docs/settings.md)")
     sv.set_defaults(func=_serve)

@@ -42,6 +42,7 @@ from .api.auth import ApiLimits
 from .bus.memory import MemoryBus
 from .bus.mqtt import MqttLink, parse_mqtt_url
 from .bus.mqtt_broker import EmbeddedBroker
+from .gcpace import FREEZE_S, GcPacer, observe
 from .replay_live import LiveReplay
 from .retention import RetentionPolicy
 from .security import Issuer
@@ -78,6 +79,9 @@ class ServeOptions:
     # when set, wins.
     credentials_file: Path | None = None
     allow_unsigned: bool = False  # accept unsigned device messages (a development server only)
+    # seconds between freezes of the garbage collector's survivors (yujing.gcpace), applied
+    # by run(), the process's entry point; 0: CPython's defaults
+    gc_freeze_s: float = FREEZE_S
 
 
 class Server:
@@ -362,10 +366,17 @@ async def run(opts: ServeOptions, on_ready=None) -> int:
         return 2
     if on_ready is not None:
         on_ready(srv)
+    # this process is the server: its long-lived rows leave the full collections (gcpace)
+    observe()
+    pacer = GcPacer(opts.gc_freeze_s) if opts.gc_freeze_s > 0 else None
+    if pacer is not None:
+        pacer.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    if pacer is not None:
+        await pacer.stop()
     await srv.stop()
     return 0

@@ -776,6 +776,16 @@ def prometheus_text(service, broker=None) -> str:
         v = lat[min(len(lat) - 1, int(q * len(lat)))] if lat else math.nan
         lines.append(f'yujing_alert_latency_seconds{{quantile="{q}"}} {v:.6f}')
     lines += [f"yujing_alert_latency_seconds_count {len(lat)}", f"yujing_alert_latency_seconds_sum {sum(lat):.6f}"]
+    from ..gcpace import observe
+
+    gs = observe()
+    lines += ["# HELP yujing_gc_collections_total Garbage collections of this process since its first /metrics, "
+              "by generation (yujing serve paces them: docs/performance.md).",
+              "# TYPE yujing_gc_collections_total counter"]
+    lines += [f'yujing_gc_collections_total{{generation="{g}"}} {gs.count[g]}' for g in range(3)]
+    lines += ["# HELP yujing_gc_pause_seconds_max Longest collection pause, by generation.",
+              "# TYPE yujing_gc_pause_seconds_max gauge"]
+    lines += [f'yujing_gc_pause_seconds_max{{generation="{g}"}} {gs.max_pause_s[g]:.6f}' for g in range(3)]
     lines += ["# HELP yujing_bus_dropped_total Non-critical messages dropped for slow consumers.",
               "# TYPE yujing_bus_dropped_total counter"]
     lines += [f'yujing_bus_dropped_total{{subscriber="{k}"}} {v}' for k, v in sorted(service.bus.dropped.items())]
