@@ -189,13 +189,8 @@ class NewEvents:
         pool = self.pool
         if not pool:
             return
-        n = len(pool)
-        codes = self._role_codes(
-            ev,
-            np.fromiter((p.latitude for p in pool), dtype=float, count=n),
-            np.fromiter((p.longitude for p in pool), dtype=float, count=n),
-            np.fromiter((p.onset_time_s for p in pool), dtype=float, count=n),
-        ).tolist()
+        cols = self._pool_cols.of(pool)
+        codes = self._role_codes(ev, cols.lat, cols.lon, cols.onset).tolist()
         rest = []
         for p, c in zip(pool, codes):
             if c == 1 and p.device_id not in ev.picks:
