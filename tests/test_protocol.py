@@ -209,3 +209,18 @@ def test_decode_batch_matches_decode_and_a_bad_message_refuses_only_itself():
         else:
             assert g == want
     assert [type(g).__name__ for g in got].count("ProtocolError") == 7
+
+
+def test_a_heartbeat_declares_its_period_within_bounds():
+    """``every_s`` is the phone's heartbeat period: omitted on the wire at its default (an
+    older phone's heartbeat reads as a one-minute period), kept when given, and refused
+    outside 10-3600 s with the reason and the value."""
+    t = protocol.topic_for("hb", CELL7)
+    old = msgspec.msgpack.encode({"device": "a1", "cell": CELL7, "sent_s": 5.0, "ready": True})  # no every_s
+    assert protocol.decode(t, old).every_s == protocol.HEARTBEAT_EVERY_S == 60.0
+    assert b"every_s" not in protocol.encode(protocol.HeartbeatMsg(device="a1", cell=CELL7, sent_s=5.0))
+    assert protocol.decode(t, protocol.encode(protocol.HeartbeatMsg(device="a1", cell=CELL7, sent_s=5.0, every_s=600.0))).every_s == 600.0
+    for bad in (5.0, 7200.0, math.nan, -60.0):
+        with pytest.raises(ProtocolError) as e:
+            protocol.decode(t, protocol.encode(protocol.HeartbeatMsg(device="a1", cell=CELL7, sent_s=5.0, every_s=bad)))
+        assert e.value.reason == "bad_field" and "every_s" in str(e.value), bad

@@ -395,3 +395,24 @@ def test_the_engine_loop_closes_a_step_at_its_end_not_at_the_next_period():
     closing = [t for t, due in fired if due <= t and t >= end]
     assert closing, fired
     assert closing[0] - end < 0.1, (closing[0] - end, fired)
+
+
+def test_a_heartbeats_declared_period_reaches_the_engine_and_starts_its_settling():
+    """A heartbeat's ``every_s`` sets how long the engine counts the phone present, and the
+    first heartbeat received starts the settling time of a (re)start, on receipt: before
+    the step that feeds the heartbeat, so a trigger in the same step already waits."""
+    clock = ManualClock(1000.0)
+    svc = Service(clock=clock)
+    sign = Signer(svc.issuer).wire
+    cell = h3.latlng_to_cell(29.59, 102.08, 7)
+    pres = svc.engine.assoc.presence
+    assert pres.since_s is None
+    svc.receive(*sign("hb", protocol.HeartbeatMsg(device="p1", cell=cell, sent_s=1000.0, every_s=600.0)), 1000.1)
+    svc.receive(*sign("hb", protocol.HeartbeatMsg(device="p2", cell=cell, sent_s=1000.0)), 1000.2)
+    svc.process_queue()
+    assert pres.since_s == 1000.1 and pres.n == 0  # heard, not yet fed
+    clock.t_s = 1000.25
+    svc.fire_timer()
+    assert pres.n == 2
+    assert pres.window[pres.index["p1"]] == 900.0 and pres.window[pres.index["p2"]] == 90.0
+    assert pres.settling(1010.0, 10.0) and not pres.settling(1010.2, 10.0)

@@ -36,7 +36,7 @@ import msgspec
 import numpy as np
 
 from .event import Event
-from .evidence import REPORT_DELAY_SAMPLES, PoolColumns, SilenceEvidence
+from .evidence import REPORT_DELAY_SAMPLES, RETRACT_FRACTION_FACTOR, PoolColumns, SilenceEvidence
 from .geo import distance_km
 from .locate import Location, locate
 from .nucleate import NEW_EVENT_TRIES, NewEvents
@@ -83,6 +83,7 @@ class Associator(SilenceEvidence, NewEvents):
         self.id_prefix = id_prefix
         self.presence = Presence()
         self._fresh: list[Trigger] = []  # pooled in this engine step, not yet tried
+        self._deferred: list[Trigger] = []  # seeds of undecided groups: tried again next step
         self._delays: deque[float] = deque(maxlen=REPORT_DELAY_SAMPLES)  # arrival - onset
         self._delay_cache: float | None = None
         self._delay_sorted: np.ndarray | None = None
@@ -507,7 +508,7 @@ class Associator(SilenceEvidence, NewEvents):
                     )
                     n_p = len(ev.picks)
                     frac = self._triggered_fraction(check, list(ev.picks.values()), now_s)
-                    if check.n_silent_violations > max(2, n_p) or frac < 0.5 * a.min_triggered_fraction:
+                    if check.n_silent_violations > max(2, n_p) or frac < RETRACT_FRACTION_FACTOR * a.min_triggered_fraction:
                         ev.retracted = True
                         ev.version += 1
                         last = ev.last

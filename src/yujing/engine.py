@@ -162,15 +162,16 @@ class Engine:
             latitude, longitude = dev.latitude, dev.longitude
         return self.feed_heartbeats([device_id], [latitude], [longitude], time_s)
 
-    def feed_heartbeats(self, device_ids, latitudes, longitudes, time_s: float, ready=None) -> list[EventUpdate]:
-        """Many heartbeats at once (a million phones check in every minute); ``ready``
-        marks phones able to detect now (lying still): the others are alive, not witnesses."""
+    def feed_heartbeats(self, device_ids, latitudes, longitudes, time_s: float, ready=None, every_s=None) -> list[EventUpdate]:
+        """Many heartbeats at once (a million phones check in every few minutes); ``ready``
+        marks phones able to detect now (lying still): the others are alive, not witnesses.
+        ``every_s``: each phone's declared heartbeat period, s (None: a minute)."""
         # a batch behind the clock closes the step no earlier than the clock: the step may
         # hold a first trigger that arrived after the batch's time
         close = max(self.clock_s, min(time_s, self._step_end))
         out = self._run_step(close) if (self._pending or self._step_open) else []
         self.clock_s = max(self.clock_s, time_s)
-        self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready)
+        self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready, every_s)
         return out + self.assoc.tick(self.clock_s)
 
     def add_device(self, device: Device) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 
 from .geo import KM_PER_DEG, distance_km
 from .locate import Location
-from .presence import HEARTBEAT_WINDOW_S, Presence
+from .presence import Presence
 from .records import Trigger
 from .settings import Settings
 from .traveltime import default_table
@@ -26,6 +26,10 @@ REPORT_DELAY_SAMPLES = 256
 #: sites, the share that triggered is below this factor times min_triggered_fraction
 #: (see SilenceEvidence._hull_fraction): a margin for what a cheap test cannot know
 HULL_FRACTION_FACTOR = 0.5
+#: An announced event is retracted when its triggered fraction falls below this factor
+#: times min_triggered_fraction; a new group whose fraction would fall there, were the
+#: phones around that are not yet due all to stay quiet, waits for them (nucleate.py)
+RETRACT_FRACTION_FACTOR = 0.5
 
 
 class SilenceEvidence:
@@ -84,8 +88,15 @@ class SilenceEvidence:
         them, whose P reaches the thousands of phones around them at the same moment; a
         yes-or-no "due" test would count none of those phones until their reports were
         all due, and the event would already be out."""
+        k, n_quiet, _ = self._fraction_terms(loc, picks, now_s)
+        return k / (k + n_quiet) if k else 0.0
+
+    def _fraction_terms(self, loc: Location, picks: list[Trigger], now_s: float) -> tuple[float, float, float]:
+        """:meth:`_triggered_fraction`'s parts: triggered devices, quiet devices counted by
+        now (streams, and phones weighted by the share of reports due), and the quiet
+        phones' weight not yet due (``1 - share`` each: what the verdict still waits for)."""
         if not picks:
-            return 0.0
+            return 0.0, 0.0, 0.0
         lat = np.array([t.latitude for t in picks])
         lon = np.array([t.longitude for t in picks])
         # the phones in the farthest pick's own cell count too: a phone's position is its
@@ -104,16 +115,17 @@ class SilenceEvidence:
         a = self.s
         slat, slon, seen, phone = self.presence.silent(now_s, self._busy(), a.picker.warmup_s, self._report_delay(), kinds=True)
         if len(slat) == 0:
-            return 1.0
+            return float(k), 0.0, 0.0
         epi = distance_km(loc.latitude, loc.longitude, slat, slon)
         near = epi < reach
         if not near.any():
-            return 1.0
+            return float(k), 0.0, 0.0
         tp = loc.origin_time_s + tab.p_time_s(epi[near], loc.depth_km) + a.locate.silent_grace_s
         ph = phone[near]
         n_streams = int(np.count_nonzero(~ph & (tp < seen[near])))
-        n_phones = float(self._report_share(now_s - tp[ph]).sum()) if ph.any() else 0.0
-        return k / (k + n_streams + n_phones)
+        share = self._report_share(now_s - tp[ph]) if ph.any() else np.zeros(0)
+        n_phones = float(share.sum())
+        return float(k), n_streams + n_phones, len(share) - n_phones
 
     def _hull_fraction(self, group: list[Trigger], now_s: float) -> float:
         """Of the live devices able to detect inside the polygon (convex hull) of a
@@ -168,7 +180,7 @@ class SilenceEvidence:
         last, hb = pr.last[idx], pr.heartbeat[idx]
         a = self.s
         stream_ok = ~hb & (now_s - last <= 5.0) & (last - pr.started[idx] >= a.picker.warmup_s)
-        phone_ok = hb & (now_s - last <= HEARTBEAT_WINDOW_S)
+        phone_ok = hb & (now_s - last <= pr.window[idx])
         slowness = _steepest_p_slowness(a.locate.depths_km)
         reached = np.full(len(idx), np.inf)
         for x, y, t in pts:

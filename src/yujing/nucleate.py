@@ -14,8 +14,8 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .event import Event
-from .evidence import HULL_FRACTION_FACTOR
-from .geo import distance_km
+from .evidence import HULL_FRACTION_FACTOR, RETRACT_FRACTION_FACTOR
+from .geo import KM_PER_DEG, distance_km
 from .magnitude import _rupture_length_km, rupture_duration_s
 from .records import EventUpdate, Trigger
 from .traveltime import default_table
@@ -60,17 +60,23 @@ class NewEvents:
 
     def _end_of_step(self, now_s: float) -> list[EventUpdate]:
         """Triggers pooled after the step's budget ran out are tried now, newest first
-        (the newest are the likeliest to complete a group), within a fresh budget."""
+        (the newest are the likeliest to complete a group), within a fresh budget; then
+        the seeds of groups left undecided (their phones not yet due to report)."""
         fresh, self._fresh = self._fresh, []
+        deferred, self._deferred = self._deferred, []
         self._tries_left = NEW_EVENT_TRIES
         out: list[EventUpdate] = []
-        if fresh:
+        seeds = fresh[::-1] + deferred  # undecided groups after the new triggers
+        if seeds:
             in_pool = {id(p) for p in self.pool}
-            for seed in reversed(fresh):
+            for i, seed in enumerate(seeds):
                 if id(seed) not in in_pool:
                     continue
                 made = self._attempt(seed, now_s)
                 if made is None:
+                    # out of budget: undecided groups wait for the next step (new
+                    # triggers' seeds do not: a later trigger of theirs brings them back)
+                    self._deferred += [d for d in seeds[max(i, len(fresh)):] if id(d) in in_pool]
                     break
                 if made:
                     out += made
@@ -109,6 +115,7 @@ class NewEvents:
         near = np.argsort(d_all[idx], kind="stable")
         group = [newest]
         ids = {newest.device_id}
+        sep = a.min_site_separation_km
         for k in near.tolist():
             p = cand[k]
             # the smallest group that can stand (min_devices sites): a larger one reaches
@@ -117,6 +124,13 @@ class NewEvents:
             if len(group) >= NEW_EVENT_PICKS or self._n_sites(group) >= a.min_devices:
                 break
             if p.device_id in ids:
+                continue
+            # a trigger at a member's site adds no site: in a city of thousands of still
+            # phones the seed's nearest triggers all lie within one site, and a group of
+            # them never stood (a quake right under the city went unannounced); the
+            # event, once formed, takes them in from the pool
+            if any(abs(p.latitude - g.latitude) * KM_PER_DEG < sep and
+                   float(distance_km(p.latitude, p.longitude, g.latitude, g.longitude)) < sep for g in group):
                 continue
             if self._consistent_with(p, group).all():
                 group.append(p)
@@ -141,7 +155,22 @@ class NewEvents:
         rms = float(np.sqrt(np.mean(loc.residual_s[fits] ** 2)))
         if rms > a.max_rms_s or loc.n_silent_violations > max(1, n_p // 2):
             return [], group
-        if self._triggered_fraction(loc, members, now_s) < a.min_triggered_fraction:
+        k, quiet, pending = self._fraction_terms(loc, members, now_s)
+        if k / (k + quiet) < a.min_triggered_fraction:
+            return [], group
+        if pending > quiet and k / (k + quiet + pending) < RETRACT_FRACTION_FACTOR * a.min_triggered_fraction:
+            # Undecided: most of the phones around are not due to have reported yet, and
+            # were they all to stay quiet the event would be retracted. Three phones of a
+            # city that trigger by chance within a second fit a source right under them,
+            # whose P reached thousands of phones a second ago: announced then, it was an
+            # M8 with an alert, retracted seconds later. Tried again next step; a real
+            # quake's triggers from those phones arrive meanwhile and carry it.
+            self._deferred.append(newest)
+            return [], group
+        if self.presence.settling(now_s, a.presence_settle_s) and not any(self.presence.is_stream(g.device_id) for g in members):
+            # phones still checking in after a (re)start: the quiet phones around are
+            # unknown, and three chance triggers anywhere made an M8 in the first second
+            self._deferred.append(newest)
             return [], group
         if self._inside_open_rupture(loc):
             return [], group

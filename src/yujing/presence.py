@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 
-#: a phone that sent a heartbeat within this long is online; its silence counts up to
-#: AssociateSettings.phone_report_delay_s before the engine clock (a trigger of a P onset
-#: before that would have arrived)
-HEARTBEAT_WINDOW_S = 90.0
+#: a phone that sent a heartbeat within this many of its declared periods
+#: (``HeartbeatMsg.every_s``) is online: one period plus half a period of slack for a
+#: late one. Its silence counts up to AssociateSettings.phone_report_delay_s before the
+#: engine clock (a trigger of a P onset before that would have arrived)
+HEARTBEAT_WINDOW_PERIODS = 1.5
+#: the window of a phone that declares no period (the protocol's default, a minute)
+HEARTBEAT_WINDOW_S = HEARTBEAT_WINDOW_PERIODS * 60.0
 
 
 class Presence:
@@ -19,8 +22,8 @@ class Presence:
 
     Streaming sensors are seen through their packets (quiet up to the end of their newest
     packet, alive while packets keep coming, after a warm-up); phones through heartbeats
-    (alive for ``HEARTBEAT_WINDOW_S``; able to detect only when their agent says the phone
-    lies still). Positions are a sensor's surveyed place or a phone's coarse cell."""
+    (alive for ``HEARTBEAT_WINDOW_PERIODS`` of their declared period; able to detect only
+    when their agent says the phone lies still). Positions are a sensor's surveyed place or a phone's coarse cell."""
 
     def __init__(self):
         self.index: dict[str, int] = {}
@@ -32,6 +35,8 @@ class Presence:
         self.last = np.full(cap, -np.inf)
         self.started = np.full(cap, -np.inf)
         self.heartbeat = np.zeros(cap, dtype=bool)
+        self.window = np.full(cap, HEARTBEAT_WINDOW_S)  # s a phone stays online after a heartbeat
+        self.since_s: float | None = None  # when this engine first heard a phone's heartbeat
 
     def _slot(self, device_id: str) -> int:
         i = self.index.get(device_id)
@@ -40,7 +45,7 @@ class Presence:
             self.ids.append(device_id)
             self.n += 1
             if self.n > len(self.lat):
-                for name in ("lat", "lon", "last", "started", "heartbeat"):
+                for name in ("lat", "lon", "last", "started", "heartbeat", "window"):
                     a = getattr(self, name)
                     grown = np.empty(2 * len(a), dtype=a.dtype)
                     grown[: len(a)] = a
@@ -55,9 +60,10 @@ class Presence:
         self.lat[i], self.lon[i], self.last[i] = latitude, longitude, end_time_s
         self.heartbeat[i] = False
 
-    def note_heartbeats(self, device_ids, latitudes, longitudes, time_s, ready=None):
+    def note_heartbeats(self, device_ids, latitudes, longitudes, time_s, ready=None, every_s=None):
         """Bulk: phones alive at ``time_s``; ``ready`` False for phones that cannot detect
-        now (carried, moving): they are alive but their silence says nothing."""
+        now (carried, moving): they are alive but their silence says nothing. ``every_s``:
+        each phone's declared heartbeat period, s (None: the protocol's default minute)."""
         # known devices by one lookup each (a million phones check in again and again);
         # only the new ones take a slot one by one
         get = self.index.get
@@ -72,8 +78,29 @@ class Presence:
         self.lat[idx] = latitudes
         self.lon[idx] = longitudes
         self.heartbeat[idx] = True
+        self.window[idx] = HEARTBEAT_WINDOW_S if every_s is None else HEARTBEAT_WINDOW_PERIODS * np.asarray(every_s, dtype=float)
         self.last[idx] = np.where(ok, time_s, -np.inf)
         self.started[idx] = np.minimum(self.started[idx], time_s)
+        if len(idx):
+            self.heard(time_s)
+
+    def heard(self, time_s: float) -> None:
+        """A phone's heartbeat reached the server at ``time_s`` (the live service says so on
+        receipt, before the step that feeds it: the first starts the settling time)."""
+        if self.since_s is None:
+            self.since_s = float(time_s)
+
+    def settling(self, now_s: float, settle_s: float) -> bool:
+        """True within ``settle_s`` of the first heartbeat this engine heard: after a start
+        or restart, phones are still checking in (each that (re)connects sends one), so the
+        silence around a place is not yet known. An engine that hears no heartbeats at all
+        (sensors, trigger-only replays) has no phone presence to wait for."""
+        return self.since_s is not None and now_s - self.since_s < settle_s
+
+    def is_stream(self, device_id: str) -> bool:
+        """A device known by its packets (a fixed sensor streaming), not a phone."""
+        i = self.index.get(device_id)
+        return i is not None and not self.heartbeat[i]
 
     def in_box(self, lat_min: float, lat_max: float, lon_min: float, lon_max: float) -> np.ndarray:
         """Rows (indices) whose position lies strictly inside a latitude/longitude box."""
@@ -87,7 +114,7 @@ class Presence:
         n = self.n
         last, started, hb = self.last[:n], self.started[:n], self.heartbeat[:n]
         stream_ok = ~hb & (now_s - last <= 5.0) & (last - started >= warmup_s)
-        phone_ok = hb & (now_s - last <= HEARTBEAT_WINDOW_S)
+        phone_ok = hb & (now_s - last <= self.window[:n])
         ok = stream_ok | phone_ok
         for d in busy:
             i = self.index.get(d)

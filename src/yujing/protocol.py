@@ -119,14 +119,24 @@ class PacketMsg(msgspec.Struct, frozen=True, omit_defaults=True):
     sig: bytes = b""
 
 
+#: a heartbeat's period (``HeartbeatMsg.every_s``), s: the default, and the bounds a device
+#: may declare (a minute: the engine's long-standing window; an hour: beyond that a phone's
+#: place and stillness are guesses)
+HEARTBEAT_EVERY_S = 60.0
+HEARTBEAT_EVERY_RANGE_S = (10.0, 3600.0)
+
+
 class HeartbeatMsg(msgspec.Struct, frozen=True, omit_defaults=True):
     """Alive at ``sent_s``; ``ready``: lying still, able to detect (its silence during a
-    quake nearby is evidence)."""
+    quake nearby is evidence). ``every_s``: the phone's heartbeat period, s; it promises the
+    next heartbeat within that time, and one at once whenever ``ready`` changes, so the
+    engine counts it present (and, if ready, a witness) for 1.5 periods."""
 
     device: str
     cell: str
     sent_s: float
     ready: bool = True
+    every_s: float = HEARTBEAT_EVERY_S
     seq: int = 0
     v: int = PROTOCOL_VERSION
     sig: bytes = b""
@@ -352,6 +362,13 @@ def _check_sent(msg) -> None:
         raise ProtocolError("non_finite", f"{kind} message from {msg.device!r}: sent_s is not finite")
 
 
+def _check_hb(msg) -> None:
+    _check_sent(msg)
+    lo, hi = HEARTBEAT_EVERY_RANGE_S
+    if not lo <= msg.every_s <= hi:  # (False for NaN too)
+        raise ProtocolError("bad_field", f"heartbeat from {msg.device!r}: every_s {msg.every_s!r} is not within {lo:g}-{hi:g} s")
+
+
 def _check_hello(msg) -> None:
     _check_sent(msg)
     if msg.kind not in DEVICE_KINDS:
@@ -364,7 +381,7 @@ def _check_numbers(kind: str, msg) -> None:
 
 
 _isfinite = math.isfinite
-_CHECKS = {"trig": _check_trig, "pkt": _check_pkt, "hb": _check_sent, "hello": _check_hello, "consent": _check_sent}
+_CHECKS = {"trig": _check_trig, "pkt": _check_pkt, "hb": _check_hb, "hello": _check_hello, "consent": _check_sent}
 _ROUTES: dict[str, tuple] = {}  # topic -> (kind, topic cell, decoder, checks)
 
 

@@ -237,7 +237,7 @@ class Service:
         self._queue: deque = deque()
         self._wake: asyncio.Event | None = None
         self._last_arrival = -math.inf
-        self._hb: list[tuple[str, float, float, float, bool]] = []
+        self._hb: list[tuple[str, float, float, float, bool, float]] = []  # id, lat, lon, arrival, ready, every_s
         self._tasks: list[asyncio.Task] = []
         self.alert_latency_s: deque[float] = deque(maxlen=100_000)
         self.recent_triggers: deque[Trigger] = deque(maxlen=self.config.recent_triggers)
@@ -521,6 +521,7 @@ class Service:
         # (Registry.seen), the clock estimate (_Dev.clock_offset), the cell's centre
         noted, devs, dirty = self._noted_cells, self.registry.devs, self.registry.dirty
         centres, hb_append = protocol._CENTRES, self._hb.append
+        presence = self._presence
         accepted = self.stats.accepted
         run_from = 0  # n at the run's first trigger
         while q and n < max_items:
@@ -550,7 +551,9 @@ class Service:
                 c = centres.get(cell)
                 if c is None:
                     c = protocol.cell_centre(cell)
-                hb_append((dev, c[0], c[1], arr, msg.ready))
+                if presence.since_s is None:
+                    presence.heard(arr)  # a cold start's settling time runs from here
+                hb_append((dev, c[0], c[1], arr, msg.ready, msg.every_s))
                 accepted["hb"] += 1
             elif kind is trig_kind:
                 t = self._trigger_record(arr, msg)
@@ -598,12 +601,18 @@ class Service:
         self.stats.accepted["trig"] += 1
         return protocol.to_trigger(msg, arr, d.clock_offset(msg.sent_s, arr, bool(msg.sig)))
 
+    @property
+    def _presence(self):
+        return self.engine.assoc.presence
+
     def _heartbeat(self, arr: float, msg) -> None:
         # (process_queue does the same inline)
         self._note_region(msg.cell)
         self.registry.seen(msg.device, msg.cell, arr).clock_offset(msg.sent_s, arr, bool(msg.sig))
         lat, lon = protocol.cell_centre(msg.cell)
-        self._hb.append((msg.device, lat, lon, arr, msg.ready))
+        if not self._hb:
+            self._presence.heard(arr)
+        self._hb.append((msg.device, lat, lon, arr, msg.ready, msg.every_s))
         self.stats.accepted["hb"] += 1
 
     def fire_timer(self) -> None:
@@ -701,8 +710,9 @@ class Service:
         lat = np.fromiter((h[1] for h in hb), float, len(hb))
         lon = np.fromiter((h[2] for h in hb), float, len(hb))
         ready = np.fromiter((h[4] for h in hb), bool, len(hb))
+        every = np.fromiter((h[5] for h in hb), float, len(hb))
         t0 = time.perf_counter()
-        out = self.engine.feed_heartbeats(ids, lat, lon, max(h[3] for h in hb), ready=ready)
+        out = self.engine.feed_heartbeats(ids, lat, lon, max(h[3] for h in hb), ready=ready, every_s=every)
         self.stats.engine_busy_s += time.perf_counter() - t0
         self._emit(out)
 
