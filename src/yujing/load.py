@@ -5,6 +5,10 @@ messages are multiplexed over ``--connections`` MQTT (or NATS) connections, whic
 cannot tell from real devices sharing a gateway, because every message carries its own
 device pseudonym and cell (:mod:`yujing.protocol`). What they send, in real time:
 
+- **a connect phase** first (``--no-connect`` skips it): every device sends the heartbeat a
+  phone sends when it connects, at the rate cap, and with ``--api`` the run starts once the
+  server has taken them all, so that the run meets a server that knows the quiet phones
+  around, as in the field (not counted in the run's figures; reported apart);
 - **heartbeats**: each device once every ``--heartbeat-s`` (600 s: 1,667 messages/s for a
   million devices), at its own seeded phase;
 - **false triggers**: ``--trigger-rate-per-device-day`` per device per day (1: 11.6/s for
@@ -76,6 +80,7 @@ MAX_CONNECTIONS = 64
 MAX_SUBSCRIBERS = 20_000
 MAX_BURST = 500_000
 FLUSH_TIMEOUT_S = 10.0
+CONNECT_SETTLE_MAX_S = 180.0  # how long the server may take to work off the connect storm
 
 
 class LoadError(ValueError):
@@ -90,6 +95,10 @@ class LoadOptions:
     connections: int = 8
     duration_s: float = 60.0
     heartbeat_s: float = 600.0
+    # every device first connects and sends its connect heartbeat (the protocol's), before
+    # the measured run: the server then knows the quiet phones around, as it does in the
+    # field; False starts the run on a server that has heard from nobody (a cold start)
+    connect: bool = True
     trigger_rate_per_device_day: float = 1.0
     quake: str | None = None
     quake_at_s: float = 10.0
@@ -152,8 +161,11 @@ def check(o: LoadOptions) -> None:
         raise LoadError(f"--subscribers {o.subscribers}: must be within 0-{MAX_SUBSCRIBERS:,}")
     if not 0 < o.max_rate <= MAX_RATE:
         raise LoadError(f"--max-rate {o.max_rate}: must be within (0, {MAX_RATE:,.0f}] messages/s")
-    if not o.heartbeat_s >= 1.0:
-        raise LoadError(f"--heartbeat-s {o.heartbeat_s}: must be at least 1 s")
+    from .protocol import HEARTBEAT_EVERY_RANGE_S
+
+    lo, hi = HEARTBEAT_EVERY_RANGE_S
+    if not lo <= o.heartbeat_s <= hi:
+        raise LoadError(f"--heartbeat-s {o.heartbeat_s}: the protocol allows {lo:g}-{hi:g} s (HeartbeatMsg.every_s)")
     if not 0 <= o.trigger_rate_per_device_day <= 1000:
         raise LoadError(f"--trigger-rate-per-device-day {o.trigger_rate_per_device_day}: must be within 0-1000")
     bg = o.devices / o.heartbeat_s + o.devices * o.trigger_rate_per_device_day / 86400.0
@@ -201,6 +213,8 @@ def speakers(o: "LoadOptions", plan: Plan) -> list[str]:
     """The pseudonyms of the phones that will send anything in the run (to enrol)."""
     import numpy as np
 
+    if o.connect:
+        return sorted(plan.net.device_ids(list(range(o.devices)), plan.day))
     phones = [plan.hb_phone, plan.ft_phone]
     if o.quake and o.burst:
         phones.append(plan.burst_phone)
@@ -320,8 +334,19 @@ class _Messages:
         root = protocol.TOPIC_ROOT
         for t, ph in zip(self.p.hb_t.tolist(), self.p.hb_phone.tolist()):
             dev, cell, tcell = self._dev(ph)
-            msg = protocol.HeartbeatMsg(device=dev, cell=cell, sent_s=self.t0 + t, ready=True)
+            msg = protocol.HeartbeatMsg(device=dev, cell=cell, sent_s=self.t0 + t, ready=True, every_s=self.o.heartbeat_s)
             yield t, ph, f"{root}/hb/{tcell}", self.signer.payload(f"{root}/hb/{tcell}", msg), "hb"
+
+    def connect_beats(self):
+        """Every device's connect heartbeat, device by device (sent when it is sent)."""
+        from . import protocol
+
+        root = protocol.TOPIC_ROOT
+        every = self.o.heartbeat_s
+        for ph in range(self.o.devices):
+            dev, cell, tcell = self._dev(ph)
+            msg = protocol.HeartbeatMsg(device=dev, cell=cell, sent_s=time.time(), ready=True, every_s=every)
+            yield ph, f"{root}/hb/{tcell}", self.signer.payload(f"{root}/hb/{tcell}", msg)
 
     def _false(self):
         from . import protocol
@@ -766,14 +791,24 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
     before = await server_view(o.api, o.api_key) if o.api else None
     sent: Counter = Counter()
     errors: Counter = Counter()
+    conn: dict = {}
     late = {"over_1s": 0, "max_s": 0.0, "backpressure_waits": 0, "backpressure_s": 0.0}
     try:
         await target.connect()
         if subs is not None:
             await subs.open()
+        msgs = _Messages(o, plan, time.time())
+        if o.connect:
+            conn = await _connect(o, msgs, target, errors, progress)
+            if o.api:
+                # the measured run starts once the server has taken the connect storm
+                tw = time.monotonic()
+                await _settled_view(o.api, before, conn["sent"], timeout_s=CONNECT_SETTLE_MAX_S, key=o.api_key)
+                conn["server_settled_s"] = round(time.monotonic() - tw, 2)
+                before = await server_view(o.api, o.api_key)
         t0_wall = time.time()
         t0 = time.monotonic()
-        msgs = _Messages(o, plan, t0_wall)
+        msgs.t0 = t0_wall
         origin_wall = t0_wall + o.quake_at_s if o.quake else None
         n = 0
         # a watchdog: whatever happens, the sender stops (duration + a margin)
@@ -816,11 +851,11 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
                 if progress is not None and n % 20_000 == 0:
                     progress(n, now)
         send_s = time.monotonic() - t0
-        flush = await target.flush(sum(sent.values()))
+        flush = await target.flush(sum(sent.values()) + conn.get("sent", 0))
         if flush.get("async_errors"):
             errors["nats_async"] = flush["async_errors"]
         if o.qos and flush["acked"] is not None:
-            errors["unacked"] = max(0, sum(sent.values()) - flush["acked"])
+            errors["unacked"] = max(0, sum(sent.values()) + conn.get("sent", 0) - flush["acked"])
         # late alerts: the quake's last messages were just sent
         if subs is not None and o.drain_s:
             await asyncio.sleep(o.drain_s)
@@ -852,12 +887,43 @@ async def run(o: LoadOptions, plan: Plan | None = None, progress=None) -> dict:
         "first_quake_trigger_after_start_s": (round(msgs.first_quake_sent_wall - t0_wall, 3)
                                               if msgs.first_quake_sent_wall else None),
         "devices_heard": len(msgs.ids),
+        "connect": conn,
     }
     if subs is not None:
         rep["alerts"] = subs.report(t0_wall, msgs.first_quake_sent_wall, origin_wall)
     if o.api:
         rep["server"] = _server_delta(before, after, total)
     return rep
+
+
+async def _connect(o: LoadOptions, msgs: _Messages, target, errors: Counter, progress=None) -> dict:
+    """Every device's connect heartbeat, at the rate cap, before the measured run."""
+    t0 = time.monotonic()
+    n = 0
+    async with asyncio.timeout(o.devices / o.max_rate + 60.0):
+        for key, topic, payload in msgs.connect_beats():
+            wait = n / o.max_rate - (time.monotonic() - t0)
+            if wait > 0.002:
+                await asyncio.sleep(wait)
+            try:
+                full = target.send(key, topic, payload)
+                if full is not None and not isinstance(full, asyncio.Event):
+                    await full
+                    full = None
+            except Exception as exc:
+                errors["hb_connect"] += 1
+                if errors["hb_connect"] == 1:
+                    log.warning("publish failed: %s", exc)
+                continue
+            n += 1
+            if full is not None:
+                await full.wait()
+            elif n % 256 == 0:
+                await asyncio.sleep(0)
+            if progress is not None and n % 100_000 == 0:
+                progress(n, time.monotonic() - t0)
+    await target.flush(n)
+    return {"sent": n, "send_s": round(time.monotonic() - t0, 2)}
 
 
 async def _settled_view(api: str, before: dict, sent: int, timeout_s: float = 15.0, key: str | None = None) -> dict:
@@ -906,6 +972,10 @@ def format_report(r: dict) -> str:
              f"{o['duration_s']:g} s{', quake ' + o['quake'] + ' at ' + format(o['quake_at_s'], 'g') + ' s' if o['quake'] else ''}"
              f"{', burst ' + format(o['burst'], ',') + ' in ' + format(o['burst_s'], 'g') + ' s' if o['burst'] else ''}")
     L.append(f"  prepared in {r['prepare_s']:.1f} s; sent for {r['send_s']:.1f} s")
+    c = r.get("connect") or {}
+    if c:
+        L.append(f"  connect phase (before the run): {c['sent']:,} heartbeats in {c['send_s']:.1f} s"
+                 + (f"; the server took them {c['server_settled_s']:.1f} s later" if "server_settled_s" in c else ""))
     s = r["sent"]
     L.append(f"  sent: {r['sent_total']:,} messages ({', '.join(f'{k} {v:,}' for k, v in sorted(s.items()))})")
     L.append(f"  rate: {r['rate_achieved_per_s']:,.0f}/s overall; background {r['background_rate_achieved_per_s']:,.1f}/s "
@@ -961,7 +1031,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--devices", type=int, default=100_000, help=f"simulated devices (default 100,000; at most {MAX_DEVICES:,})")
     p.add_argument("--connections", type=int, default=8, help=f"connections the devices share (default 8; at most {MAX_CONNECTIONS})")
     p.add_argument("--duration-s", type=float, default=60.0, help=f"length of the run, s (default 60; at most {MAX_DURATION_S:.0f})")
-    p.add_argument("--heartbeat-s", type=float, default=600.0, help="each device's heartbeat period, s (default 600)")
+    p.add_argument("--heartbeat-s", type=float, default=600.0, help="each device's heartbeat period, s (default 600; the protocol allows 10-3600)")
+    p.add_argument("--no-connect", dest="connect", action="store_false",
+                   help="skip the connect phase (by default every device first sends its connect heartbeat, at the rate cap, "
+                        "and with --api the run starts once the server has taken them): the run then meets a server that "
+                        "has heard from nobody, a cold start")
     p.add_argument("--trigger-rate-per-device-day", type=float, default=1.0, help="false triggers per device per day (default 1)")
     p.add_argument("--quake", metavar="SCENARIO", help="a scenario key (e.g. luding2022): its triggers and updates, shifted to now")
     p.add_argument("--quake-at-s", type=float, default=10.0, help="the quake's origin, s into the run (default 10)")
@@ -987,7 +1061,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def options_from_args(a) -> LoadOptions:
     return LoadOptions(mqtt=a.mqtt, nats=a.nats, devices=a.devices, connections=a.connections, duration_s=a.duration_s,
-                       heartbeat_s=a.heartbeat_s, trigger_rate_per_device_day=a.trigger_rate_per_device_day,
+                       heartbeat_s=a.heartbeat_s, connect=a.connect, trigger_rate_per_device_day=a.trigger_rate_per_device_day,
                        quake=a.quake, quake_at_s=a.quake_at_s, burst=a.burst, burst_s=a.burst_s, region=a.region,
                        subscribers=a.subscribers, qos=a.qos, max_rate=a.max_rate, drain_s=a.drain_s, seed=a.seed,
                        api=a.api, api_key=Path(a.api_key_file).read_text().strip() if a.api_key_file else None)
