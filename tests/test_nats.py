@@ -224,11 +224,11 @@ def run_bounded(go, timeout_s: float):
     return asyncio.run(main())
 
 
-async def _wait(pred, timeout_s: float, what: str, step_s: float = 0.05) -> float:
+async def _wait(pred, timeout_s: float, what: str, step_s: float = 0.05, why=None) -> float:
     t = time.monotonic()
     while not pred():
         if time.monotonic() - t > timeout_s:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}" + (f": {why()}" if why else ""))
         await asyncio.sleep(step_s)
     return time.monotonic() - t
 
@@ -238,6 +238,14 @@ async def _publish_scripted(js, msgs) -> None:
     for i in range(0, len(msgs), 500):
         await asyncio.gather(*(js.publish(t.replace("/", "."), p, headers={ynats.ARRIVAL_HEADER: repr(a)})
                                for a, t, p in msgs[i:i + 500]))
+
+
+def _who_announced(*workers) -> str:
+    """What each worker announced and what its shards' engines hold (for a failure's message)."""
+    return "; ".join(
+        f"{w.cfg.worker_id} announced {[(x.kind, x.obj.event_id) for x in w.announced]}, owns {sorted(w.owned)}, "
+        f"shards {[(s.name, s.t, dict(s.pending), [(u.event_id, u.version, round(u.latitude, 2), round(u.longitude, 2), u.n_devices, u.retracted) for u in s.svc.latest.values()]) for s in w.shards]}"
+        for w in workers)
 
 
 def _caught_up(workers, n: int) -> bool:
@@ -474,7 +482,8 @@ def test_a_worker_killed_mid_quake_is_taken_over(cluster, luding):
         js = nc.jetstream(timeout=5)
         await _publish_scripted(js, msgs[:cut])
         await _wait(lambda: _caught_up([a, b], cut), 60, "workers through the first part")
-        await _wait(lambda: any(x.kind == "alert" for x in a.announced), 10, "a's first alert")
+        await _wait(lambda: any(x.kind == "alert" for x in a.announced), 10, "a's first alert",
+                    why=lambda: _who_announced(a, b))
         await a.crash()
         t0 = time.monotonic()
         took = await _wait(lambda: REGION_EPI in b.owned, 15, "b taking a's region")
