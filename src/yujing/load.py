@@ -63,6 +63,7 @@ import math
 import socket
 import sys
 import time
+import urllib.error
 import urllib.request
 import zlib
 from collections import Counter
@@ -80,6 +81,7 @@ MAX_CONNECTIONS = 64
 MAX_SUBSCRIBERS = 20_000
 MAX_BURST = 500_000
 FLUSH_TIMEOUT_S = 10.0
+ENROL_RETRIES = 100  # an enrolment request refused by the API's rate limit (429) is sent again this often
 CONNECT_SETTLE_MAX_S = 180.0  # how long the server may take to work off the connect storm
 
 
@@ -240,8 +242,16 @@ def enrol(api: str, pseudonyms: list[str], chunk: int = 2000, api_key: str | Non
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
         req = urllib.request.Request(api.rstrip("/") + "/api/enrol", data=body, method="POST", headers=headers)
-        with urllib.request.urlopen(req, timeout=30) as r:
-            got = json.loads(r.read())
+        for attempt in range(ENROL_RETRIES + 1):
+            try:
+                with urllib.request.urlopen(req, timeout=30) as r:
+                    got = json.loads(r.read())
+                break
+            except urllib.error.HTTPError as exc:
+                # the API's rate limit (a million phones are 500 requests): wait as told
+                if exc.code != 429 or attempt == ENROL_RETRIES:
+                    raise
+                time.sleep(min(float(exc.headers.get("Retry-After") or 1), 30.0))
         if got["refused"]:
             raise LoadError(f"the server refused to enrol {len(got['refused'])} phones, e.g. {got['refused'][0]} "
                             "(pseudonyms are first come: use another --seed)")
