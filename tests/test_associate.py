@@ -590,3 +590,35 @@ def test_a_phone_is_present_for_one_and_a_half_declared_periods():
     assert alive(T0 + 60.0) == 2
     assert alive(T0 + 89.0) == 2 and alive(T0 + 91.0) == 1
     assert alive(T0 + 899.0) == 1 and alive(T0 + 901.0) == 0
+
+
+def test_the_silence_around_a_place_read_from_a_box_is_the_same():
+    """``Presence.silent`` with a box around a place returns, of the devices within a
+    radius, exactly what the full read does (busy devices left out in both), and the
+    triggered-fraction terms computed from the box equal those from every row."""
+    from yujing.presence import Presence, box_around
+
+    ids, lat, lon = _still_phones(20_000, 41, half_deg=3.0)
+    p = Presence()
+    p.note_heartbeats(ids, lat, lon, T0, ready=np.arange(len(ids)) % 7 != 0, every_s=np.full(len(ids), 600.0))
+    busy = {ids[i] for i in range(0, 20_000, 13)}
+    for (la, lo, r) in [(LAT0, LON0, 40.0), (LAT0 + 1.0, LON0 - 2.0, 150.0), (LAT0 - 2.9, LON0 + 2.9, 5.0)]:
+        full = p.silent(T0 + 30.0, busy, 30.0, kinds=True)
+        part = p.silent(T0 + 30.0, busy, 30.0, kinds=True, box=box_around(la, lo, r))
+        within = lambda got: set(zip(*(np.asarray(x)[distance_km(la, lo, got[0], got[1]) < r].tolist() for x in got)))  # noqa: E731
+        assert within(full) == within(part) and len(within(full)) > 0
+    assert box_around(88.5, 0.0, 100.0) is None and box_around(0.0, 179.5, 100.0) is None
+    # the terms of a candidate, as the engine computes them, from the box and from all rows
+    eng = Engine({})
+    eng.assoc.presence = p
+    group = [_report(Device(ids[i], lat[i], lon[i]), T0 + 20.0 + 0.2 * k) for k, i in enumerate((3, 4, 5))]
+    loc = eng.assoc._locate(group, T0 + 30.0, exclude={g.device_id for g in group})
+    import yujing.evidence as ev_mod
+
+    boxed = eng.assoc._fraction_terms(loc, group, T0 + 30.0)
+    real = ev_mod.box_around
+    ev_mod.box_around = lambda *a: None  # every row
+    try:
+        assert eng.assoc._fraction_terms(loc, group, T0 + 30.0) == boxed
+    finally:
+        ev_mod.box_around = real

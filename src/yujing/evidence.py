@@ -14,7 +14,7 @@ import numpy as np
 
 from .geo import KM_PER_DEG, distance_km
 from .locate import Location
-from .presence import Presence
+from .presence import Presence, box_around
 from .records import Trigger
 from .settings import Settings
 from .traveltime import default_table
@@ -113,7 +113,10 @@ class SilenceEvidence:
             fit = np.abs(cols.onset - loc.origin_time_s - tab.p_time_s(pe, loc.depth_km)) <= self.s.associate.moveout_slack_s + 0.01 * pe
             k += len({pool[i].device_id for i in np.flatnonzero((pe < reach) & fit).tolist()} - ids)
         a = self.s
-        slat, slon, seen, phone = self.presence.silent(now_s, self._busy(), a.picker.warmup_s, self._report_delay(), kinds=True)
+        # only the devices around (a box holding the reach): the same counts, read from a
+        # few thousand rows instead of a million (69 ms a try with every phone present)
+        slat, slon, seen, phone = self.presence.silent(now_s, self._busy(), a.picker.warmup_s, self._report_delay(), kinds=True,
+                                                       box=box_around(loc.latitude, loc.longitude, reach))
         if len(slat) == 0:
             return float(k), 0.0, 0.0
         epi = distance_km(loc.latitude, loc.longitude, slat, slon)

@@ -6,7 +6,11 @@ associator asks it which devices should have triggered and did not."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+from .geo import KM_PER_DEG
 
 #: a phone that sent a heartbeat within this many of its declared periods
 #: (``HeartbeatMsg.every_s``) is online: one period plus half a period of slack for a
@@ -108,19 +112,48 @@ class Presence:
         lat, lon = self.lat[:n], self.lon[:n]
         return np.flatnonzero((lat > lat_min) & (lat < lat_max) & (lon > lon_min) & (lon < lon_max))
 
-    def silent(self, now_s: float, busy: set[str], warmup_s: float, report_delay_s: float = 2.5, kinds: bool = False):
+    def silent(self, now_s: float, busy: set[str], warmup_s: float, report_delay_s: float = 2.5, kinds: bool = False,
+               box: tuple[float, float, float, float] | None = None):
         """Positions and 'quiet up to' times of the live devices not in ``busy`` (and,
-        with ``kinds``, which of them are phones)."""
+        with ``kinds``, which of them are phones). ``box`` (lat_min, lat_max, lon_min,
+        lon_max): only the devices strictly inside it, in row order (a million phones are
+        a million rows; a test of one place needs the few thousand around it)."""
         n = self.n
-        last, started, hb = self.last[:n], self.started[:n], self.heartbeat[:n]
+        if box is None:
+            rows = None
+            last, started, hb = self.last[:n], self.started[:n], self.heartbeat[:n]
+            lat, lon, window = self.lat[:n], self.lon[:n], self.window[:n]
+        else:
+            rows = self.in_box(*box)
+            last, started, hb = self.last[rows], self.started[rows], self.heartbeat[rows]
+            lat, lon, window = self.lat[rows], self.lon[rows], self.window[rows]
         stream_ok = ~hb & (now_s - last <= 5.0) & (last - started >= warmup_s)
-        phone_ok = hb & (now_s - last <= self.window[:n])
+        phone_ok = hb & (now_s - last <= window)
         ok = stream_ok | phone_ok
-        for d in busy:
-            i = self.index.get(d)
-            if i is not None:
-                ok[i] = False
+        if busy:
+            found = [i for i in map(self.index.get, busy) if i is not None]
+            if rows is None:
+                ok[found] = False
+            elif found and len(rows):
+                taken = np.zeros(n, dtype=bool)
+                taken[found] = True
+                ok &= ~taken[rows]
         seen = np.where(hb, now_s - report_delay_s, last)
         if kinds:
-            return self.lat[:n][ok], self.lon[:n][ok], seen[ok], hb[ok]
-        return self.lat[:n][ok], self.lon[:n][ok], seen[ok]
+            return lat[ok], lon[ok], seen[ok], hb[ok]
+        return lat[ok], lon[ok], seen[ok]
+
+
+def box_around(latitude: float, longitude: float, radius_km: float) -> tuple[float, float, float, float] | None:
+    """A latitude/longitude box holding every point within ``radius_km`` of a place (with
+    a margin), for :meth:`Presence.silent`; None where such a box would reach a pole or
+    cross the antimeridian (then every row is read)."""
+    r = radius_km * 1.01 + 1.0
+    dlat = r / KM_PER_DEG
+    top = abs(latitude) + dlat
+    if top >= 89.0:
+        return None
+    dlon = r / (KM_PER_DEG * math.cos(math.radians(top)))
+    if abs(longitude) + dlon >= 180.0:
+        return None
+    return latitude - dlat, latitude + dlat, longitude - dlon, longitude + dlon
