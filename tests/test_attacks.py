@@ -64,6 +64,13 @@ def _fake_trigger(dev: str, cell: str, onset_s: float, pga_gal: float, update: i
                                wa_horizontal_nm=pga_gal / w**2 * 1e7, wa_vertical_nm=pga_gal / w**2 * 1e7, noise_wa_nm=50.0)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "measured (2026-12-06): 1 alert. 1,000 fakes enrolled a day ahead in a 12 km area with no other phones "
+    "around, onsets within 0.2 s: a source under the area fits them, and no quiet phone is there to "
+    "refuse it (the limit test_b_pre_enrolled_fakes_into_an_area_without_phones states). Until 6d148a0 they "
+    "were refused only because a new group was the seed's nearest 6 triggers, which in so dense an area all "
+    "share one 3 km site: the same defect left a real quake under a city of 20,000 phones unannounced "
+    "(test_associate). What would refuse them: a spread required of alerts, or fixed sensors nearby"))
 def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area():
     """1,000 enrolled fakes (one credential each, so every signature verifies) in the 91
     res-7 cells around one point (a ~12 km wide area), heartbeats for a minute, then one
@@ -101,7 +108,7 @@ def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area():
     # nothing was refused at the door: the signatures are good and each fake stays under
     # its own and its cell's trigger limits
     assert by == {}
-    # the engine refuses them (one area, no P move-out across it: 3fd0937's polygon test)
+    # must the engine refuse them? (one area, nobody else around)
     assert alerts == 0 and not svc.latest
 
 
