@@ -622,3 +622,30 @@ def test_the_silence_around_a_place_read_from_a_box_is_the_same():
         assert eng.assoc._fraction_terms(loc, group, T0 + 30.0) == boxed
     finally:
         ev_mod.box_around = real
+
+
+def test_the_locators_silent_devices_read_near_its_centre_give_the_same_location():
+    """The locator uses the 64 silent devices nearest its search centre; read from a box
+    around the centre (when they lie within it) or from every row, the location is the
+    same, for a group among a million-like crowd and for one in an empty corner (there
+    the box holds too few and every row is read)."""
+    import yujing.evidence as ev_mod
+
+    ids, lat, lon = _still_phones(200_000, 43, half_deg=3.0)
+    eng = Engine({})
+    eng.assoc.presence.note_heartbeats(ids, lat, lon, T0, ready=np.arange(len(ids)) % 5 != 0,
+                                       every_s=np.full(len(ids), 600.0))
+    d = distance_km(lat[7], lon[7], lat, lon)
+    city = [7] + [int(i) for i in np.argsort(d)[1:300] if d[i] > 3.2][:2]
+    far = [Device(f"far{k}", LAT0 + 8.0 + 0.05 * k, LON0 + 8.0 - 0.04 * k) for k in range(3)]
+    for group in ([_report(Device(ids[i], lat[i], lon[i]), T0 + 29.0 + 0.1 * k) for k, i in enumerate(city)],
+                  [_report(dv, T0 + 29.0 + 0.3 * k) for k, dv in enumerate(far)]):
+        near = eng.assoc._locate(group, T0 + 31.0, exclude={g.device_id for g in group})
+        real = ev_mod.box_around
+        ev_mod.box_around = lambda *a: None  # every row
+        try:
+            full = eng.assoc._locate(group, T0 + 31.0, exclude={g.device_id for g in group})
+        finally:
+            ev_mod.box_around = real
+        assert (near.latitude, near.longitude, near.depth_km, near.origin_time_s, near.n_silent_violations) == (
+            full.latitude, full.longitude, full.depth_km, full.origin_time_s, full.n_silent_violations)

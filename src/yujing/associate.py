@@ -38,7 +38,7 @@ import numpy as np
 from .event import Event
 from .evidence import REPORT_DELAY_SAMPLES, RETRACT_FRACTION_FACTOR, PoolColumns, SilenceEvidence
 from .geo import distance_km
-from .locate import Location, locate
+from .locate import Location, locate, search_centre
 from .nucleate import NEW_EVENT_TRIES, NewEvents
 from .presence import Presence
 from .records import Device, EventUpdate, Trigger
@@ -292,7 +292,9 @@ class Associator(SilenceEvidence, NewEvents):
     def _locate(self, trigs, now_s: float, exclude: set[str] = frozenset(), **search) -> Location:
         """Locate from the triggers' onsets, with the silent live devices as evidence.
         ``trigs`` should be at most ``MAX_LOCATE_PICKS`` long (see ``_locate_set``)."""
-        slat, slon, seen, phone = self._silent(now_s, self._busy() | exclude)
+        centre = search.get("center") or search_centre([t.latitude for t in trigs], [t.longitude for t in trigs],
+                                                       [t.onset_time_s for t in trigs], [t.late_onset for t in trigs])
+        slat, slon, seen, phone = self._silent_near(now_s, self._busy() | exclude, centre)
         return locate(
             [t.latitude for t in trigs],
             [t.longitude for t in trigs],

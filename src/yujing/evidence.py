@@ -13,7 +13,7 @@ from collections import deque
 import numpy as np
 
 from .geo import KM_PER_DEG, distance_km
-from .locate import Location
+from .locate import MAX_SILENT, Location
 from .presence import Presence, box_around
 from .records import Trigger
 from .settings import Settings
@@ -30,6 +30,9 @@ HULL_FRACTION_FACTOR = 0.5
 #: times min_triggered_fraction; a new group whose fraction would fall there, were the
 #: phones around that are not yet due all to stay quiet, waits for them (nucleate.py)
 RETRACT_FRACTION_FACTOR = 0.5
+#: The locator's silent devices are read from a box of this radius (km) around its search
+#: centre when its MAX_SILENT nearest lie inside it (SilenceEvidence._silent_near)
+NEAR_SILENT_KM = 100.0
 
 
 class SilenceEvidence:
@@ -48,6 +51,21 @@ class SilenceEvidence:
         """Live devices not in ``busy``: their positions, the time up to which each is
         known to have stayed quiet, and which are phones."""
         return self.presence.silent(now_s, busy, self.s.picker.warmup_s, self._report_delay(), kinds=True)
+
+    def _silent_near(self, now_s: float, busy: set[str], centre: tuple[float, float]):
+        """:meth:`_silent` as the locator uses it (only the ``MAX_SILENT`` nearest the
+        search ``centre`` count): when those lie within ``NEAR_SILENT_KM``, the devices
+        read from a box around the centre, which holds them all; else every device. The
+        same nearest devices either way, read from a few thousand rows rather than a
+        million (27 ms a locate, and the search for the nearest as much again)."""
+        box = box_around(centre[0], centre[1], NEAR_SILENT_KM)
+        if box is not None:
+            got = self.presence.silent(now_s, busy, self.s.picker.warmup_s, self._report_delay(), kinds=True, box=box)
+            if len(got[0]) > MAX_SILENT:
+                d = distance_km(centre[0], centre[1], got[0], got[1])
+                if float(np.partition(d, MAX_SILENT - 1)[MAX_SILENT - 1]) < NEAR_SILENT_KM:
+                    return got
+        return self._silent(now_s, busy)
 
     def _report_delay(self) -> float:
         """How long a trigger takes from its onset to the engine (s): a device that sends

@@ -313,6 +313,18 @@ def _nearest(lat0: float, lon0: float, lat: np.ndarray, lon: np.ndarray, k: int)
     return inside[np.argsort(d, kind="stable")[:k]]
 
 
+def search_centre(picks_lat, picks_lon, picks_t, picks_late=None) -> tuple[float, float]:
+    """Where :func:`locate` centres its search when given no ``center`` (degrees): the
+    first three timed picks' places, the earliest weighted most (late onsets left out
+    unless every pick is late). Its ``MAX_SILENT`` silent devices are the nearest to it."""
+    plat = np.asarray(picks_lat, dtype=float)
+    plon = np.asarray(picks_lon, dtype=float)
+    pt = np.asarray(picks_t, dtype=float)
+    late = np.zeros(len(pt), dtype=bool) if picks_late is None else np.asarray(picks_late, dtype=bool)
+    timed = ~late if late.any() and not late.all() else slice(None)
+    return _search_centre(plat[timed], plon[timed], pt[timed])
+
+
 def _search_centre(plat, plon, pt) -> tuple[float, float]:
     """Default search centre: the first three picks' places, the earliest weighted most."""
     first = np.argsort(pt)[: min(3, len(pt))]
@@ -364,8 +376,7 @@ def locate(
     if silent_phone is not None:
         pen[np.asarray(silent_phone, dtype=bool)] = PHONE_SILENT_PENALTY
     if center is None:
-        timed = ~late if late.any() and not late.all() else slice(None)
-        center = _search_centre(plat[timed], plon[timed], pt[timed])
+        center = search_centre(plat, plon, pt, late)
     if len(slat) > MAX_SILENT:
         near = _nearest(center[0], center[1], slat, slon, MAX_SILENT)
         slat, slon, seen, pen = slat[near], slon[near], seen[near], pen[near]
