@@ -411,8 +411,17 @@ def test_a_heartbeats_declared_period_reaches_the_engine_and_starts_its_settling
     svc.receive(*sign("hb", protocol.HeartbeatMsg(device="p2", cell=cell, sent_s=1000.0)), 1000.2)
     svc.process_queue()
     assert pres.since_s == 1000.1 and pres.n == 0  # heard, not yet fed
+    assert pres.settling(1000.2, 10.0)  # nobody known yet
     clock.t_s = 1000.25
     svc.fire_timer()
     assert pres.n == 2
     assert pres.window[pres.index["p1"]] == 900.0 and pres.window[pres.index["p2"]] == 90.0
-    assert pres.settling(1010.0, 10.0) and not pres.settling(1010.2, 10.0)
+    # still checking in while phones join (both joined within the last second), settled
+    # once a second passes without new ones, and in any case settle_s after the first
+    assert pres.settling(1000.5, 10.0) and not pres.settling(1001.5, 10.0)
+    for k in range(3, 40):
+        svc.receive(*sign("hb", protocol.HeartbeatMsg(device=f"p{k}", cell=cell, sent_s=1000.0 + k / 4)), 1000.0 + k / 4)
+        svc.process_queue()
+        clock.t_s = 1000.05 + k / 4
+        svc.fire_timer()
+        assert pres.settling(clock.t_s, 10.0) == (clock.t_s - 1000.1 < 10.0), k

@@ -7,6 +7,7 @@ associator asks it which devices should have triggered and did not."""
 from __future__ import annotations
 
 import math
+from collections import deque
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .geo import KM_PER_DEG
 HEARTBEAT_WINDOW_PERIODS = 1.5
 #: the window of a phone that declares no period (the protocol's default, a minute)
 HEARTBEAT_WINDOW_S = HEARTBEAT_WINDOW_PERIODS * 60.0
+#: after a (re)start, phones have checked in once fewer new ones than this share of those
+#: known joined in the last second (Presence.settling)
+SETTLED_GROWTH = 0.01
 
 
 class Presence:
@@ -41,6 +45,7 @@ class Presence:
         self.heartbeat = np.zeros(cap, dtype=bool)
         self.window = np.full(cap, HEARTBEAT_WINDOW_S)  # s a phone stays online after a heartbeat
         self.since_s: float | None = None  # when this engine first heard a phone's heartbeat
+        self._joined: deque[tuple[float, int]] = deque()  # (time, phones new then), the last second's
 
     def _slot(self, device_id: str) -> int:
         i = self.index.get(device_id)
@@ -87,6 +92,8 @@ class Presence:
         self.started[idx] = np.minimum(self.started[idx], time_s)
         if len(idx):
             self.heard(time_s)
+        if len(new):
+            self._joined.append((float(time_s), len(new)))
 
     def heard(self, time_s: float) -> None:
         """A phone's heartbeat reached the server at ``time_s`` (the live service says so on
@@ -95,11 +102,21 @@ class Presence:
             self.since_s = float(time_s)
 
     def settling(self, now_s: float, settle_s: float) -> bool:
-        """True within ``settle_s`` of the first heartbeat this engine heard: after a start
-        or restart, phones are still checking in (each that (re)connects sends one), so the
-        silence around a place is not yet known. An engine that hears no heartbeats at all
-        (sensors, trigger-only replays) has no phone presence to wait for."""
-        return self.since_s is not None and now_s - self.since_s < settle_s
+        """True while phones are still checking in after the first heartbeat this engine
+        heard (a start or restart: each phone that (re)connects sends one), so that the
+        silence around a place is not yet known: within ``settle_s`` of it, unless the
+        roll call has stopped growing (fewer new phones in the last second than
+        ``SETTLED_GROWTH`` of those known; a dashboard replay sends its minute of
+        heartbeats at once). An engine that hears no heartbeats at all (sensors,
+        trigger-only replays) has no phone presence to wait for."""
+        if self.since_s is None or now_s - self.since_s >= settle_s:
+            return False
+        if self.n == 0:
+            return True  # heard, not yet fed: nobody is known
+        j = self._joined
+        while j and j[0][0] < now_s - 1.0:
+            j.popleft()
+        return sum(k for _, k in j) > SETTLED_GROWTH * self.n
 
     def is_stream(self, device_id: str) -> bool:
         """A device known by its packets (a fixed sensor streaming), not a phone."""

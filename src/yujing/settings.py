@@ -72,10 +72,11 @@ class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         "(arrival - onset).")] = 2.5
     presence_settle_s: Annotated[float, _d(
         "After the first heartbeat the engine hears (a start, a restart), events seen "
-        "only by phones wait this long: every phone that (re)connects sends a heartbeat "
-        "(docs/protocol.md), and until they have, the quiet phones whose silence refuses "
-        "chance groups of false triggers are unknown. Sensors that stream are known "
-        "within seconds and do not wait. 0: no wait.")] = 10.0
+        "only by phones wait at most this long: every phone that (re)connects sends a "
+        "heartbeat (docs/protocol.md), and until they have, the quiet phones whose silence "
+        "refuses chance groups of false triggers are unknown. The wait ends sooner once "
+        "fewer than 1 % new phones a second join. Sensors that stream are known within "
+        "seconds and do not wait. 0: no wait.")] = 10.0
     candidate_ttl_s: Annotated[float, _d("Unassociated triggers are forgotten after this long.")] = 60.0
     event_ttl_s: Annotated[float, _d("An event stops being updated this long after its origin time.")] = 240.0
     new_device_s: Annotated[float, _d(
