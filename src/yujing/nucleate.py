@@ -120,8 +120,9 @@ class NewEvents:
             p = cand[k]
             # the smallest group that can stand (min_devices sites): a larger one reaches
             # past the quake's own triggers to false ones far away while few have arrived,
-            # and one false pick 30 s early can carry the origin time and the epicentre
-            if len(group) >= NEW_EVENT_PICKS or self._n_sites(group) >= a.min_devices:
+            # and one false pick 30 s early can carry the origin time and the epicentre.
+            # (Members lie at distinct sites, below: their number is the sites'.)
+            if len(group) >= NEW_EVENT_PICKS or len(group) >= a.min_devices:
                 break
             if p.device_id in ids:
                 continue
@@ -135,7 +136,7 @@ class NewEvents:
             if self._consistent_with(p, group).all():
                 group.append(p)
                 ids.add(p.device_id)
-        if len(group) < a.min_devices or self._n_sites(group) < a.min_devices:
+        if len(group) < a.min_devices:
             return [], group
         sig = self.s.locate.pick_sigma_s
         # only when every member must fit (below): a member that may be left out as an

@@ -610,8 +610,7 @@ class Service:
         self._note_region(msg.cell)
         self.registry.seen(msg.device, msg.cell, arr).clock_offset(msg.sent_s, arr, bool(msg.sig))
         lat, lon = protocol.cell_centre(msg.cell)
-        if not self._hb:
-            self._presence.heard(arr)
+        self._presence.heard(arr)  # the first starts a cold start's settling time
         self._hb.append((msg.device, lat, lon, arr, msg.ready, msg.every_s))
         self.stats.accepted["hb"] += 1
 

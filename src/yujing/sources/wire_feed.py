@@ -70,8 +70,8 @@ def scenario_wire(net: SimulatedNetwork, heartbeats: bool = True, time_shift_s: 
     wire = _wire_of(signer)
     cells: dict[tuple[float, float], str] = {}
     dt = time_shift_s
-    # the phones' declared period, within what the protocol allows (the load generator's
-    # network asks for one beat in its window, longer than any phone would wait)
+    # the phones' declared period, within what the protocol allows (a simulator setting
+    # may lie outside it)
     lo, hi = protocol.HEARTBEAT_EVERY_RANGE_S
     every = min(max(float(net.settings.heartbeat_interval_s), lo), hi)
     for m in net.messages(heartbeats="each" if heartbeats else "none"):
