@@ -482,25 +482,33 @@ def test_a_worker_killed_mid_quake_is_taken_over(cluster, luding):
         js = nc.jetstream(timeout=5)
         await _publish_scripted(js, msgs[:cut])
         await _wait(lambda: _caught_up([a, b], cut), 60, "workers through the first part")
-        await _wait(lambda: any(x.kind == "alert" for x in a.announced), 10, "a's first alert",
-                    why=lambda: _who_announced(a, b))
-        await a.crash()
+        alerted = lambda w: any(x.kind == "alert" for x in w.announced)  # noqa: E731
+        await _wait(lambda: alerted(a) or alerted(b), 10, "a first alert", why=lambda: _who_announced(a, b))
+        # Usually a, the owner of the epicentre's region, announces; but b's shard claims
+        # after defer_s of its own engine time, and with the stream published at full speed
+        # a's shard can lag b's by that much (CI, 2026-12-06). Either way one worker
+        # announces, and the test kills that one.
+        assert alerted(a) != alerted(b), _who_announced(a, b)
+        dead, heir = (a, b) if alerted(a) else (b, a)
+        await dead.crash()
         t0 = time.monotonic()
-        took = await _wait(lambda: REGION_EPI in b.owned, 15, "b taking a's region")
-        over = await _wait(lambda: any(x.kind == "alert" for x in b.announced), 15, "b announcing") + took
+        took = await _wait(lambda: set(dead.cfg.home_regions) <= set(heir.owned), 15,
+                           f"{heir.cfg.worker_id} taking {dead.cfg.worker_id}'s regions")
+        over = await _wait(lambda: alerted(heir), 15, f"{heir.cfg.worker_id} announcing") + took
         await _publish_scripted(js, msgs[cut:])
-        await _wait(lambda: _caught_up([b], len(msgs)), 60, "b through the rest")
+        await _wait(lambda: _caught_up([heir], len(msgs)), 60, f"{heir.cfg.worker_id} through the rest")
         await asyncio.sleep(1.0)
         ev, al = await _announced(js)
-        print(f"\nworker a killed {msgs[cut][0] - sc.origin_time_s:.1f} s after origin (message time): b holds its region "
-              f"after {took:.2f} s, announces (same ids) after {over:.2f} s; shards of b: "
-              f"{[(s.name, sorted(s.regions), s.fed) for s in b.shards]}; alerts {[(x.version, x.msg_type) for x in al]}")
+        print(f"\nworker {dead.cfg.worker_id} killed {msgs[cut][0] - sc.origin_time_s:.1f} s after origin (message time): "
+              f"{heir.cfg.worker_id} holds its regions after {took:.2f} s, announces (same ids) after {over:.2f} s; "
+              f"shards of {heir.cfg.worker_id}: {[(s.name, sorted(s.regions), s.fed) for s in heir.shards]}; "
+              f"alerts {[(x.version, x.msg_type) for x in al]}")
         _assert_once(ev, al, sc)
-        assert any(x.kind == "alert" for x in a.announced) and any(x.kind == "alert" for x in b.announced)
+        assert alerted(dead) and alerted(heir)
         assert {x.obj.alert_id for x in a.announced + b.announced if x.kind == "alert"} == {al[0].alert_id}
-        _no_errors(b)
+        _no_errors(heir)
         assert time.monotonic() - t0 < 60
-        await b.stop()
+        await heir.stop()
         await nc.close()
 
     run_bounded(go, 180)
