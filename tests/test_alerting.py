@@ -402,3 +402,31 @@ def test_cell_centre_cache_is_right_across_resets_and_threads():
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("model", ["bssa14", "bchydro_interface", "bchydro_intraslab"])
+def test_the_tier_map_is_the_same_as_over_the_whole_reach(model, tmp_path, monkeypatch):
+    """tier_map evaluates only the disk within which a site can forecast be_aware (a
+    radial profile at the softest site): the same cells, tiers and MMI as evaluating every
+    cell out to reach_km, for magnitudes from the alert floor to M9, shallow and deep,
+    and with a Vs30 grid of soft spots far out."""
+    import yujing.alerting as al
+    from yujing.sitegrid import Vs30Grid
+
+    rng = np.random.default_rng(3)
+    pts = rng.uniform([-6, -6], [6, 6], (400, 2)) + [LAT, LON]
+    path = tmp_path / "vs30.csv"
+    path.write_text("latitude,longitude,vs30_m_s\n" + "".join(f"{a},{b},{v}\n" for (a, b), v in zip(pts, rng.uniform(120, 900, 400))))
+    grid = Vs30Grid.from_csv(path, max_distance_km=30.0)
+    for vs in (None, grid):
+        p = AlertPolicy(model=model, vs30_grid=vs)
+        for m in (4.6, 5.5, 6.5, 7.3, 7.9, 8.6, 9.0):
+            for depth in (8.0, 60.0):
+                u = upd(1, m, depth=depth)
+                got = p.tier_map(u)
+                with monkeypatch.context() as mp:
+                    mp.setattr(al.AlertPolicy, "_aware_radius_km", lambda self, u, model: al.reach_km(u.magnitude))
+                    want = p.tier_map(u)
+                assert np.array_equal(got.cells_int, want.cells_int), (model, vs is not None, m, depth)
+                assert np.array_equal(got.tier, want.tier) and np.array_equal(got.mmi, want.mmi)
+                assert len(got.cells_int) > 0 or m < 5.0  # (an M4.6 under BC Hydro alerts no cell)

@@ -69,8 +69,8 @@ from h3.api import numpy_int as h3n
 
 from .records import Alert, AlertTier, EventUpdate
 from .settings import AlertSettings
-from .geo import distance_km
-from .shaking import choose_model, forecast, forecast_site
+from .geo import KM_PER_DEG, distance_km
+from .shaking import _strike_averaged_table, choose_model, forecast, forecast_site
 from .traveltime import default_table
 
 TIERS = ("be_aware", "take_action")
@@ -152,6 +152,10 @@ class CellCentres:
 
 #: shared by every policy in the process (cell centres never change)
 CENTRES = CellCentres()
+
+
+#: points of the radial forecast profile that bounds the cells an update evaluates
+PROFILE_POINTS = 256
 
 
 def reach_km(magnitude: float) -> float:
@@ -249,12 +253,14 @@ class AlertPolicy:
 
     def warm(self, latitude: float, longitude: float, radius_km: float = 900.0) -> int:
         """Compute ahead the cell centres an alert near this point could need (up to
-        ``radius_km``, the reach of an M8), so the first alert there does not pay for them."""
+        ``radius_km``, the reach of an M8), so the first alert there does not pay for them
+        (nor for the finite-fault table, 40-60 ms once per process)."""
+        _strike_averaged_table()
         return CENTRES.warm(latitude, longitude, radius_km, self.s.h3_resolution)
 
     def tier_map(self, u: EventUpdate) -> TierMap:
         model = self.model or choose_model(u.latitude, u.longitude, u.depth_km)
-        cells = _disk_cells(u.latitude, u.longitude, reach_km(u.magnitude), self.s.h3_resolution)
+        cells = _disk_cells(u.latitude, u.longitude, self._aware_radius_km(u, model), self.s.h3_resolution)
         lat, lon = CENTRES.get(cells)
         vs30 = self.vs30_grid.vs30_at(lat, lon) if self.vs30_grid is not None else self.s.vs30_m_s
         sh = forecast(u.latitude, u.longitude, u.depth_km, u.magnitude, lat, lon, vs30=vs30, model=model)
@@ -263,6 +269,28 @@ class AlertPolicy:
         tier[sh.mmi >= self.s.take_action_mmi] = 1
         keep = tier >= 0
         return TierMap(cells_int=cells[keep], mmi=sh.mmi[keep], tier=tier[keep])
+
+    def _aware_radius_km(self, u: EventUpdate, model: str) -> float:
+        """How far (km) any site can forecast ``be_aware_mmi``: the forecast on a radial
+        profile out to :func:`reach_km`, with the lowest Vs30 any cell can have (the most
+        amplified site), to the first profile point below the tier. The forecast falls
+        with distance, so no cell beyond can reach a tier: evaluating only the disk within
+        saves ~40 % of the cells of an M7.5-8 (reach 670-900 km, aware to 510-650 km), on
+        the alert path of every update."""
+        reach = reach_km(u.magnitude)
+        r = np.linspace(0.0, reach, PROFILE_POINTS)
+        lat = u.latitude + r / KM_PER_DEG  # due north: the forecast depends on the distance only
+        if lat[-1] >= 89.0:
+            return reach
+        vs30 = self.s.vs30_m_s if self.vs30_grid is None else self.vs30_grid.min_vs30_m_s()
+        mmi = forecast(u.latitude, u.longitude, u.depth_km, u.magnitude, lat, np.full(len(r), u.longitude),
+                       vs30=vs30, model=model).mmi
+        below = np.flatnonzero(mmi < self.s.be_aware_mmi)
+        if not len(below):
+            return reach
+        # the first point below, plus a step: the profile's own distances are geodesic,
+        # the disk's are from the centre cell (_disk_cells pads by its ring count)
+        return float(min(reach, r[below[0]] + reach / (PROFILE_POINTS - 1)))
 
     @property
     def hold_s(self) -> float:

@@ -38,6 +38,11 @@ class Vs30Grid:
         self.default_m_s = default_m_s
         self.max_distance_km = max_distance_km
 
+    def min_vs30_m_s(self) -> float:
+        """The lowest Vs30 any place can get from this grid (m/s): its softest point or
+        the default, whichever is lower (the most amplified site, for bounds)."""
+        return float(min(self._vs.min(), self.default_m_s))
+
     def _xy(self, lat, lon):
         c = math.cos(math.radians(self._ref_lat))
         return np.column_stack([np.asarray(lat) * KM_PER_DEG, np.asarray(lon) * KM_PER_DEG * c])
