@@ -602,11 +602,18 @@ def test_the_silence_around_a_place_read_from_a_box_is_the_same():
     p = Presence()
     p.note_heartbeats(ids, lat, lon, T0, ready=np.arange(len(ids)) % 7 != 0, every_s=np.full(len(ids), 600.0))
     busy = {ids[i] for i in range(0, 20_000, 13)}
-    for (la, lo, r) in [(LAT0, LON0, 40.0), (LAT0 + 1.0, LON0 - 2.0, 150.0), (LAT0 - 2.9, LON0 + 2.9, 5.0)]:
-        full = p.silent(T0 + 30.0, busy, 30.0, kinds=True)
-        part = p.silent(T0 + 30.0, busy, 30.0, kinds=True, box=box_around(la, lo, r))
-        within = lambda got: set(zip(*(np.asarray(x)[distance_km(la, lo, got[0], got[1]) < r].tolist() for x in got)))  # noqa: E731
-        assert within(full) == within(part) and len(within(full)) > 0
+    # a burst's busy set: more ids than a box holds rows (then each row is asked), some unknown
+    burst = {ids[i] for i in range(0, 20_000, 2)} | {f"unknown{k}" for k in range(500)}
+    for b in (busy, burst):
+        for (la, lo, r) in [(LAT0, LON0, 40.0), (LAT0 + 1.0, LON0 - 2.0, 150.0), (LAT0 - 2.9, LON0 + 2.9, 5.0)]:
+            full = p.silent(T0 + 30.0, b, 30.0, kinds=True)
+            part = p.silent(T0 + 30.0, b, 30.0, kinds=True, box=box_around(la, lo, r))
+            within = lambda got: set(zip(*(np.asarray(x)[distance_km(la, lo, got[0], got[1]) < r].tolist() for x in got)))  # noqa: E731
+            assert within(full) == within(part) and (len(within(full)) > 0 or (b is burst and r < 10))
+            # and as many as a plain count of the live, not busy phones within r
+            near = distance_km(la, lo, lat, lon) < r
+            want = sum(1 for i in np.flatnonzero(near).tolist() if i % 7 != 0 and ids[i] not in b)
+            assert int((distance_km(la, lo, part[0], part[1]) < r).sum()) == want
     assert box_around(88.5, 0.0, 100.0) is None and box_around(0.0, 179.5, 100.0) is None
     # the terms of a candidate, as the engine computes them, from the box and from all rows
     eng = Engine({})
@@ -649,3 +656,58 @@ def test_the_locators_silent_devices_read_near_its_centre_give_the_same_location
             ev_mod.box_around = real
         assert (near.latitude, near.longitude, near.depth_km, near.origin_time_s, near.n_silent_violations) == (
             full.latitude, full.longitude, full.depth_km, full.origin_time_s, full.n_silent_violations)
+
+
+def test_a_large_event_is_sized_from_an_even_spread_of_its_devices():
+    """An event of 8,000 phones is sized from ``MAX_SIZE_DEVICES`` of them (the alert path
+    solved the magnitude over a burst's 45,000 every step): an even spread in the order
+    they joined, near and far, each with all its phases, the same set every time; and the
+    magnitude within 0.05 of the one solved over every device."""
+    from yujing.associate import MAX_SIZE_DEVICES, Associator
+    from yujing.event import Event
+    from yujing.locate import Location
+    from yujing.magnitude import local_magnitude
+    from yujing.sizing import size_event
+
+    rng = np.random.default_rng(11)
+    n, depth, m_true = 8_000, 10.0, 6.2
+    r = 150.0 * np.sqrt(rng.uniform(0.0, 1.0, n))
+    az = rng.uniform(0.0, 2 * np.pi, n)
+    lat = LAT0 + r * np.cos(az) / KM_PER_DEG
+    lon = LON0 + r * np.sin(az) / (KM_PER_DEG * np.cos(np.radians(LAT0)))
+    tab = default_table()
+    tp = T0 + tab.p_time_s(r, depth)
+    hypo = np.hypot(r, depth)
+    # the amplitude of an M6.2 at each distance (ML's attenuation), scattered by 0.3 units,
+    # read over a minute: complete
+    wa = 10.0 ** (m_true - local_magnitude(1.0, hypo) + rng.normal(0.0, 0.3, n))
+    order = np.argsort(tp)
+    picks, later = {}, {}
+    for i in order.tolist():
+        t = Trigger(device_id=f"p{i}", latitude=float(lat[i]), longitude=float(lon[i]), onset_time_s=float(tp[i]),
+                    issued_at_s=float(tp[i]) + 60.0, window_s=60.0, pga_gal=5.0, pgv_cm_s=0.1, pd_cm=0.0,
+                    wa_horizontal_nm=float(wa[i]), wa_vertical_nm=float(wa[i]) / 2, noise_wa_nm=1.0)
+        picks[t.device_id] = t
+        if i % 3 == 0:  # a later phase with a somewhat larger amplitude
+            later[t.device_id] = msgspec.structs.replace(t, onset_time_s=t.onset_time_s + 5.0,
+                                                         wa_horizontal_nm=float(wa[i]) * 1.2)
+    loc = Location(latitude=LAT0, longitude=LON0, depth_km=depth, origin_time_s=T0, misfit=0.0, rms_s=0.1,
+                   horizontal_error_km=1.0, is_s=np.zeros(0, bool), residual_s=np.zeros(0), n_silent_violations=0)
+    ev = Event("yjT", loc, picks, later)
+    chosen = Associator._size_set(ev)
+    devices = {t.device_id for t in chosen}
+    assert len(devices) == MAX_SIZE_DEVICES
+    assert chosen == Associator._size_set(ev)
+    # each chosen device with all its phases
+    assert len(chosen) == MAX_SIZE_DEVICES + sum(d in later for d in devices)
+    assert all((d in later) == any(t is later.get(d) for t in chosen) for d in devices)
+    # near and far, evenly: the chosen distances' quartiles match all devices'
+    rr = np.array([r[int(d[1:])] for d in devices])
+    assert np.allclose(np.percentile(rr, [10, 50, 90]), np.percentile(r, [10, 50, 90]), rtol=0.08)
+    m_all, _ = size_event(loc, list(picks.values()) + list(later.values()), 2.0, float("nan"))
+    m_sub, _ = size_event(loc, chosen, 2.0, float("nan"))
+    assert abs(m_all - m_true) < 0.3, m_all
+    assert abs(m_sub - m_all) < 0.05, (m_sub, m_all)
+    # a small event is sized from everything it has
+    small = Event("yjS", loc, dict(list(picks.items())[:500]), {})
+    assert Associator._size_set(small) == list(small.picks.values())

@@ -61,6 +61,11 @@ RELOCATE_LARGE_S = 1.0
 RESIZE_LARGE_S = 1.0
 #: picks used to locate a large event: the earliest half and an even spread of the rest
 MAX_LOCATE_PICKS = 40
+#: devices an event is sized from: a larger event's are an even spread of them in the
+#: order they joined (the order of P arrival, so of distance). The magnitude is a
+#: network average whose spread over 2,000 devices is ~0.01 units; solving it over the
+#: 45,000 of a burst took 100-200 ms a step, on the alert path
+MAX_SIZE_DEVICES = 2000
 #: an update is issued when the epicentre moves this far or the depth this much
 LOC_STEP_KM = 2.0
 DEPTH_STEP_KM = 10.0
@@ -339,8 +344,23 @@ class Associator(SilenceEvidence, NewEvents):
         ev.dirty_location = False
 
 
+    @staticmethod
+    def _size_set(ev: Event) -> list[Trigger]:
+        """The triggers an event is sized from: every P pick and later phase of at most
+        ``MAX_SIZE_DEVICES`` devices, spread evenly over the order they joined."""
+        picks, later = ev.picks, ev.later
+        if len(picks) + len(later) <= MAX_SIZE_DEVICES:
+            return list(picks.values()) + list(later.values())
+        ids = list(picks) + [d for d in later if d not in picks]
+        if len(ids) > MAX_SIZE_DEVICES:
+            step = len(ids) / MAX_SIZE_DEVICES
+            ids = [ids[int(i * step)] for i in range(MAX_SIZE_DEVICES)]
+        out = [picks[d] for d in ids if d in picks]
+        out += [later[d] for d in ids if d in later]
+        return out
+
     def _magnitude(self, ev: Event, now_s: float):
-        trs = list(ev.picks.values()) + list(ev.later.values())
+        trs = self._size_set(ev)
         a = self.s.associate
         if self.is_new is not None and a.new_device_s > 0:
             # new devices do not size an event their elders can size: fakes enrolled an

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from itertools import repeat
 
 import numpy as np
 
@@ -148,13 +149,20 @@ class Presence:
         phone_ok = hb & (now_s - last <= window)
         ok = stream_ok | phone_ok
         if busy:
-            found = [i for i in map(self.index.get, busy) if i is not None]
-            if rows is None:
-                ok[found] = False
-            elif found and len(rows):
-                taken = np.zeros(n, dtype=bool)
-                taken[found] = True
-                ok &= ~taken[rows]
+            if rows is not None and len(rows) < len(busy):
+                # a quake's burst makes tens of thousands of devices busy, and a box holds
+                # a few thousand rows: ask each row rather than look up every busy id
+                ids = self.ids
+                ok &= np.fromiter((ids[r] not in busy for r in rows.tolist()), bool, len(rows))
+            else:
+                found = np.fromiter(map(self.index.get, busy, repeat(-1)), np.int64, len(busy))
+                found = found[found >= 0]
+                if rows is None:
+                    ok[found] = False
+                elif len(found) and len(rows):
+                    taken = np.zeros(n, dtype=bool)
+                    taken[found] = True
+                    ok &= ~taken[rows]
         seen = np.where(hb, now_s - report_delay_s, last)
         if kinds:
             return lat[ok], lon[ok], seen[ok], hb[ok]
