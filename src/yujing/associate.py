@@ -497,8 +497,15 @@ class Associator(SilenceEvidence, NewEvents):
 
     # clock ----------------------------------------------------------------------------
     def tick(self, now_s: float) -> list[EventUpdate]:
-        """Time-driven work: close old events, retract events whose support collapsed."""
-        out = self._end_of_step(now_s)
+        """Time-driven work: the open events' (:meth:`tick_events`), then new events from
+        the step's pooled triggers (:meth:`tick_new`)."""
+        return self.tick_events(now_s) + self.tick_new(now_s)
+
+    def tick_events(self, now_s: float) -> list[EventUpdate]:
+        """The open events' time-driven work: refresh the ones that wait for the step's
+        end, close old ones, retract those whose support collapsed. What an alert follows,
+        so it comes before the new-event tries (tens of ms each, dozens a step in a
+        burst), and a live service publishes it before running them."""
         a = self.s.associate
         # forget finished events once no late trigger can concern them any more
         self.events = [
@@ -507,38 +514,55 @@ class Associator(SilenceEvidence, NewEvents):
         if len(self._sized) > len(self.events):
             keep = {e.event_id for e in self.events}
             self._sized = {k: v for k, v in self._sized.items() if k in keep}
+        out: list[EventUpdate] = []
         for ev in self._open_events():
-            age = now_s - ev.location.origin_time_s
-            if age > a.event_ttl_s:
-                out.extend(self._close(ev, now_s))
-                continue
-            if ev.dirty and self._resize_due(ev, now_s):
-                out.extend(self._refresh(ev, now_s))
-            # A young event with few picks is re-checked against the devices that have
-            # stayed silent since. The check's location is not adopted: with three or four
-            # picks a relocation driven by silence alone can wander off; picks joining
-            # are what move an event.
-            if len(ev.picks) <= a.min_devices + 1 and age < 60.0 and ev.last is not None:
-                if now_s >= ev.next_check_s:
-                    ev.next_check_s = now_s + 2.0
-                    old = ev.location
-                    check = self._locate(
-                        self._locate_set(list(ev.picks.values())),
-                        now_s,
-                        center=(old.latitude, old.longitude),
-                        half_km=max(60.0, 3 * old.horizontal_error_km),
-                    )
-                    n_p = len(ev.picks)
-                    frac = self._triggered_fraction(check, list(ev.picks.values()), now_s)
-                    if check.n_silent_violations > max(2, n_p) or frac < RETRACT_FRACTION_FACTOR * a.min_triggered_fraction:
-                        ev.retracted = True
-                        ev.version += 1
-                        last = ev.last
-                        upd = msgspec.structs.replace(last, version=ev.version, issued_at_s=now_s, retracted=True)
-                        ev.last = upd
-                        out.append(upd)
-                    else:
-                        out.extend(self._refresh(ev, now_s))
+            out.extend(self._tick_event(ev, now_s))
+        return out
+
+    def tick_new(self, now_s: float) -> list[EventUpdate]:
+        """New events from the triggers pooled in the step (:meth:`~yujing.nucleate.NewEvents._end_of_step`),
+        and the first time-driven check of the events they made."""
+        before = {id(e) for e in self.events}
+        out = self._end_of_step(now_s)
+        for ev in self._open_events():
+            if id(ev) not in before:
+                out.extend(self._tick_event(ev, now_s))
+        return out
+
+    def _tick_event(self, ev: Event, now_s: float) -> list[EventUpdate]:
+        a = self.s.associate
+        out: list[EventUpdate] = []
+        age = now_s - ev.location.origin_time_s
+        if age > a.event_ttl_s:
+            out.extend(self._close(ev, now_s))
+            return out
+        if ev.dirty and self._resize_due(ev, now_s):
+            out.extend(self._refresh(ev, now_s))
+        # A young event with few picks is re-checked against the devices that have
+        # stayed silent since. The check's location is not adopted: with three or four
+        # picks a relocation driven by silence alone can wander off; picks joining
+        # are what move an event.
+        if len(ev.picks) <= a.min_devices + 1 and age < 60.0 and ev.last is not None:
+            if now_s >= ev.next_check_s:
+                ev.next_check_s = now_s + 2.0
+                old = ev.location
+                check = self._locate(
+                    self._locate_set(list(ev.picks.values())),
+                    now_s,
+                    center=(old.latitude, old.longitude),
+                    half_km=max(60.0, 3 * old.horizontal_error_km),
+                )
+                n_p = len(ev.picks)
+                frac = self._triggered_fraction(check, list(ev.picks.values()), now_s)
+                if check.n_silent_violations > max(2, n_p) or frac < RETRACT_FRACTION_FACTOR * a.min_triggered_fraction:
+                    ev.retracted = True
+                    ev.version += 1
+                    last = ev.last
+                    upd = msgspec.structs.replace(last, version=ev.version, issued_at_s=now_s, retracted=True)
+                    ev.last = upd
+                    out.append(upd)
+                else:
+                    out.extend(self._refresh(ev, now_s))
         return out
 
 

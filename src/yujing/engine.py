@@ -55,6 +55,10 @@ class Engine:
         self.n_packets = 0
         self.n_triggers = 0
         self.triggers: list[Trigger] = []  # first triggers (update 0), for reports
+        #: a live service sets this: each step's new-event tries are left for
+        #: :meth:`tick_new`, which it calls once it has published the step's updates
+        self.split_ticks = False
+        self._tries_at: float | None = None
 
     # input ----------------------------------------------------------------------------
     def feed(self, packet: Packet) -> list[EventUpdate]:
@@ -82,6 +86,7 @@ class Engine:
             self._step_open = True
             self.n_triggers += 1
             self.triggers.append(trig)
+            out += self.tick_new()  # (split_ticks) the closed step's tries come first
             return out + self.assoc.add(trig, trig.issued_at_s)
         self._pending.append(trig)
         return out
@@ -99,7 +104,8 @@ class Engine:
         errors: list = []
 
         def add_batch(seg):
-            got = self.assoc.add_batch(seg, errors)
+            got = self.tick_new()  # (split_ticks) the closed step's tries come first
+            got += self.assoc.add_batch(seg, errors)
             for trig, exc in errors:
                 # one trigger's association failed (a bug): counted, the batch goes on
                 self.rejects.add("engine_error", trig.device_id, f"association failed: {type(exc).__name__}: {exc}")
@@ -170,9 +176,10 @@ class Engine:
         # hold a first trigger that arrived after the batch's time
         close = max(self.clock_s, min(time_s, self._step_end))
         out = self._run_step(close) if (self._pending or self._step_open) else []
+        out += self.tick_new()  # (split_ticks) before these phones' silence counts
         self.clock_s = max(self.clock_s, time_s)
         self.assoc.presence.note_heartbeats(device_ids, latitudes, longitudes, time_s, ready, every_s)
-        return out + self.assoc.tick(self.clock_s)
+        return out + self._assoc_tick(self.clock_s)
 
     def add_device(self, device: Device) -> None:
         """A fixed sensor joined while running (live service): its packets are accepted
@@ -191,7 +198,7 @@ class Engine:
             self.clock_s = now_s
             return out
         self.clock_s = now_s
-        return self.assoc.tick(now_s)
+        return self._assoc_tick(now_s)
 
     def flush(self) -> list[EventUpdate]:
         """Process whatever is pending (end of a replay, or a live timer firing), as of
@@ -202,12 +209,14 @@ class Engine:
         """The input has ended (a replay's last record, a demo's last message): process
         what is pending and close every event with its final solution."""
         out = self.flush()
+        out += self.tick_new()
         return out + self.assoc.close_all(self.clock_s)
 
     # one step -------------------------------------------------------------------------
     def _run_step(self, close_s: float) -> list[EventUpdate]:
         """Run the pending messages through the stages as of ``close_s`` (UNIX s), the
         moment the step is processed: no earlier than its newest message's arrival."""
+        out: list[EventUpdate] = self.tick_new()  # (split_ticks) an earlier step's tries first
         pending, self._pending = self._pending, []
         self._step_open = False
         batch = [p for p in pending if not isinstance(p, Trigger)]
@@ -216,11 +225,29 @@ class Engine:
         self.n_packets += len(batch)
         for p in batch:
             self.assoc.note_packet(p.device_id, p.end_time_s, p.reset)
-        out: list[EventUpdate] = []
         for trig in (self.picker.process(batch, now, self.devices) if batch else []) + device_triggers:
             if trig.update == 0:
                 self.n_triggers += 1
                 self.triggers.append(trig)
             out += self.assoc.add(trig, now)
-        out += self.assoc.tick(now)
+        out += self._assoc_tick(now)
         return out
+
+    def _assoc_tick(self, now_s: float) -> list[EventUpdate]:
+        """The associator's time-driven work as of ``now_s``; with ``split_ticks``, the
+        open events' part only (the tries wait for :meth:`tick_new`; tries an earlier step
+        left are run first, so the order of the work is the same either way)."""
+        if not self.split_ticks:
+            return self.assoc.tick(now_s)
+        out = self.tick_new()
+        self._tries_at = now_s
+        return out + self.assoc.tick_events(now_s)
+
+    def tick_new(self) -> list[EventUpdate]:
+        """(``split_ticks``) The new-event tries of the last step, as of its time: a live
+        service calls this once it has published that step's updates, so an alert does not
+        wait behind tries for other groups (tens of ms each, dozens a step in a burst)."""
+        if self._tries_at is None:
+            return []
+        now, self._tries_at = self._tries_at, None
+        return self.assoc.tick_new(now)

@@ -213,6 +213,7 @@ class Service:
         self.clock = clock
         self.rejects = Rejects()
         self.engine = Engine(dict(devices or {}), self.settings, self.rejects, step_s=self.config.step_s)
+        self.engine.split_ticks = True  # an alert goes out before the step's new-event tries
         self._listed = frozenset(devices or ())  # operator-listed fixed sensors
         self.policy = AlertPolicy(self.settings.alert)
         self.registry = Registry(self.config.max_devices)
@@ -817,6 +818,12 @@ class Service:
             for a in alerts:
                 self._publish_alert(a)
                 self.alert_latency_s.append(self.clock() - u.issued_at_s)
+        # the step's new-event tries, once its updates and alerts are out (Engine.split_ticks)
+        t0 = time.perf_counter()
+        more = self.engine.tick_new()
+        self.stats.engine_busy_s += time.perf_counter() - t0
+        if more:
+            self._emit(more)
 
     def _publish_alert(self, a: Alert) -> None:
         if self._catching_up:
