@@ -62,9 +62,11 @@ RESIZE_LARGE_S = 1.0
 #: picks used to locate a large event: the earliest half and an even spread of the rest
 MAX_LOCATE_PICKS = 40
 #: devices an event is sized from: a larger event's are an even spread of them in the
-#: order they joined (the order of P arrival, so of distance). The magnitude is a
-#: network average whose spread over 2,000 devices is ~0.01 units; solving it over the
-#: 45,000 of a burst took 100-200 ms a step, on the alert path
+#: order they joined (about the order of P arrival, so of distance). The magnitude is a
+#: network estimate: from 2,000 it came within 0.05 of the full solve on a synthetic
+#: 8,000-phone M6.2 (tests) and within 0.02 on the Kahramanmaras demo's 28,565 triggers
+#: at 10-15 km depth; solving it over a burst's 45,000 took 100-200 ms a step, on the
+#: alert path
 MAX_SIZE_DEVICES = 2000
 #: an update is issued when the epicentre moves this far or the depth this much
 LOC_STEP_KM = 2.0
