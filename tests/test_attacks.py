@@ -8,7 +8,8 @@ message time (seeded, no timed assertions). Each prints its figure.
 
 Where the engine alerts although it should not, the test is a strict xfail with the
 measured figure: the signature layer stops forgers and floods; an attacker who enrols many
-credentials is stopped by the engine's physics (a). Devices that enrolled themselves less
+credentials is stopped by the engine's physics (a: onsets that do not follow the P travel
+times are not announced, ``min_moveout_s``). Devices that enrolled themselves less
 than ``new_device_s`` (6 h) before do not count toward announcing (b: fakes enrolled that
 day); fakes enrolled a day ahead are the measured limit (two strict xfails).
 """
@@ -26,6 +27,7 @@ from yujing import protocol, scenarios
 from yujing.geo import distance_km
 from yujing.security import Issuer, Signer
 from yujing.service import ManualClock, Service, drive
+from yujing.settings import Settings
 from yujing.sources.simulator import simulate
 from yujing.sources.wire_feed import scenario_wire
 
@@ -64,24 +66,21 @@ def _fake_trigger(dev: str, cell: str, onset_s: float, pga_gal: float, update: i
                                wa_horizontal_nm=pga_gal / w**2 * 1e7, wa_vertical_nm=pga_gal / w**2 * 1e7, noise_wa_nm=50.0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "measured (2026-12-06): 1 alert. 1,000 fakes enrolled a day ahead in a 12 km area with no other phones "
-    "around, onsets within 0.2 s: a source under the area fits them, and no quiet phone is there to "
-    "refuse it (the limit test_b_pre_enrolled_fakes_into_an_area_without_phones states). Until 6d148a0 they "
-    "were refused only because a new group was the seed's nearest 6 triggers, which in so dense an area all "
-    "share one 3 km site: the same defect left a real quake under a city of 20,000 phones unannounced "
-    "(test_associate). What would refuse them: a spread required of alerts, or fixed sensors nearby"))
-def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area():
-    """1,000 enrolled fakes (one credential each, so every signature verifies) in the 91
-    res-7 cells around one point (a ~12 km wide area), heartbeats for a minute, then one
-    synchronised onset each (within 0.2 s, amplitudes of a felt quake) and 5 updates."""
+def _synchronised_fakes(k_disk: int, within_s: float, settings: Settings | None = None, first: int = 0,
+                        lead_s: float = 0.0) -> Service:
+    """1,000 enrolled fakes (one credential each, so every signature verifies) in the res-7
+    cells within ``k_disk`` rings of one point, heartbeats for a minute, then one onset each
+    within ``within_s`` of the others (amplitudes of a felt quake) and 5 updates. Nobody
+    else is around. The triggers of all but the ``first`` fakes are held back ``lead_s``
+    (so that a few can form an event before the rest join it). Returns the service after
+    the attack."""
     rng = np.random.default_rng(12)
     iss = Issuer(bytes(range(32)))
     clock = ManualClock()
-    svc = Service(clock=clock, issuer=iss)
+    svc = Service(settings=settings, clock=clock, issuer=iss)
     sign = Signer(iss).wire
     centre = h3.latlng_to_cell(30.0, 104.0, 7)
-    cells = sorted(h3.grid_disk(centre, 5))
+    cells = sorted(h3.grid_disk(centre, k_disk))
     t0 = 1_700_000_000.0
     msgs = []
     for i in range(1000):
@@ -94,22 +93,53 @@ def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area():
     onset = t0 + 120.0
     for i in range(1000):
         dev, cell = f"fake{i:04d}", cells[i % len(cells)]
-        on = onset + rng.uniform(0, 0.2)
+        on = onset + rng.uniform(0, within_s)
         pga = float(rng.lognormal(np.log(20.0), 0.5))
+        held = lead_s if i >= first else 0.0
         for u in range(6):
             m = _fake_trigger(dev, cell, on, pga * (1 + u), update=u)
-            msgs.append((m.sent_s + 0.2, *sign("trig", m)))
+            msgs.append((m.sent_s + 0.2 + held, *sign("trig", m)))
     msgs.sort(key=lambda m: m[0])
-    _run(svc, clock, msgs)
+    return _run(svc, clock, msgs)
+
+
+@pytest.mark.parametrize("k_disk,within_s,first,label", [
+    (5, 0.2, 0, "the issue's case: a 25 km wide area, onsets within 0.2 s"),
+    (15, 0.5, 0, "a 74 km wide area: the source that fits lies 100 km deep, its travel times span 1 s"),
+    (10, 3.0, 0, "a 50 km wide area, onsets scattered over 3 s"),
+    (10, 1.0, 9, "a 50 km wide area, onsets within 1 s, 9 fakes' triggers 3 s ahead of the rest"),
+])
+def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area(k_disk, within_s, first, label):
+    """Fakes enrolled a day ahead, so that what refuses them is the physics alone: no quiet
+    phone is around, and a source deep under the area fits their onsets. What gives them
+    away is that the onsets do not follow the travel times (the P wave is not seen
+    travelling: ``AssociateSettings.min_moveout_s``)."""
+    svc = _synchronised_fakes(k_disk, within_s, first=first, lead_s=3.0 if first else 0.0)
     by = svc.rejects.by_reason()
     alerts = len({a.alert_id for a in svc.seen_alerts})
-    print(f"\n(a) 1,000 enrolled fakes, synchronised, one area: {svc.stats.accepted['trig']} triggers accepted, "
-          f"rejects {by}, events {len(svc.latest)}, alerts caused: {alerts}")
+    evs = svc.engine.assoc.events
+    print(f"\n(a) 1,000 enrolled fakes, {label}: {svc.stats.accepted['trig']} triggers accepted, rejects {by}, "
+          f"events formed {[(len(e.picks), round(e.location.depth_km), round(e.magnitude, 1)) for e in evs]}, "
+          f"announced {len(svc.latest)}, alerts caused: {alerts}")
     # nothing was refused at the door: the signatures are good and each fake stays under
     # its own and its cell's trigger limits
     assert by == {}
-    # must the engine refuse them? (one area, nobody else around)
     assert alerts == 0 and not svc.latest
+    # the engine saw them (an event of hundreds of picks, located and sized) and held it
+    # back because their onsets do not show the wave moving, not for want of seeing it
+    assert evs and max(len(e.picks) for e in evs) >= 500, "the engine never formed the fake event: the test shows nothing"
+    assert all(e.version == 0 and not svc.engine.assoc._seen_travelling(e) for e in evs)
+
+
+def test_a_without_the_moveout_rule_the_fakes_are_announced():
+    """The control: the issue's case with ``min_moveout_s = 0`` is an alert (measured
+    2026-12-06: an M7.2 45 km deep), so the rule above is what refuses it."""
+    s = Settings()
+    s = msgspec.structs.replace(s, associate=msgspec.structs.replace(s.associate, min_moveout_s=0.0))
+    svc = _synchronised_fakes(5, 0.2, settings=s)
+    alerts = len({a.alert_id for a in svc.seen_alerts})
+    print(f"\n(a) without the move-out rule: announced {len(svc.latest)}, alerts caused: {alerts}")
+    assert alerts >= 1
 
 
 def _replayed_quake(net, *, enrolled_ago_s: float, fake_quiet: bool, real_phones: int):

@@ -57,6 +57,14 @@ class AssociateSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknow
         "Two triggers can belong to one event only if their onsets differ by at most the P "
         "travel time between the two devices plus this slack (clock and picking error).")] = 2.0
     max_pair_distance_km: Annotated[float, _d("Longest distance between two devices paired in a new event.")] = 300.0
+    min_moveout_s: Annotated[float, _d(
+        "Before an event is first announced, the P wave must be seen travelling across its "
+        "P picks: from 10 picks on, their onsets regressed on the P travel times from its "
+        "location to their sites must rise at least half as fast as the wave and by at "
+        "least this much over those sites; with fewer, the onsets must span this much. One "
+        "pick-time sigma. Fakes triggering together in one area fit a deep source under "
+        "them, but their onsets do not follow its travel times (docs/security.md). 0: no "
+        "requirement.")] = 0.5
     max_rms_s: Annotated[float, _d("RMS P residual a located candidate must reach to be announced.")] = 1.5
     min_triggered_fraction: Annotated[float, _d(
         "Of the live devices able to detect that lie closer to a candidate's epicentre than "
