@@ -23,7 +23,7 @@ import httpx
 import pytest
 
 from yujing.api.app import ROUTE_ROLES, _TriggerAreas
-from yujing.api.auth import KEY_CACHE_S, ApiLimits, TokenBuckets, create_key, hash_key
+from yujing.api.auth import KEY_CACHE_S, ApiLimits, DailyQuota, TokenBuckets, address_prefix, create_key, hash_key
 from yujing.records import Trigger
 from yujing.serve import ServeOptions, Server
 from yujing.store import open_store
@@ -415,3 +415,60 @@ def test_stream_counts_distinct_devices_per_area():
     assert areas.devices(cell, 102.0) == 2
     assert areas.devices(cell, 101.0 + 600.5) == 1  # a's triggers left the 10-minute window
     assert areas.devices(h3.latlng_to_cell(0.0, 0.0, 5), 102.0) == 0
+
+
+def test_enrolments_per_address_and_day_are_limited(tmp_path):
+    """An address may enrol ``enrol_per_address`` pseudonyms for itself and open as many
+    accounts a UTC day: beyond it each further pseudonym is refused with the reason (the
+    rest of the request still enrols), an account gets a 429, and /metrics counts both.
+    Pseudonyms enrolled with an operator key do not count, nor is a pseudonym refused for
+    being taken already charged. A forged X-Forwarded-For does not buy a fresh count."""
+
+    async def go():
+        async with serving(tmp_path, ApiLimits(enrol_per_address=5)) as srv, \
+                httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
+            operator = bearer(op_key(srv))
+            r = (await api.post("/api/enrol", json={"pseudonyms": ["q1", "q2", "q3"]})).json()
+            assert [c["device"] for c in r["credentials"]] == ["q1", "q2", "q3"] and r["refused"] == []
+            # taken already: refused for that, and not charged
+            r = (await api.post("/api/enrol", json={"pseudonyms": ["q1"]})).json()
+            assert r["credentials"] == [] and "enrolled already" in r["refused"][0]["reason"]
+            r = (await api.post("/api/enrol", json={"pseudonyms": ["q4", "q5", "q6", "q7"]},
+                                headers={"X-Forwarded-For": "10.9.8.7"})).json()
+            assert [c["device"] for c in r["credentials"]] == ["q4", "q5"]
+            assert [x["device"] for x in r["refused"]] == ["q6", "q7"]
+            assert all("--enrol-per-address" in x["reason"] and "token" in x["reason"] for x in r["refused"])
+            assert "q6" not in srv.service.issuer.enrolled
+            # an operator's gateway is not limited
+            r = (await api.post("/api/enrol", json={"pseudonyms": [f"gw{i}" for i in range(20)]}, headers=operator)).json()
+            assert len(r["credentials"]) == 20 and r["refused"] == []
+            # accounts: their own count
+            for _ in range(5):
+                assert (await api.post("/api/account")).status_code == 200
+            r = await api.post("/api/account")
+            e = assert_error(r, 429, "rate_limited")
+            assert "accounts today" in e["message"] and 1 <= int(r.headers["retry-after"]) <= 86_400, (e, r.headers)
+            m = (await api.get("/metrics", headers=operator)).text
+            assert 'yujing_enrol_refused_total{what="pseudonym"} 2' in m
+            assert 'yujing_enrol_refused_total{what="account"} 1' in m
+
+    asyncio.run(go())
+
+
+def test_daily_quota_counts_by_subscriber_prefix_and_starts_again_each_utc_day():
+    q = DailyQuota(3, max_callers=2)
+    day = 20_000 * 86_400.0
+    a = address_prefix("2001:db8:1:2:aaaa::1")
+    assert a == address_prefix("2001:db8:1:2:ffff::9") != address_prefix("2001:db8:1:3::1")
+    assert address_prefix("203.0.113.7") == "203.0.113.7" != address_prefix("203.0.113.8")
+    assert q.left(a, day) == 3
+    q.use(a, day + 10.0, 2)
+    assert q.left(a, day + 86_399.0) == 1
+    assert q.left(a, day + 86_400.0) == 3  # a new UTC day
+    q.use(a, day + 86_400.0)
+    assert q.left(a, day + 86_401.0) == 2
+    # bounded: the least recently used goes first
+    q.use("b", day + 86_402.0)
+    q.use("c", day + 86_403.0)
+    assert q.left(a, day + 86_404.0) == 3 and q.left("b", day + 86_404.0) == 2
+    assert DailyQuota(0).left(a, day) is None  # 0: no limit

@@ -230,7 +230,8 @@ def test_b_pre_enrolled_fakes_into_an_area_with_real_phones(luding):
     "the limit of this defence, measured: fakes enrolled a day ahead, replaying the quake's triggers and "
     "heartbeats into an area with no other phones (an attacker running the whole network there), are an "
     "earthquake by every test the engine can make (1 alert). What bounds it is the cost of enrolling and "
-    "running thousands of fakes for a day: enrolment limits per address or an attestation (not built), "
+    "running thousands of fakes for a day: enrolment limits per address (yujing serve --enrol-per-address: "
+    "1,000 established fakes an address a day at the default, so 19 addresses for these), an attestation (not built), "
     "and fixed sensors nearby as a cross-check"))
 def test_b_pre_enrolled_fakes_into_an_area_without_phones(luding):
     sc, net = luding

@@ -368,7 +368,8 @@ def _serve(args) -> int:
     from .retention import RetentionPolicy
 
     try:
-        limits = ApiLimits(max_body_bytes=args.max_request_bytes, rate_per_s=args.rate_limit, burst=args.rate_burst)
+        limits = ApiLimits(max_body_bytes=args.max_request_bytes, rate_per_s=args.rate_limit, burst=args.rate_burst,
+                           enrol_per_address=args.enrol_per_address)
         retention = RetentionPolicy.from_days(args.retention_days, interval_s=args.purge_every_s)
     except ValueError as exc:
         print(f"yujing serve: {exc}", file=sys.stderr)
@@ -600,6 +601,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "(default 20; 0: no limit; beyond it: 429 with Retry-After)")
     sv.add_argument("--rate-burst", type=int, default=200, metavar="N",
                     help="requests a caller may make at once before the rate limit applies (default 200)")
+    sv.add_argument("--enrol-per-address", type=int, default=500, metavar="N",
+                    help="pseudonyms a client address may enrol for itself, and accounts it may open, per UTC day "
+                         "(default 500 each; an IPv6 address counts by its /64; enrolments with an operator key or an "
+                         "established token do not count; 0: no limit). Bounds how many fakes one address can enrol "
+                         "(docs/security.md)")
     sv.add_argument("--trusted-proxy", metavar="ADDR[,ADDR...]",
                     help="reverse proxies whose X-Forwarded-For header names the client, for the rate limit "
                          "(default: none; the header is ignored)")

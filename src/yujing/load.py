@@ -30,7 +30,8 @@ server that decodes them counts no reject. They are signed (:mod:`yujing.securit
 request) and each signs with its credential; without ``--api`` they go unsigned, which
 only a development server (``allow_unsigned``) takes. Enrolled with the operator key of
 ``--api-key-file`` they are vouched for; without it they are new devices, which do not
-count toward announcing a quake for the server's ``new_device_s`` (docs/security.md).
+count toward announcing a quake for the server's ``new_device_s`` (docs/security.md), and
+the server enrols at most ``--enrol-per-address`` of them a day from one address.
 
 ``--subscribers N`` holds N alert subscribers (raw MQTT connections, or NATS
 subscriptions), each on the alert topic of a random device's resolution-3 cell, and reports
@@ -254,7 +255,8 @@ def enrol(api: str, pseudonyms: list[str], chunk: int = 2000, api_key: str | Non
                 time.sleep(min(float(exc.headers.get("Retry-After") or 1), 30.0))
         if got["refused"]:
             raise LoadError(f"the server refused to enrol {len(got['refused'])} phones, e.g. {got['refused'][0]} "
-                            "(pseudonyms are first come: use another --seed)")
+                            "(pseudonyms are first come: use another --seed; past the server's --enrol-per-address "
+                            "a day, enrol them with an operator key: --api-key-file)")
         kid = bytes.fromhex(got["kid"])
         for c in got["credentials"]:
             creds[c["device"]] = Credential(c["device"], bytes.fromhex(c["key"]), kid)

@@ -66,7 +66,7 @@ from ..formats.cap import cap_identifier
 from ..records import Alert, EventUpdate
 from ..replay import iso, update_to_json
 from ..security import check_data_proof
-from .auth import PUBLIC, RANK, ApiLimits, Guard, KeyRing, Principal, TokenBuckets
+from .auth import PUBLIC, RANK, ApiLimits, DailyQuota, Guard, KeyRing, Principal, TokenBuckets, address_prefix
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +236,9 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
     app.state.closing = asyncio.Event()  # set by the server before it stops: streams end
     app.state.keys = KeyRing(store, clock)
     app.state.buckets = TokenBuckets(limits.rate_per_s, limits.burst, clock)
+    # self-enrolled pseudonyms and new accounts per client address and UTC day
+    app.state.enrol_quota = DailyQuota(limits.enrol_per_address)
+    app.state.account_quota = DailyQuota(limits.enrol_per_address)
     app.add_middleware(Guard, keys=app.state.keys, limits=limits, buckets=app.state.buckets,
                        error=lambda status, message, headers: _err(status, message, headers=headers))
     trigger_areas = _TriggerAreas(service.recent_triggers)
@@ -550,7 +553,15 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
             msgspec.json.decode(await request.body() or b"{}", type=AccountRequest)
         except msgspec.DecodeError as exc:
             raise HTTPException(422, f"account request: {exc}") from None
-        acct, key = service.issuer.tokens.open_account(server_now())
+        now, prefix = server_now(), _address(request)
+        left = app.state.account_quota.left(prefix, now)
+        if left is not None and left < 1:
+            app.state.account_quota.refused += 1
+            raise HTTPException(429, f"this address opened {limits.enrol_per_address} accounts today (UTC), the most one "
+                                     "address may (yujing serve --enrol-per-address); a device needs one account: try "
+                                     "again tomorrow", headers={"Retry-After": str(_to_midnight(now))})
+        acct, key = service.issuer.tokens.open_account(now)
+        app.state.account_quota.use(prefix, now)
         await asyncio.to_thread(service.issuer.flush_log)
         return {"account": acct, "key": key.hex()}
 
@@ -601,6 +612,7 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
 
         token_errors = await asyncio.to_thread(check_tokens) if req.tokens else {}
         creds, refused = [], []
+        quota, prefix = app.state.enrol_quota, _address(request)
         for p in req.pseudonyms:
             vouched = operator
             tok = req.tokens.get(p) if isinstance(p, str) else None
@@ -609,7 +621,17 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
                     if token_errors.get(p) is not None:
                         raise ValueError(token_errors[p])
                     vouched = vouched or tok.key == "est"
+                # a pseudonym that vouches for nobody counts against its address's day
+                left = None if vouched else quota.left(prefix, now)
+                if left is not None and left < 1:
+                    quota.refused += 1
+                    raise ValueError(f"this address enrolled {quota.per_day} pseudonyms for itself today (UTC), the most "
+                                     "one address may (yujing serve --enrol-per-address); enrol with an established "
+                                     "token from the device's account (POST /api/account, then /api/token), which does "
+                                     "not count, or tomorrow")
                 c = service.issuer.enrol(p, now, vouched=vouched)
+                if not vouched:
+                    quota.use(prefix, now)
             except ValueError as exc:
                 refused.append({"device": p if isinstance(p, str) else "", "reason": str(exc)})
                 continue
@@ -671,7 +693,9 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
     # ------------------------------------------------------------------ metrics
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
-        return Response(prometheus_text(service, broker), media_type="text/plain; version=0.0.4")
+        return Response(prometheus_text(service, broker, enrol_refused={"pseudonym": app.state.enrol_quota.refused,
+                                                                          "account": app.state.account_quota.refused}),
+                        media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------------ dashboard
     static = resources.files("yujing.api") / "static"
@@ -734,9 +758,21 @@ def _atom(alerts: list[Alert], base: str) -> bytes:
     ).encode()
 
 
-def prometheus_text(service, broker=None) -> str:
+def _address(request: Request) -> str:
+    """The client's address prefix for the per-address enrolment limit (behind a trusted
+    proxy, the address it names: yujing serve --trusted-proxy)."""
+    return address_prefix(request.client.host if request.client else "unknown")
+
+
+def _to_midnight(now_s: float) -> int:
+    """Whole seconds until the next UTC day begins (a Retry-After)."""
+    return max(1, math.ceil(86_400 - now_s % 86_400))
+
+
+def prometheus_text(service, broker=None, enrol_refused: dict[str, int] | None = None) -> str:
     """The service's counters in the Prometheus text exposition format; with ``broker``
-    (``yujing serve``'s embedded MQTT broker), its acknowledgements too."""
+    (``yujing serve``'s embedded MQTT broker), its acknowledgements too; with
+    ``enrol_refused``, the enrolments the per-address limit refused (pseudonyms, accounts)."""
     s = service.stats
     lines = [
         "# HELP yujing_messages_received_total Device messages received (any transport).",
@@ -814,4 +850,9 @@ def prometheus_text(service, broker=None) -> str:
             "# TYPE yujing_mqtt_acks_withheld_total counter",
             f"yujing_mqtt_acks_withheld_total {c['ack_withheld']}",
         ]
+    if enrol_refused is not None:
+        lines += ["# HELP yujing_enrol_refused_total Enrolments the per-address daily limit refused (self-enrolled "
+                  "pseudonyms, new accounts).",
+                  "# TYPE yujing_enrol_refused_total counter"]
+        lines += [f'yujing_enrol_refused_total{{what="{k}"}} {v}' for k, v in sorted(enrol_refused.items())]
     return "\n".join(lines) + "\n"

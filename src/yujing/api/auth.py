@@ -18,6 +18,7 @@ before any route runs, so that also unknown routes and static files are limited.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import hashlib
 import math
 import os
@@ -64,11 +65,16 @@ class ApiLimits:
     ``rate_per_s``: requests per second each key, or each client address without a key, may
     sustain (0: no rate limit, e.g. behind a proxy that limits).
     ``burst``: requests a caller may make at once after being idle (the bucket's size).
+    ``enrol_per_address``: pseudonyms a client address may enrol for itself, and accounts it
+    may open, per UTC day (each its own count; 0: no limit). An IPv6 address counts by its
+    /64, the prefix one subscriber gets. Enrolments with an operator key or an established
+    token do not count (:class:`DailyQuota`).
     """
 
     max_body_bytes: int = 64 * 1024
     rate_per_s: float = 20.0
     burst: int = 200
+    enrol_per_address: int = 500
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_body_bytes, int) or self.max_body_bytes < 0:
@@ -77,6 +83,8 @@ class ApiLimits:
             raise ValueError(f"rate limit must be >= 0 requests per second (0: none), not {self.rate_per_s!r}")
         if not isinstance(self.burst, int) or self.burst < 1:
             raise ValueError(f"rate burst must be a whole number of requests >= 1, not {self.burst!r}")
+        if not isinstance(self.enrol_per_address, int) or self.enrol_per_address < 0:
+            raise ValueError(f"enrolments per address must be a whole number >= 0 (0: no limit), not {self.enrol_per_address!r}")
 
 
 # ---------------------------------------------------------------------------- keys
@@ -224,6 +232,59 @@ class TokenBuckets:
         while len(self._b) > self.max_callers:
             self._b.popitem(last=False)
         return wait
+
+
+def address_prefix(host: str) -> str:
+    """The part of a client address that names one subscriber: an IPv4 address whole, an
+    IPv6 one by its /64 (a subscriber is handed a /64 or more, and picks addresses in it
+    at will); anything else (a test client's name) as it is."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+class DailyQuota:
+    """Counts per client address and UTC day, up to ``per_day`` (0: no limit): how many
+    pseudonyms an address enrolled for itself, or how many accounts it opened.
+
+    An attacker who enrols fakes a day ahead passes every test the engine can make
+    (tests/test_attacks.py, (b)); what bounds him is how many fakes he can enrol. Without a
+    limit one address enrolled 2,000 pseudonyms a request, 20 requests a second. With it,
+    each address yields at most ``per_day`` self-enrolled fakes and ``per_day`` accounts
+    (whose established tokens vouch for a pseudonym a day each, six hours after opening).
+    Phones behind a shared address (carrier-grade NAT) enrol with their account's token,
+    which this does not count; only opening accounts does.
+
+    Held in memory only, never stored or logged: the address prefix and a count. At most
+    ``max_callers`` are kept; beyond it the least recently used go (which hands them a
+    fresh count: an attacker needs that many addresses to do it, and then has them)."""
+
+    def __init__(self, per_day: int, max_callers: int = 100_000):
+        self.per_day = per_day
+        self.max_callers = max_callers
+        self.refused = 0
+        self._n: OrderedDict[str, tuple[int, int]] = OrderedDict()  # prefix -> (UTC day, count)
+
+    def left(self, prefix: str, now_s: float) -> int | None:
+        """How many ``prefix`` may still take today (UNIX s ``now_s``); None: no limit."""
+        if self.per_day <= 0:
+            return None
+        day, n = self._n.get(prefix, (-1, 0))
+        return self.per_day - (n if day == int(now_s // 86_400) else 0)
+
+    def use(self, prefix: str, now_s: float, k: int = 1) -> None:
+        """``prefix`` took ``k`` today."""
+        if self.per_day <= 0 or k <= 0:
+            return
+        today = int(now_s // 86_400)
+        day, n = self._n.pop(prefix, (today, 0))
+        self._n[prefix] = (today, (n if day == today else 0) + k)
+        while len(self._n) > self.max_callers:
+            self._n.popitem(last=False)
 
 
 # ---------------------------------------------------------------------------- middleware
