@@ -108,6 +108,7 @@ def _synchronised_fakes(k_disk: int, within_s: float, settings: Settings | None 
     (15, 0.5, 0, "a 74 km wide area: the source that fits lies 100 km deep, its travel times span 1 s"),
     (10, 3.0, 0, "a 50 km wide area, onsets scattered over 3 s"),
     (10, 1.0, 9, "a 50 km wide area, onsets within 1 s, 9 fakes' triggers 3 s ahead of the rest"),
+    (10, 2.0, 9, "a 50 km wide area, onsets within 2 s, 9 fakes' triggers 3 s ahead of the rest"),
 ])
 def test_a_1000_enrolled_fake_devices_triggering_together_in_one_area(k_disk, within_s, first, label):
     """Fakes enrolled a day ahead, so that what refuses them is the physics alone: no quiet
