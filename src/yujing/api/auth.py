@@ -18,8 +18,8 @@ before any route runs, so that also unknown routes and static files are limited.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import hashlib
+import ipaddress
 import math
 import os
 import secrets
