@@ -290,6 +290,58 @@ def test_daily_tokens_vouch_for_a_pseudonym_without_linking_it_to_the_account():
     asyncio.run(go())
 
 
+def test_a_phone_behind_a_busy_shared_address_enrols_with_its_accounts_token():
+    """A carrier NAT's address has spent its day of self-enrolments
+    (``--enrol-per-address``, 2 here): a third phone is refused, but one whose account is
+    7 h old enrols tomorrow's pseudonym with a daily token built by the device side
+    (:class:`yujing.device.signing.TokenAsk`), which the count does not charge, and it is
+    vouched for."""
+    from yujing.api.auth import ApiLimits
+    from yujing.device.signing import DeviceSigner, TokenAsk, enrol_request
+    from yujing.serve import ServeOptions, Server
+    from yujing.tokens import utc_day
+
+    now = [1_700_000_000.0]
+
+    async def go():
+        srv = Server(ServeOptions(port=0, mqtt_port=0, store="sqlite://:memory:", replay=False,
+                                  limits=ApiLimits(enrol_per_address=2)), clock=lambda: now[0])
+        await srv.start()
+        try:
+            async with httpx.AsyncClient(base_url=srv.http_url, timeout=30) as api:
+                acct = (await api.post("/api/account")).json()
+                now[0] += 7 * 3600.0  # the account is 7 h old: its tokens are established
+                hdr = {"Content-Type": "application/json"}
+                r = (await api.post("/api/enrol", content=enrol_request(["nat-a", "nat-b", "nat-c"]), headers=hdr)).json()
+                assert [c["device"] for c in r["credentials"]] == ["nat-a", "nat-b"]
+                assert [x["device"] for x in r["refused"]] == ["nat-c"] and "token" in r["refused"][0]["reason"]
+                keys = (await api.get("/api/token/keys")).json()
+                day = utc_day(now[0] + 86_400.0)
+                ask = TokenAsk(keys, "est", acct["account"], bytes.fromhex(acct["key"]), day, "nat-phone")
+                rt = await api.post("/api/token", content=ask.request(), headers=hdr)
+                assert rt.status_code == 200, rt.text
+                tok = ask.token(rt.json())
+                body = enrol_request(["nat-phone"], {"nat-phone": tok})
+                signer = DeviceSigner()
+                refused = signer.add_enrolment((await api.post("/api/enrol", content=body, headers=hdr)).json())
+                assert refused == [] and "nat-phone" in signer.credentials
+            iss = srv.service.issuer
+            assert "nat-phone" in iss.vouched and "nat-c" not in iss.enrolled
+        finally:
+            await srv.stop()
+
+    asyncio.run(go())
+    # an answer signed with the other key, or one that does not verify, is refused on the device
+    from yujing import tokens
+
+    k = tokens.SigningKey()
+    ask = TokenAsk({"est": k.pub}, "est", "acct", b"k" * 32, "2026-12-07", "p")
+    with pytest.raises(ValueError, match="'new' key"):
+        ask.token({"key": "new", "blind_sig": "00"})
+    with pytest.raises(ValueError, match="does not verify"):
+        ask.token({"key": "est", "blind_sig": "01" * k.pub.size})
+
+
 def test_blind_signature_matches_standard_rsa_pss_and_refuses_tampering():
     """The unblinded signature is an ordinary RSASSA-PSS (SHA-384) signature that
     ``cryptography`` verifies: the PSS encoding built here is right; a flipped bit fails."""

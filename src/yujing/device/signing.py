@@ -25,10 +25,56 @@ from ..security import Credential, Signer, sign
 from .messages import PacketMessage, TriggerMessage
 
 
-def enrol_request(pseudonyms: list[str]) -> bytes:
+def enrol_request(pseudonyms: list[str], tokens: dict[str, dict] | None = None) -> bytes:
     """The JSON body of ``POST /api/enrol`` for ``pseudonyms`` (today's, and tomorrow's
-    ahead of midnight)."""
-    return json.dumps({"pseudonyms": list(pseudonyms)}).encode()
+    ahead of midnight), with the daily tokens that vouch for them (pseudonym -> what
+    :meth:`TokenAsk.token` returned)."""
+    body: dict = {"pseudonyms": list(pseudonyms)}
+    if tokens:
+        body["tokens"] = dict(tokens)
+    return json.dumps(body).encode()
+
+
+class TokenAsk:
+    """One daily token, asked for and turned into what ``POST /api/enrol`` shows beside a
+    pseudonym (docs/security.md, *Unlinkable daily tokens*).
+
+    A device with an account (``POST /api/account``: its ``account`` and ``key``) asks the
+    day before for a token for tomorrow's pseudonym: :meth:`request` is the JSON body of
+    ``POST /api/token``, built on the server's token key (``GET /api/token/keys``, the
+    ``est`` key once the account is older than the server's ``new_device_s``, else
+    ``new``). The server signs a blinded value and never sees the pseudonym;
+    :meth:`token` unblinds its answer. An enrolment with an ``est`` token counts toward
+    announcing at once and is not charged to the address's daily enrolments
+    (``yujing serve --enrol-per-address``): what phones behind one shared address need.
+    Send the token request and the enrolment at different times: the address of both
+    could link them."""
+
+    def __init__(self, keys: dict, which: str, account: str, account_key: bytes, day: str, pseudonym: str):
+        from .. import tokens
+
+        if which not in ("est", "new"):
+            raise ValueError(f"a token key is 'est' or 'new', not {which!r}")
+        self.pub = keys[which] if isinstance(keys[which], tokens.PublicKey) else tokens.PublicKey.from_json(keys[which])
+        self.which, self.account, self.day, self.pseudonym = which, account, day, pseudonym
+        self._blinded = tokens.blind(self.pub, tokens.message(day, pseudonym))
+        self._proof = tokens.request_proof(account_key, day, self._blinded.blinded)
+
+    def request(self) -> bytes:
+        """The JSON body of ``POST /api/token``."""
+        return json.dumps({"account": self.account, "day": self.day, "key": self.which,
+                           "blinded": self._blinded.blinded.hex(), "proof": self._proof}).encode()
+
+    def token(self, response: dict) -> dict:
+        """The token (for :func:`enrol_request`) from the server's answer to
+        :meth:`request` (its JSON, decoded); ValueError if it does not verify."""
+        from .. import tokens
+
+        if response.get("key") != self.which:
+            raise ValueError(f"the server signed with its {response.get('key')!r} key, asked for {self.which!r}")
+        sig = tokens.finalize(self.pub, self._blinded, bytes.fromhex(response["blind_sig"]))
+        return {"key": self.which, "day": self.day, "prefix": self._blinded.input[: tokens.PREFIX_LEN].hex(),
+                "sig": sig.hex()}
 
 
 def wire_record(message: TriggerMessage | PacketMessage, sent_s: float):
