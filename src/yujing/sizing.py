@@ -73,10 +73,13 @@ def self_consistent_magnitude(estimate, guess: float, tol: float = 0.02) -> tupl
     is still going on everywhere, no amplitude is complete, and a few readings carry an
     estimate that sustains itself (the demo's M7.1 Ridgecrest sat at M8.9, its M7.8
     Kahramanmaras at 8.9, from a handful of far phones while 30,000 others were still
-    growing). The search therefore starts from the duration-free estimate and takes the
-    nearest crossing, whatever the last value was: the smallest magnitude the complete
-    amplitudes support, with the growing ones as its floor. ``guess`` is not used (kept
-    for callers)."""
+    growing). The search therefore starts from the duration-free estimate, whatever the
+    last value was, and brackets a crossing in steps of 0.25 that double. That is not
+    always the nearest: where two lie 0.4 apart (the M7.8's final triggers, M7.3 and 7.7)
+    the first step can pass the nearer, and which is taken then moves with the trial
+    depth (docs/results.md, "What is weak"; walking in steps of 0.05 to the nearest took
+    the lower, 0.4-0.5 below the true M7.8, and was not kept). ``guess`` is not used
+    (kept for callers)."""
     m0, s0 = estimate(float("nan"))
     if not math.isfinite(m0):
         return m0, s0
