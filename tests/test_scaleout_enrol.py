@@ -405,3 +405,60 @@ def test_data_requests_and_audit_go_by_the_server_clock(nats_url, tmp_path):
         _run(go, 60)
     finally:
         store.close()
+
+
+def test_enrolments_per_address_are_counted_across_workers(nats_url, tmp_path):
+    """``--enrol-per-address`` (3 here) holds for the deployment, not per worker: an
+    address that enrolled 2 pseudonyms for itself through worker A gets 1 more through
+    worker B, and A hears B's count back. The bucket YJ_QUOTA holds counts under a keyed
+    hash of the address, never the address."""
+    from yujing.api.auth import ApiLimits
+    from yujing.scaleout import KV_QUOTA
+
+    master = tmp_path / "deployment.credentials"
+    Issuer.load(master)
+    for w in ("a", "b"):
+        shutil.copy(master, tmp_path / f"{w}.credentials")
+
+    async def go():
+        nc = await ynats.connect([nats_url], "test")
+        js = nc.jetstream(timeout=5)
+        a = _worker(nats_url, "a", tmp_path / "a.credentials", REGION_A)
+        b = _worker(nats_url, "b", tmp_path / "b.credentials", REGION_B)
+        try:
+            for w in (a, b):
+                await w.start()
+            limits = ApiLimits(enrol_per_address=3)
+            apps = {w: create_app(w.main_service, limits=limits, share_quota=w.share_quota) for w in (a, b)}
+
+            def client(w):
+                return httpx.AsyncClient(transport=httpx.ASGITransport(app=apps[w], client=("198.51.100.7", 4000)),
+                                         base_url="http://w")
+
+            async with client(a) as ca, client(b) as cb:
+                r = (await ca.post("/api/enrol", json={"pseudonyms": ["q-a1", "q-a2"]})).json()
+                assert len(r["credentials"]) == 2 and r["refused"] == []
+                quota_b = apps[b].state.enrol_quota
+                await _until(lambda: quota_b.left("198.51.100.7", time.time()) == 1, 5, "B hears A's count")
+                r = (await cb.post("/api/enrol", json={"pseudonyms": ["q-b1", "q-b2"]})).json()
+                assert [c["device"] for c in r["credentials"]] == ["q-b1"]
+                assert [x["device"] for x in r["refused"]] == ["q-b2"] and "--enrol-per-address" in r["refused"][0]["reason"]
+                quota_a = apps[a].state.enrol_quota
+                await _until(lambda: quota_a.left("198.51.100.7", time.time()) == 0, 5, "A hears B's count")
+                r = (await ca.post("/api/enrol", json={"pseudonyms": ["q-a3"]})).json()
+                assert r["credentials"] == [] and r["refused"][0]["device"] == "q-a3"
+            kv = await js.key_value(KV_QUOTA)
+            keys = await kv.keys()
+            assert len(keys) == 2, keys  # one count per worker
+            for k in keys:  # <what>.<keyed hash of the address>.<UTC day>.<worker id, hex>: no address
+                what, h, day, worker = k.split(".")
+                assert what == "pseudonym" and len(h) == 32 and int(h, 16) >= 0 and int(day) == int(time.time() // 86_400)
+                assert bytes.fromhex(worker).decode() in ("a", "b")
+            for w in (a, b):
+                assert w.errors == 0, w.cfg.worker_id
+        finally:
+            for w in (a, b):
+                await w.stop()
+            await nc.close()
+
+    _run(go, 120)

@@ -157,6 +157,10 @@ def rendezvous(region: str, workers) -> str | None:
 #: KV buckets of the device credentials: the enrolled pseudonyms (entries expire with the
 #: retention period) and the deployment's record (key id of the master, grace period).
 KV_ENROL = "YJ_ENROL"
+#: each worker's count of enrolments per client address and UTC day (api.auth.DailyQuota),
+#: under "<what>.<keyed hash of the address prefix>.<day>.<worker id, hex>"; kept two days
+KV_QUOTA = "YJ_QUOTA"
+_QUOTA_PERSON = b"yj-quota-kv"
 KV_CREDS = "YJ_CREDS"
 _DEPLOYMENT_KEY = "deployment"
 _KV_PERSON = b"yj-enrol-kv"
@@ -621,6 +625,8 @@ class Worker:
         self.store = store
         self.on_announce = on_announce
         self.nc = self.js = self.leases = self.events = self.enrolments = self.creds_kv = None
+        self.quota_kv = None  # YJ_QUOTA: the per-address enrolment counts (share_quota)
+        self._quotas: dict = {}  # "pseudonym"/"account" -> this worker's API's DailyQuota
         self.enrolments_ready = asyncio.Event()  # the bucket's entries at start are imported
         self.shards: list[Shard] = []
         self.owned: dict[str, int] = {}  # region -> lease revision
@@ -650,6 +656,7 @@ class Worker:
         replicas = self.cfg.replicas or min(3, ynats.cluster_size(self.nc))
         self.leases, self.events = await ynats.ensure_jetstream(self.js, replicas, lease_ttl_s=self.cfg.lease_ttl_s)
         await self._start_enrolments(replicas)  # before any shard (a Service) exists or a device is heard
+        await self._start_quotas(replicas)
         await self._discover_regions()
         await self.nc.subscribe("yj.alert.>", cb=self._out_alert)
         if self.store is not None:
@@ -730,14 +737,74 @@ class Worker:
         iss.kv = self.enrolments  # from now on every enrolment goes through the bucket
         log.info("worker %s: %d enrolments of the deployment imported", self.cfg.worker_id, len(iss.enrolled))
 
+    async def _start_quotas(self, replicas: int) -> None:
+        """The bucket the workers' per-address enrolment counts meet in (``YJ_QUOTA``),
+        and a watch that hands each worker's counts to the others (:meth:`share_quota`)."""
+        try:
+            self.quota_kv = await self.js.key_value(KV_QUOTA)
+        except (nats.js.errors.BucketNotFoundError, nats.js.errors.NotFoundError):
+            try:
+                self.quota_kv = await self.js.create_key_value(nats.js.api.KeyValueConfig(
+                    bucket=KV_QUOTA, ttl=2 * 86_400.0, history=1, replicas=replicas,
+                    storage=nats.js.api.StorageType.FILE))
+            except nats.js.errors.BadRequestError:  # another worker made it meanwhile
+                self.quota_kv = await self.js.key_value(KV_QUOTA)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._watch_quotas(), name="quotas"))
+
+    def share_quota(self, quota, what: str) -> None:
+        """Count ``quota`` (an :class:`~yujing.api.auth.DailyQuota` of this worker's API;
+        ``what``: "pseudonym" or "account") across the deployment: its counts go to
+        ``YJ_QUOTA`` as they change, the other workers' come back into it. Eventually
+        consistent: requests on two workers within the few ms a count takes to arrive can
+        both be granted. The address prefix is hashed under the master, as pseudonyms are
+        in ``YJ_ENROL``: the bucket holds no address."""
+        me = self.cfg.worker_id.encode().hex()
+        master = self.issuer.master
+
+        def key_of(prefix: str) -> str:
+            return hashlib.blake2b(prefix.encode(), key=master[:64], digest_size=16, person=_QUOTA_PERSON).hexdigest()
+
+        def on_use(key: str, day: int, count: int) -> None:
+            if self.quota_kv is None or self._closed:
+                return
+            self.spawn(self._put_quota(f"{what}.{key}.{day}.{me}", count))
+
+        quota.key_of, quota.on_use = key_of, on_use
+        self._quotas[what] = quota
+
+    async def _put_quota(self, key: str, count: int) -> None:
+        try:
+            await self.quota_kv.put(key, str(count).encode())
+        except _KV_ERRORS as exc:  # the count stays local; the next enrolment tries again
+            log.warning("worker %s: an enrolment count could not be shared through %s (%s)", self.cfg.worker_id,
+                        KV_QUOTA, exc)
+
+    async def _watch_quotas(self) -> None:
+        me = self.cfg.worker_id.encode().hex()
+
+        def take(e) -> None:
+            if e.value is None:
+                return
+            what, key, day, worker = e.key.split(".")
+            q = self._quotas.get(what)
+            if q is not None and worker != me:
+                q.merge(key, int(day), worker, int(e.value))
+
+        await self._watch(self.quota_kv, KV_QUOTA, take)
+
     async def _watch_enrolments(self, ready: asyncio.Event) -> None:
         """Import every entry of ``YJ_ENROL`` into the issuer, for the life of the worker
-        (a watch that breaks, e.g. when its node dies, is made again; entries are imported
-        again, which changes nothing)."""
+        (entries imported again after a new watch change nothing)."""
         iss = self.issuer
+        await self._watch(self.enrolments, KV_ENROL, lambda e: iss.watched(e.key, e.value, e.operation), ready)
+
+    async def _watch(self, kv, bucket: str, take, ready: asyncio.Event | None = None) -> None:
+        """Hand every entry of ``kv`` to ``take``, for the life of the worker; ``ready`` is
+        set once the entries there were at the start are taken. A watch that breaks (its
+        node died) is made again."""
         while True:
             try:
-                w = await self.enrolments.watchall()
+                w = await kv.watchall()
                 try:
                     while True:
                         try:
@@ -745,9 +812,10 @@ class Worker:
                         except nats.errors.TimeoutError:
                             continue
                         if e is None:
-                            ready.set()
+                            if ready is not None:
+                                ready.set()
                             continue
-                        iss.watched(e.key, e.value, e.operation)
+                        take(e)
                 finally:
                     try:
                         await w.stop()
@@ -757,7 +825,7 @@ class Worker:
                 raise
             except Exception as exc:
                 self.errors += 1
-                log.warning("worker %s: watching %s failed (%s); watching again", self.cfg.worker_id, KV_ENROL, exc)
+                log.warning("worker %s: watching %s failed (%s); watching again", self.cfg.worker_id, bucket, exc)
                 await asyncio.sleep(1.0)
 
     def spawn(self, coro) -> asyncio.Task:

@@ -258,8 +258,10 @@ class Server:
         if self.opts.operator_key:
             self.operator_key, self.operator_key_file = await asyncio.to_thread(
                 bootstrap_operator_key, self.store, _sqlite_file(self.opts.store))
+        worker = self.worker
         app = self.app = create_app(self.service, self.replay, limits=self.opts.limits, clock=self.api_clock,
-                                    broker=self.broker, store=self.store)
+                                    broker=self.broker, store=self.store,
+                                    share_quota=worker.share_quota if worker is not None else None)
         cfg = uvicorn.Config(app, host=self.opts.host, port=self.opts.port, log_level="info" if self.opts.log_http else "warning",
                              access_log=self.opts.log_http, lifespan="off", timeout_graceful_shutdown=3,
                              proxy_headers=self.opts.trusted_proxies is not None,

@@ -217,13 +217,15 @@ class _TriggerAreas:
 
 
 def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=time.monotonic, broker=None,
-               store=None) -> FastAPI:
+               store=None, share_quota=None) -> FastAPI:
     """The API over a running :class:`yujing.service.Service` and ``store`` (default
     ``service.store``; a scale-out worker passes its own, as its shards' Services have none).
     Without a store history comes from memory, keys cannot be looked up and personal data,
     which must be audited, is not served. ``replayer`` backs ``POST /api/replay``. ``limits``: request
     size and rate (default :class:`.auth.ApiLimits`); ``clock``: monotonic seconds for the
-    rate limit and the key cache (tests pass their own)."""
+    rate limit and the key cache (tests pass their own). ``share_quota``: a scale-out
+    worker's :meth:`~yujing.scaleout.Worker.share_quota`, so that the enrolments per
+    address are counted across the deployment."""
     app = FastAPI(
         title="yujing",
         version="1",
@@ -239,6 +241,9 @@ def create_app(service, replayer=None, limits: ApiLimits | None = None, clock=ti
     # self-enrolled pseudonyms and new accounts per client address and UTC day
     app.state.enrol_quota = DailyQuota(limits.enrol_per_address)
     app.state.account_quota = DailyQuota(limits.enrol_per_address)
+    if share_quota is not None:  # a scale-out worker: counted across the deployment
+        share_quota(app.state.enrol_quota, "pseudonym")
+        share_quota(app.state.account_quota, "account")
     app.add_middleware(Guard, keys=app.state.keys, limits=limits, buckets=app.state.buckets,
                        error=lambda status, message, headers: _err(status, message, headers=headers))
     trigger_areas = _TriggerAreas(service.recent_triggers)

@@ -268,13 +268,22 @@ class DailyQuota:
         self.max_callers = max_callers
         self.refused = 0
         self._n: OrderedDict[str, tuple[int, int]] = OrderedDict()  # prefix -> (UTC day, count)
+        # Shared by the workers of a scale-out (yujing.scaleout.Worker.share_quota): each
+        # publishes its own count of a (key, day), ``key_of`` the prefix's key (a keyed
+        # hash, never the address), and hears the others' (:meth:`merge`)
+        self.key_of: Callable[[str], str] = lambda prefix: prefix
+        self.on_use: Callable[[str, int, int], None] | None = None  # (key, UTC day, own count)
+        self._others: OrderedDict[tuple[str, int], dict[str, int]] = OrderedDict()
 
     def left(self, prefix: str, now_s: float) -> int | None:
-        """How many ``prefix`` may still take today (UNIX s ``now_s``); None: no limit."""
+        """How many ``prefix`` may still take today (UNIX s ``now_s``), counting what the
+        other workers of a scale-out reported; None: no limit."""
         if self.per_day <= 0:
             return None
+        today = int(now_s // 86_400)
         day, n = self._n.get(prefix, (-1, 0))
-        return self.per_day - (n if day == int(now_s // 86_400) else 0)
+        others = sum(self._others.get((self.key_of(prefix), today), {}).values()) if self._others else 0
+        return self.per_day - (n if day == today else 0) - others
 
     def use(self, prefix: str, now_s: float, k: int = 1) -> None:
         """``prefix`` took ``k`` today."""
@@ -282,9 +291,20 @@ class DailyQuota:
             return
         today = int(now_s // 86_400)
         day, n = self._n.pop(prefix, (today, 0))
-        self._n[prefix] = (today, (n if day == today else 0) + k)
+        own = (n if day == today else 0) + k
+        self._n[prefix] = (today, own)
         while len(self._n) > self.max_callers:
             self._n.popitem(last=False)
+        if self.on_use is not None:
+            self.on_use(self.key_of(prefix), today, own)
+
+    def merge(self, key: str, day: int, worker: str, count: int) -> None:
+        """Another worker's own count of ``key`` on UTC day ``day`` (days are numbered
+        from the UNIX epoch): what :meth:`left` adds to this worker's."""
+        self._others.setdefault((key, day), {})[worker] = count
+        self._others.move_to_end((key, day))
+        while len(self._others) > self.max_callers:
+            self._others.popitem(last=False)
 
 
 # ---------------------------------------------------------------------------- middleware
