@@ -783,12 +783,16 @@ class Worker:
         me = self.cfg.worker_id.encode().hex()
 
         def take(e) -> None:
-            if e.value is None:
-                return
-            what, key, day, worker = e.key.split(".")
+            parts = e.key.split(".")
+            if not e.value or len(parts) != 4:
+                return  # a delete marker, or a key no worker writes: nothing to count
+            what, key, day, worker = parts
             q = self._quotas.get(what)
             if q is not None and worker != me:
-                q.merge(key, int(day), worker, int(e.value))
+                try:
+                    q.merge(key, int(day), worker, int(e.value))
+                except ValueError:  # not a count: skipped, never a watch broken over it
+                    log.warning("worker %s: %s entry %r is not a count", self.cfg.worker_id, KV_QUOTA, e.key)
 
         await self._watch(self.quota_kv, KV_QUOTA, take)
 
